@@ -1,0 +1,1 @@
+"""Prover side: measurement, attestation backends, the training wrapper and defenses."""

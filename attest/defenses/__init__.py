@@ -1,0 +1,1 @@
+"""Defenses whose parameters and effects the card records: DP-SGD and watermarking."""

@@ -1,0 +1,1 @@
+"""Software TPM/TEE simulator: test and demo hardware, never trusted by default."""

@@ -1,0 +1,1 @@
+"""laminate: hardware-attested ML property cards."""

@@ -1,0 +1,5 @@
+import sys
+
+from laminate.cli import main
+
+sys.exit(main())

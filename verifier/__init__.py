@@ -1,0 +1,1 @@
+"""Appraisal of cards, policies, the ownership test, disputes and the HTTP service."""
