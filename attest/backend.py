@@ -1,0 +1,45 @@
+"""The attestation backend interface: what the wrapper needs from a TPM, TEE or simulator.
+
+A backend owns the measurement registers and the signing identity; the session owns the
+event log and decides what to measure. Keeping the surface this small is what lets a
+real TPM replace the simulator without touching the wrapper.
+"""
+from typing import Protocol, runtime_checkable
+
+from cards.errors import LaminateError
+
+BACKENDS = ("sim", "tpm")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """An attestation module seen from the prover."""
+
+    name: str
+
+    def start(self, registers: list) -> None:
+        """Reset `registers` to zeros and quote exactly these from now on."""
+
+    def extend(self, event: dict) -> None:
+        """Extend event["register"] with event["digest"] (event: register, type, digest, data)."""
+
+    def quote(self, qualifying_data: bytes) -> dict:
+        """Evidence without the event log: backend, quote, signature, cert_chain, extra."""
+
+    def random(self, n: int) -> bytes:
+        """n bytes from the module's randomness (the watermark seed comes from here)."""
+
+    def close(self) -> None:
+        """Release the module."""
+
+
+def open_backend(name: str = "sim", *, sim_dir=None, tcti=None) -> Backend:
+    """Open the named backend; the TPM stack is imported only when asked for."""
+    if name == "sim":
+        from attest.sim_backend import SimBackend
+        return SimBackend(sim_dir)
+    if name == "tpm":
+        from attest.tpm_backend import TpmBackend
+        return TpmBackend(tcti=tcti)
+    raise LaminateError(f"backend: unknown attestation backend {name!r} "
+                        f"(choose one of {', '.join(BACKENDS)})")

@@ -1,0 +1,181 @@
+"""Measurements: turn what training actually used into claim sections.
+
+Each function computes its claim from the real artefact (records, resolved config, the
+wrapper's own files, the exported model bytes), never from what the user says they used.
+Record bytes and the Merkle root follow FORMAT.md so a verifier can later check a single
+record's membership against the card.
+"""
+import hashlib
+import importlib
+import operator
+from pathlib import Path
+
+import numpy as np
+
+from cards import cbor
+from cards.errors import LaminateError
+from cards.merkle import MerkleTree
+
+WRAPPER_PACKAGES = ("attest", "cards", "enclave_sim")
+_CHUNK = 1 << 20
+
+
+def _cbor_head(major: int, value: int) -> bytes:
+    """Shortest-form CBOR head (RFC 8949 §4.2.1) for a major type and argument."""
+    if value < 24:
+        return bytes([major << 5 | value])
+    for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if value < 1 << (8 * size):
+            return bytes([major << 5 | extra]) + value.to_bytes(size, "big")
+    raise LaminateError(f"record label {value} does not fit in 64 bits")
+
+
+def _label(label) -> int:
+    try:
+        return operator.index(label)
+    except TypeError:
+        raise LaminateError(f"record label must be an integer, got {type(label).__name__}") from None
+
+
+def _prefix(label: int, nbytes: int) -> bytes:
+    """Everything in a record's encoding before the feature bytes."""
+    head = _cbor_head(0, label) if label >= 0 else _cbor_head(1, -1 - label)
+    return b"\x82" + head + _cbor_head(2, nbytes)
+
+
+def record_bytes(x, label) -> bytes:
+    """dcbor([label, x as little-endian float32 bytes]): the bytes one Merkle leaf covers."""
+    features = np.ascontiguousarray(x, dtype="<f4")
+    return _prefix(_label(label), features.nbytes) + features.tobytes()
+
+
+def dataset_claim(name: str, records, classes: int) -> dict:
+    """Count, schema, label histogram and Merkle root of `records` ((x, label) pairs),
+    in one pass and O(log n) memory so datasets larger than RAM can be measured.
+
+    Each leaf hash is computed over the record's encoding head followed by the feature
+    buffer itself, so large records are hashed in place, never copied."""
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise LaminateError(f"dataset {name}: classes must be a positive int, got {classes!r}")
+    tree = MerkleTree()
+    add_leaf_hash = tree.add_leaf_hash
+    sha256 = hashlib.sha256
+    histogram = [0] * classes
+    prefixes = {}  # label -> b"\x00" + encoding head (all records share one shape)
+    shape = None
+    for index, (x, label) in enumerate(records):
+        features = np.ascontiguousarray(x, dtype="<f4")
+        if features.shape != shape:
+            if shape is not None:
+                raise LaminateError(f"dataset {name}: record {index} has shape "
+                                    f"{list(features.shape)}, expected {list(shape)} like record 0")
+            shape = features.shape
+        label = _label(label)
+        prefix = prefixes.get(label)
+        if prefix is None:
+            if not 0 <= label < classes:
+                raise LaminateError(f"dataset {name}: record {index} has label {label}, "
+                                    f"outside 0..{classes - 1}")
+            prefix = prefixes[label] = b"\x00" + _prefix(label, features.nbytes)
+        histogram[label] += 1
+        leaf = sha256(prefix)
+        leaf.update(features)
+        add_leaf_hash(leaf.digest())
+    if shape is None:
+        raise LaminateError(f"dataset {name}: no records")
+    return {
+        "name": name,
+        "records": tree.size,
+        "schema": {"features": [int(d) for d in shape], "dtype": "float32", "classes": classes},
+        "label_histogram": histogram,
+        "merkle_root": tree.root().hex(),
+    }
+
+
+def config_claim(config) -> dict:
+    """The resolved config as plain CBOR types and its digest H(dcbor(config))."""
+    if not isinstance(config, dict):
+        raise LaminateError(f"config: expected a mapping, got {type(config).__name__}")
+    encoded = cbor.dumps(config)
+    return {"config": cbor.loads(encoded), "config_sha256": hashlib.sha256(encoded).hexdigest()}
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(_CHUNK), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise LaminateError(f"{path}: cannot read: {exc.strerror}") from None
+    return digest.hexdigest()
+
+
+def wrapper_files() -> dict:
+    """{relpath: hex} for every .py file of the installed wrapper packages."""
+    files = {}
+    for package in WRAPPER_PACKAGES:
+        root = Path(importlib.import_module(package).__file__).resolve().parent
+        for path in root.rglob("*.py"):
+            if "__pycache__" not in path.parts:
+                files[f"{package}/{path.relative_to(root).as_posix()}"] = file_sha256(path)
+    return dict(sorted(files.items()))
+
+
+def code_claim(entry_point=None) -> dict:
+    """Code identity: the digest policies pin is over the wrapper files only, so the same
+    laminate release has the same identity whatever script drives it."""
+    files = wrapper_files()
+    entry = None
+    if entry_point is not None:
+        path = Path(entry_point)
+        try:
+            shown = path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+        except ValueError:
+            shown = path.name
+        entry = {"path": shown, "sha256": file_sha256(path)}
+    return {"wrapper_sha256": hashlib.sha256(cbor.dumps(files)).hexdigest(),
+            "wrapper_files": files, "entry_point": entry}
+
+
+def _value_info(value, path) -> dict:
+    if not value.type.HasField("tensor_type"):
+        raise LaminateError(f"{path}: graph value {value.name!r} is not a tensor")
+    tensor = value.type.tensor_type
+    from onnx import helper
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+    except (KeyError, TypeError, ValueError):
+        raise LaminateError(f"{path}: graph value {value.name!r} has unknown element type "
+                            f"{tensor.elem_type}") from None
+    shape = [int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+             for d in tensor.shape.dim]
+    return {"name": value.name, "shape": shape, "dtype": dtype}
+
+
+def model_claim(onnx_path, name: str) -> dict:
+    """Digest, size, parameter count, opset and I/O signature of the exported model."""
+    import onnx
+
+    path = Path(onnx_path)
+    sha256 = file_sha256(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own types for arbitrary bytes
+        raise LaminateError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+    graph = model.graph
+    opsets = [op.version for op in model.opset_import if op.domain in ("", "ai.onnx")]
+    if not graph.output or not opsets:
+        raise LaminateError(f"{path}: not an ONNX model (no graph outputs or default opset)")
+    initializers = {init.name for init in graph.initializer}
+    return {
+        "name": name,
+        "format": "onnx",
+        "sha256": sha256,
+        "size": path.stat().st_size,
+        "parameters": int(sum(int(np.prod(init.dims, dtype=np.int64)) for init in graph.initializer)),
+        "opset": int(opsets[0]),
+        "inputs": [_value_info(v, path) for v in graph.input if v.name not in initializers],
+        "outputs": [_value_info(v, path) for v in graph.output],
+    }

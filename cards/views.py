@@ -1,0 +1,250 @@
+"""Human views of a card payload: YAML, Markdown and a standalone HTML page.
+
+Views are for reading, never for trust: they are generated from the signed payload and
+nothing ever parses them back. Every view of a card whose evidence comes from the
+software simulator says so first, in words nobody can miss.
+"""
+from __future__ import annotations
+
+import html
+import math
+import re
+
+import yaml
+
+SIM_BANNER = ("SIMULATED HARDWARE: this card's evidence comes from laminate's software "
+              "attestation simulator, which anyone can run; it proves nothing about real "
+              "hardware and a default policy rejects it.")
+VIEW_NOTE = "View only: verify card.cbor (`laminate verify`), never this file."
+_STATUSES = ("affirming", "warning", "contraindicated")
+
+
+def _simulated(payload: dict) -> bool:
+    evidence = payload.get("evidence") if isinstance(payload, dict) else None
+    return isinstance(evidence, dict) and evidence.get("backend") == "sim"
+
+
+def _readable(value):
+    """Byte strings become hex so every view is plain text."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(k): _readable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_readable(v) for v in value]
+    return value
+
+
+def _section(payload, *path):
+    value = payload
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def to_yaml(payload: dict) -> str:
+    header = [f"# laminate property card. {VIEW_NOTE}"]
+    if _simulated(payload):
+        header.append(f"# {SIM_BANNER}")
+    body = yaml.safe_dump(_readable(payload), sort_keys=False, allow_unicode=True, width=100)
+    return "\n".join(header) + "\n" + body
+
+
+# --- Markdown ---------------------------------------------------------------------------
+
+def _md(value) -> str:
+    """One table cell or inline value: no line breaks, pipes or markup survive."""
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        text = _number(value)
+    elif isinstance(value, (bytes, bytearray)):
+        text = bytes(value).hex()
+    elif isinstance(value, (list, tuple)):
+        text = ", ".join(_plain_text(v) for v in value)
+    else:
+        text = str(value)
+    text = " ".join(text.split())
+    return re.sub(r"([\\`*\[\]<>|~])", r"\\\1", text)
+
+
+def _plain_text(value) -> str:
+    return _number(value) if isinstance(value, float) else str(value)
+
+
+def _number(value: float) -> str:
+    if math.isinf(value) or math.isnan(value):
+        return str(value)
+    return f"{value:.6g}"
+
+
+def _table(rows, headers=("field", "value")) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _card_rows(payload: dict) -> list[tuple[str, list]]:
+    """(section title, [(field, value)]) for the sections a reader cares about."""
+    claims = _section(payload, "claims") or {}
+    model = claims.get("model") or {}
+    training = claims.get("training") or {}
+    code = training.get("code") or {}
+    evaluation = claims.get("evaluation") or {}
+    evidence = payload.get("evidence") or {}
+    sections = [("Model", [
+        ("name", model.get("name")), ("format", model.get("format")),
+        ("sha256", model.get("sha256")), ("size (bytes)", model.get("size")),
+        ("parameters", model.get("parameters")), ("opset", model.get("opset")),
+        ("inputs", [_tensor(t) for t in model.get("inputs") or []]),
+        ("outputs", [_tensor(t) for t in model.get("outputs") or []])])]
+    for split in ("train", "test"):
+        data = _section(claims, "dataset", split) or {}
+        schema_ = data.get("schema") or {}
+        sections.append((f"Dataset: {split}", [
+            ("name", data.get("name")), ("records", data.get("records")),
+            ("features", schema_.get("features")), ("dtype", schema_.get("dtype")),
+            ("classes", schema_.get("classes")), ("label histogram", data.get("label_histogram")),
+            ("Merkle root", data.get("merkle_root"))]))
+    entry = code.get("entry_point") or {}
+    sections.append(("Training", [
+        ("config sha256", training.get("config_sha256")),
+        ("code identity (wrapper sha256)", code.get("wrapper_sha256")),
+        ("wrapper files", len(code.get("wrapper_files") or {})),
+        ("entry point", f"{entry.get('path')} ({entry.get('sha256')})" if entry else None),
+        ("framework", [f"{k} {v}" for k, v in (training.get("framework") or {}).items()])]))
+    dp = _section(claims, "defenses", "dp")
+    sections.append(("Differential privacy", [("enabled", "no")] if not dp else [
+        (key.replace("_", " "), dp.get(key)) for key in (
+            "mechanism", "epsilon", "delta", "noise_multiplier", "max_grad_norm",
+            "sample_rate", "steps", "accountant", "privacy_accounting", "note")]))
+    wm = _section(claims, "defenses", "watermark")
+    sections.append(("Watermark", [("enabled", "no")] if not wm else [
+        (key.replace("_", " "), wm.get(key)) for key in (
+            "scheme", "commitment", "trigger_count", "classes", "schedule")]))
+    sections.append(("Evaluation", [
+        ("accuracy", evaluation.get("accuracy")),
+        ("per-class accuracy", evaluation.get("per_class_accuracy")),
+        ("test records", evaluation.get("test_records")),
+        ("watermark accuracy", evaluation.get("watermark_accuracy"))]))
+    sections.append(("Evidence", [
+        ("backend", evidence.get("backend")),
+        ("certificate chain", f"{len(evidence.get('cert_chain') or [])} certificate(s)"),
+        ("events", len(evidence.get("event_log") or [])),
+        ("schema version", payload.get("schema_version"))]))
+    return sections
+
+
+def _tensor(t) -> str:
+    if not isinstance(t, dict):
+        return str(t)
+    shape = "x".join(str(d) for d in t.get("shape") or [])
+    return f"{t.get('name')} [{shape}] {t.get('dtype')}"
+
+
+def _event_rows(payload: dict) -> list[tuple]:
+    log = _section(payload, "evidence", "event_log") or []
+    return [(i + 1, e.get("register"), e.get("type"), _short(e.get("digest")))
+            for i, e in enumerate(log) if isinstance(e, dict)]
+
+
+def _short(digest) -> str:
+    text = digest.hex() if isinstance(digest, (bytes, bytearray)) else str(digest)
+    return text[:16] + "…" if len(text) > 16 else text
+
+
+def _checks(verification) -> list[dict]:
+    checks = verification.get("checks") if isinstance(verification, dict) else None
+    return [c for c in checks or [] if isinstance(c, dict)]
+
+
+def to_markdown(payload: dict, verification: dict | None = None) -> str:
+    name = _section(payload, "claims", "model", "name") or "model"
+    lines = [f"# Property card: {_md(name)}", ""]
+    if _simulated(payload):
+        lines += [f"> **{_md(SIM_BANNER)}**", ""]
+    lines += [f"_{_md(VIEW_NOTE)}_", ""]
+    if verification is not None:
+        lines += [f"## Verification: {_md(verification.get('status'))}", "",
+                  f"policy {_md(verification.get('policy_id'))}, tier "
+                  f"{_md(verification.get('tier'))}, backend {_md(verification.get('backend'))}",
+                  ""]
+        lines += _table([(c.get("check"), c.get("status"), c.get("field"), c.get("reason"))
+                         for c in _checks(verification)],
+                        headers=("check", "status", "field", "reason"))
+    for title, rows in _card_rows(payload):
+        lines += [f"## {title}", ""] + _table(rows)
+    lines += ["## Event log", ""] + _table(_event_rows(payload),
+                                           headers=("#", "register", "type", "digest"))
+    return "\n".join(lines)
+
+
+# --- HTML -------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;width:100%;margin:0 0 1.5rem}
+th,td{border:1px solid #ccc;padding:.3rem .5rem;text-align:left;vertical-align:top;
+word-break:break-all}
+th{background:#f3f3f3}
+.banner{background:#b00020;color:#fff;font-weight:bold;padding:1rem;border-radius:4px;
+font-size:1.1rem;margin:1rem 0}
+.note{color:#555;font-style:italic}
+.status{font-weight:bold;padding:.1rem .4rem;border-radius:3px}
+.affirming{background:#d7f5dd;color:#0a5b1d}.warning{background:#fff1c2;color:#6b4d00}
+.contraindicated{background:#ffd6d9;color:#8a0010}.unknown{background:#eee;color:#333}
+"""
+
+
+def _h(value) -> str:
+    if isinstance(value, float):
+        value = _number(value)
+    elif isinstance(value, (list, tuple)):
+        value = ", ".join(_plain_text(v) for v in value)
+    elif isinstance(value, (bytes, bytearray)):
+        value = bytes(value).hex()
+    elif value is None:
+        value = "none"
+    return html.escape(str(value), quote=True)
+
+
+def _status_badge(status) -> str:
+    css = status if status in _STATUSES else "unknown"
+    return f'<span class="status {css}">{_h(status)}</span>'
+
+
+def _html_table(rows, headers=("field", "value"), badge_column=None) -> str:
+    head = "".join(f"<th>{_h(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = [_status_badge(c) if i == badge_column else _h(c) for i, c in enumerate(row)]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def to_html(payload: dict, verification: dict | None = None) -> str:
+    name = _section(payload, "claims", "model", "name") or "model"
+    simulated = _simulated(payload) or bool(isinstance(verification, dict)
+                                            and verification.get("simulated"))
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>Property card: {_h(name)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>Property card: {_h(name)}</h1>"]
+    if simulated:
+        parts.append(f'<div class="banner" role="alert">{_h(SIM_BANNER)}</div>')
+    parts.append(f'<p class="note">{_h(VIEW_NOTE)}</p>')
+    if verification is not None:
+        status = verification.get("status") if isinstance(verification, dict) else None
+        parts.append(f"<h2>Verification: {_status_badge(status)}</h2>")
+        parts.append(f"<p>policy {_h(verification.get('policy_id'))}, tier "
+                     f"{_h(verification.get('tier'))}, backend "
+                     f"{_h(verification.get('backend'))}</p>")
+        parts.append(_html_table(
+            [(c.get("check"), c.get("status"), c.get("field"), c.get("reason"))
+             for c in _checks(verification)],
+            headers=("check", "status", "field", "reason"), badge_column=1))
+    for title, rows in _card_rows(payload):
+        parts.append(f"<h2>{_h(title)}</h2>" + _html_table(rows))
+    parts.append("<h2>Event log</h2>" + _html_table(
+        _event_rows(payload), headers=("#", "register", "type", "digest")))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

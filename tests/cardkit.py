@@ -1,0 +1,240 @@
+"""Builds real cards for tests, honest or forged, without torch.
+
+`make_card` runs the genuine prover path (measurements, an `AttestedSession` over a
+simulated device, sealing) on a tiny ONNX model and fake records, and writes a policy
+that trusts exactly this kit. `forge` then changes one thing at a time the way an
+attacker could: edit claims or log events, re-quote with the device it controls, re-sign
+with the release key (or another key), or leave a stale signature in place.
+"""
+import copy
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import cbor2
+import numpy as np
+import yaml
+
+from attest import measure
+from attest.backend import open_backend
+from attest.session import REGISTERS, AttestedSession, write_card
+from cards import cbor, cose, keys, schema, watermark
+from cards import card as cardlib
+
+FEATURES = 64
+CLASSES = 10
+TRAIN_RECORDS = 60
+TEST_RECORDS = 30
+
+DP_DEFAULTS = {"noise_multiplier": 1.1, "max_grad_norm": 1.0, "sample_rate": 0.01,
+               "steps": 1000, "delta": 1e-5}
+EVALUATION = {"accuracy": 0.93, "per_class_accuracy": [0.9, 0.95, 0.92, 0.94, 0.91, 0.96,
+                                                       0.93, 0.9, 0.94, 0.95],
+              "test_records": TEST_RECORDS, "watermark_accuracy": 0.97}
+CONFIG = {"dataset": "kit-digits", "model": "mlp", "hidden": [32], "epochs": 5,
+          "batch_size": 32, "lr": 0.1, "seed": 0, "dp": {"enabled": True, **DP_DEFAULTS},
+          "watermark": {"enabled": True, "trigger_count": 100, "schedule": "joint"}}
+WATERMARK_TRIGGERS = 100
+
+
+@dataclass
+class CardKit:
+    tmp_path: Path
+    card_bytes: bytes
+    card_path: Path
+    model_path: Path
+    release_public_pem_path: Path
+    root_pem_path: Path
+    code_sha256: str
+    policy_path: Path
+    device: object            # the SimDevice behind the card (sim backend only)
+    private_key: object       # the release key
+    claims: dict
+    evidence: dict
+    opening: object           # cards.watermark.Opening of the card's watermark, or None
+    opening_path: Path
+
+    @property
+    def payload(self) -> dict:
+        return {"schema_version": schema.SCHEMA_VERSION, "claims": self.claims,
+                "evidence": self.evidence}
+
+
+def rdp_epsilon(noise_multiplier, sample_rate, steps, delta) -> float:
+    """Epsilon from Opacus's RDP analysis with the RDP accountant's default orders.
+
+    The analysis file is loaded on its own so the kit never imports torch."""
+    spec = importlib.util.find_spec("opacus")
+    path = Path(spec.submodule_search_locations[0]) / "accountants" / "analysis" / "rdp.py"
+    module_spec = importlib.util.spec_from_file_location("_kit_opacus_rdp", path)
+    rdp = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(rdp)
+    alphas = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    orders = rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier,
+                             steps=steps, orders=alphas)
+    epsilon, _ = rdp.get_privacy_spent(orders=alphas, rdp=orders, delta=delta)
+    return float(epsilon)
+
+
+def make_onnx_model(path, *, features=FEATURES, classes=CLASSES, seed=0) -> Path:
+    """A real one-layer classifier (Gemm) that onnxruntime can run."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weight = numpy_helper.from_array(rng.normal(size=(features, classes)).astype(np.float32), "W")
+    bias = numpy_helper.from_array(rng.normal(size=(classes,)).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["input", "W", "b"], ["logits"])], "kit",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="laminate-cardkit")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = Path(path)
+    onnx.save(model, str(path))
+    return path
+
+
+def fake_records(count, *, seed):
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        yield rng.random(FEATURES, dtype=np.float32), i % CLASSES
+
+
+def dp_claim(**overrides) -> dict:
+    """A DP claim with the kit's parameters; epsilon recomputed unless overridden."""
+    params = {**DP_DEFAULTS, **{k: v for k, v in overrides.items() if k in DP_DEFAULTS}}
+    claim = {"mechanism": "dp-sgd", **params, "accountant": "rdp",
+             "epsilon": rdp_epsilon(params["noise_multiplier"], params["sample_rate"],
+                                    params["steps"], params["delta"]),
+             "privacy_accounting": "tight", "note": ""}
+    claim.update(overrides)
+    return claim
+
+
+def make_card(tmp_path, *, backend="sim", key_kind="ed25519", tcti=None, dp=True,
+              watermark_claim=True, evaluation=None, config=None, entry_point=None,
+              policy=None, **forgery) -> CardKit:
+    """Seal an honest card in tmp_path; any `forge` keyword then forges it.
+
+    dp / watermark_claim: True for the kit's defaults, None for no defence, a dict of
+    fields to override (dp epsilon is recomputed from the parameters unless given).
+    evaluation: fields merged into the default evaluation. policy: keys merged into the
+    kit's policy mapping (e.g. {"require": ["defenses.dp.epsilon <= 3"]}).
+    """
+    tmp_path = Path(tmp_path)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    release_key = keys.generate_private_key(key_kind)
+    keys.save_private_key(release_key, tmp_path / "release.key")
+    public_pem_path = tmp_path / "release.pub.pem"
+    public_pem_path.write_bytes(keys.public_pem(release_key))
+    model_path = make_onnx_model(tmp_path / "model.onnx")
+
+    attestation = open_backend(backend, sim_dir=tmp_path / "sim", tcti=tcti)
+    session = AttestedSession(attestation, release_key)
+    code = measure.code_claim(entry_point)
+    session.measure_code(code)
+    session.measure_config(measure.config_claim(config if config is not None else CONFIG))
+    session.measure_dataset("train", measure.dataset_claim(
+        "kit-train", fake_records(TRAIN_RECORDS, seed=1), CLASSES))
+    session.measure_dataset("test", measure.dataset_claim(
+        "kit-test", fake_records(TEST_RECORDS, seed=2), CLASSES))
+    session.measure_dp(None if dp is None else dp_claim(**(dp if isinstance(dp, dict) else {})))
+    opening = None
+    opening_path = tmp_path / "watermark.opening.json"
+    if watermark_claim is not None:
+        params = watermark.make_parameters(WATERMARK_TRIGGERS, CLASSES, [FEATURES], [0.0, 1.0])
+        opening = watermark.Opening.create(session.random(32), params, salt=session.random(32))
+        opening.save(opening_path)
+        claim = {"scheme": watermark.SCHEME, "commitment": opening.commitment,
+                 "trigger_count": WATERMARK_TRIGGERS, "classes": CLASSES, "schedule": "joint"}
+        if isinstance(watermark_claim, dict):
+            claim.update(watermark_claim)
+        session.measure_watermark(claim)
+    else:
+        session.measure_watermark(None)
+    session.measure_evaluation({**EVALUATION, **(evaluation or {}),
+                                **({} if watermark_claim is not None
+                                   else {"watermark_accuracy": None})})
+    session.measure_model(measure.model_claim(model_path, "kit-model"))
+    card_bytes = session.seal()
+    files = write_card(tmp_path / "card", card_bytes)
+
+    device = getattr(attestation, "device", None)
+    root_pem_path = tmp_path / "sim-root.pem"
+    if device is not None:
+        root_pem_path.write_bytes(device.root_certificate_pem())
+    policy_doc = {"policy_id": "cardkit", "allow_backends": [backend],
+                  "trusted_roots": [root_pem_path.name] if device is not None else [],
+                  "trusted_release_keys": [public_pem_path.name],
+                  "reference_values": {"code": [code["wrapper_sha256"]]},
+                  "require": ["evaluation.accuracy >= 0.5"]}
+    policy_doc.update(policy or {})
+    policy_path = tmp_path / "policy.yaml"
+    policy_path.write_text(yaml.safe_dump(policy_doc, sort_keys=False), encoding="utf-8")
+    attestation.close()
+
+    sealed = cardlib.open_card(card_bytes)
+    kit = CardKit(tmp_path=tmp_path, card_bytes=card_bytes, card_path=files.cbor,
+                  model_path=model_path, release_public_pem_path=public_pem_path,
+                  root_pem_path=root_pem_path, code_sha256=code["wrapper_sha256"],
+                  policy_path=policy_path, device=device, private_key=release_key,
+                  claims=sealed.claims, evidence=sealed.evidence, opening=opening,
+                  opening_path=opening_path)
+    if forgery:
+        forged = forge(kit, **forgery)
+        kit.card_bytes = forged
+        kit.card_path.write_bytes(forged)
+    return kit
+
+
+def forge(kit: CardKit, *, mutate_claims=None, mutate_events=None, redigest=True,
+          requote=False, mutate_evidence=None, resign=True, signing_key=None) -> bytes:
+    """Card bytes for `kit` changed the way the arguments say (the kit is not modified).
+
+    mutate_claims(claims) / mutate_events(event_log) / mutate_evidence(evidence): edit in
+    place or return a replacement. redigest: recompute each event's digest from its data
+    (False leaves the digests as the mutation left them). requote: reset the kit's device,
+    replay the (mutated) log into it and quote H(dcbor(claims)) again, as an attacker who
+    runs software on the device can. resign: sign with `signing_key` (default the kit's
+    release key); False keeps the original protected header and signature.
+    mutate_evidence runs last, after any requote.
+    """
+    payload = copy.deepcopy(kit.payload)
+    if mutate_claims is not None:
+        payload["claims"] = _applied(mutate_claims, payload["claims"])
+    evidence = payload["evidence"]
+    if mutate_events is not None:
+        evidence["event_log"] = _applied(mutate_events, evidence["event_log"])
+        if redigest:
+            for event in evidence["event_log"]:
+                event["digest"] = schema.event_digest(event["type"], event["data"])
+    if requote:
+        device = kit.device
+        device.reset_registers(REGISTERS)
+        for event in evidence["event_log"]:
+            device.extend(event["register"], event["digest"])
+        evidence["quote"], evidence["signature"] = device.quote(
+            REGISTERS, schema.claims_digest(payload["claims"]))
+    if mutate_evidence is not None:
+        payload["evidence"] = _applied(mutate_evidence, evidence)
+    payload_bytes = cbor.dumps(payload)
+    if resign:
+        key = signing_key if signing_key is not None else kit.private_key
+        return cose.sign1(payload_bytes, key, kid=keys.key_id(key.public_key()))
+    original = cose.parse_sign1(kit.card_bytes)
+    return cbor2.dumps(cbor2.CBORTag(18, [original.protected_bytes, {}, payload_bytes,
+                                          original.signature]), canonical=True)
+
+
+def _applied(fn, value):
+    result = fn(value)
+    return value if result is None else result
+
+
+def quote_info(card_bytes: bytes) -> dict:
+    """The decoded sim QuoteInfo inside a card (for tests that inspect it)."""
+    return cbor2.loads(cardlib.open_card(card_bytes).evidence["quote"])

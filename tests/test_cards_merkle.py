@@ -1,0 +1,182 @@
+"""RFC 9162 Merkle trees: the public transparency-dev vectors, our own proofs for many
+(index, size) pairs, and the streaming root against the recursive definition."""
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from cards import merkle
+
+VECTORS = Path(__file__).resolve().parents[2] / "shared" / "testvectors" / "merkle"
+needs_vectors = pytest.mark.skipif(not VECTORS.is_dir(),
+                                   reason=f"public Merkle vectors absent ({VECTORS})")
+
+
+def _cases(kind):
+    return sorted((VECTORS / kind).rglob("*.json")) if VECTORS.is_dir() else []
+
+
+def _b64(text):
+    return base64.b64decode(text) if text is not None else None
+
+
+def _ids(path):
+    return f"{path.parent.name}/{path.stem}"
+
+
+@needs_vectors
+@pytest.mark.parametrize("path", _cases("inclusion"), ids=_ids)
+def test_inclusion_vector(path):
+    case = json.loads(path.read_text())
+    ok = merkle.verify_inclusion(_b64(case["leafHash"]), case["leafIdx"], case["treeSize"],
+                                 [_b64(p) for p in case["proof"] or []], _b64(case["root"]))
+    assert ok is (not case["wantErr"]), case["desc"]
+
+
+@needs_vectors
+@pytest.mark.parametrize("path", _cases("consistency"), ids=_ids)
+def test_consistency_vector(path):
+    case = json.loads(path.read_text())
+    ok = merkle.verify_consistency(case["size1"], case["size2"],
+                                   [_b64(p) for p in case["proof"] or []],
+                                   _b64(case["root1"]), _b64(case["root2"]))
+    assert ok is (not case["wantErr"]), case["desc"]
+
+
+@needs_vectors
+def test_vector_sets_are_complete():
+    inclusion, consistency = _cases("inclusion"), _cases("consistency")
+    assert len(inclusion) >= 90 and len(consistency) >= 90
+    for cases in (inclusion, consistency):
+        assert any(not json.loads(p.read_text())["wantErr"] for p in cases)
+        assert sum(json.loads(p.read_text())["wantErr"] for p in cases) > 80
+
+
+def _mth(leaves):
+    """RFC 9162 §2.1.1 Merkle Tree Hash, written recursively as in the RFC."""
+    n = len(leaves)
+    if n == 0:
+        return hashlib.sha256(b"").digest()
+    if n == 1:
+        return hashlib.sha256(b"\x00" + leaves[0]).digest()
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return hashlib.sha256(b"\x01" + _mth(leaves[:k]) + _mth(leaves[k:])).digest()
+
+
+def test_rfc_reference_tree_root():
+    # the 8-leaf tree used by RFC 6962 / transparency-dev test suites
+    leaves = [bytes.fromhex(h) for h in ("", "00", "10", "2021", "3031", "40414243",
+                                          "5051525354555657", "606162636465666768696a6b6c6d6e6f")]
+    tree = merkle.MerkleTree()
+    tree.extend(leaves)
+    assert tree.root() == base64.b64decode("XcnaeacGWamtVZy3Ad7ZoqudgjqtL0lgz+Nw7/RgQyg=")
+    assert merkle.leaf_hash(b"") == base64.b64decode(
+        "bjQLnP+zepicpUTmu3gKLHiQHT+zNzh2hRGjBhevoB0=")
+
+
+def test_streaming_root_matches_recursive_definition_for_every_size():
+    leaves = [bytes([i % 256]) * (i % 7) + i.to_bytes(4, "big") for i in range(70)]
+    one_by_one, bulk = merkle.MerkleTree(), merkle.MerkleTree()
+    assert one_by_one.root() == merkle.EMPTY_ROOT == _mth([])
+    for n, data in enumerate(leaves, start=1):
+        one_by_one.add(data)
+        assert one_by_one.size == n
+        assert one_by_one.root() == _mth(leaves[:n])
+    bulk.extend(leaves[:33])
+    bulk.extend(leaves[33:])
+    assert bulk.root() == one_by_one.root()
+    assert merkle.root_of([merkle.leaf_hash(x) for x in leaves]) == _mth(leaves)
+
+
+def test_streaming_memory_is_logarithmic():
+    tree = merkle.MerkleTree()
+    for i in range(5000):
+        tree.add(i.to_bytes(4, "big"))
+        assert len(tree._stack) == bin(tree.size).count("1")
+
+
+def test_large_records_take_the_no_copy_path():
+    big = bytes(range(256)) * 100
+    assert merkle.leaf_hash(big) == hashlib.sha256(b"\x00" + big).digest()
+    tree = merkle.MerkleTree()
+    tree.extend([big, b"x", big])
+    assert tree.root() == _mth([big, b"x", big])
+
+
+def _tree(n):
+    return [merkle.leaf_hash(i.to_bytes(4, "big")) for i in range(n)]
+
+
+def test_own_inclusion_proofs_verify_for_every_index_and_tampering_fails():
+    for n in range(1, 40):
+        leaves = _tree(n)
+        root = merkle.root_of(leaves)
+        for i in range(n):
+            proof = merkle.inclusion_proof(leaves, i)
+            assert merkle.verify_inclusion(leaves[i], i, n, proof, root), (i, n)
+            if n > 1:
+                assert not merkle.verify_inclusion(leaves[(i + 1) % n], i, n, proof, root)
+                assert not merkle.verify_inclusion(leaves[i], (i + 1) % n, n, proof, root)
+                assert not merkle.verify_inclusion(leaves[i], i, n, proof[:-1], root)
+                bad = list(proof)
+                bad[0] = bytes([bad[0][0] ^ 1]) + bad[0][1:]
+                assert not merkle.verify_inclusion(leaves[i], i, n, bad, root)
+            assert not merkle.verify_inclusion(leaves[i], i, n, proof + [root], root)
+
+
+def test_own_consistency_proofs_verify_for_every_size_pair_and_tampering_fails():
+    leaves = _tree(36)
+    roots = [merkle.root_of(leaves[:n]) for n in range(len(leaves) + 1)]
+    for size2 in range(1, len(leaves) + 1):
+        for size1 in range(1, size2 + 1):
+            proof = merkle.consistency_proof(leaves, size1, size2)
+            assert merkle.verify_consistency(size1, size2, proof, roots[size1], roots[size2])
+            if size1 < size2:
+                assert not merkle.verify_consistency(size1, size2, proof, roots[size1 - 1]
+                                                     if size1 > 1 else roots[size2],
+                                                     roots[size2])
+                assert not merkle.verify_consistency(size1, size2, proof, roots[size1],
+                                                     roots[size2 - 1])
+                assert not merkle.verify_consistency(size1, size2, proof[1:], roots[size1],
+                                                     roots[size2]) or len(proof) == 0
+                bad = list(proof)
+                bad[-1] = bytes(32)
+                assert not merkle.verify_consistency(size1, size2, bad, roots[size1],
+                                                     roots[size2])
+
+
+def test_large_tree_proofs():
+    leaves = _tree(1000)
+    root = merkle.root_of(leaves)
+    for i in (0, 1, 511, 512, 999):
+        assert merkle.verify_inclusion(leaves[i], i, 1000, merkle.inclusion_proof(leaves, i),
+                                       root)
+    for s1 in (1, 7, 512, 513, 999):
+        proof = merkle.consistency_proof(leaves, s1, 1000)
+        assert merkle.verify_consistency(s1, 1000, proof, merkle.root_of(leaves[:s1]), root)
+
+
+@pytest.mark.parametrize("args", [(-1, 3), (3, 3), (0, 0)])
+def test_inclusion_proof_refuses_bad_index(args):
+    index, n = args
+    with pytest.raises(ValueError):
+        merkle.inclusion_proof(_tree(n), index)
+
+
+@pytest.mark.parametrize("sizes", [(0, 3), (4, 3), (2, 9)])
+def test_consistency_proof_refuses_bad_sizes(sizes):
+    with pytest.raises(ValueError):
+        merkle.consistency_proof(_tree(8), *sizes)
+
+
+def test_verifiers_reject_garbage_types_without_raising():
+    h = merkle.leaf_hash(b"x")
+    assert not merkle.verify_inclusion(h, "0", 1, [], h)
+    assert not merkle.verify_inclusion(h, True, 2, [h], h)
+    assert not merkle.verify_inclusion(None, 0, 1, [], h)
+    assert not merkle.verify_consistency(1.0, 2, [h], h, h)
+    assert not merkle.verify_consistency(1, 2, [None], h, h)
