@@ -1,0 +1,355 @@
+"""Appraise a card: every check that can run is run and reported.
+
+A deployer fixing a pipeline wants the whole list of problems at once, so a failure does
+not stop the appraisal; only checks whose input a failed check was meant to vouch for
+(e.g. the log replay after a bad quote signature) are reported as not checked.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import cbor2
+
+from cards import cbor, cose, schema
+from cards.card import open_card
+from cards.errors import CardFormatError, LaminateError
+from verifier import dp_check
+from verifier.evidence import check_evidence
+from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, WARNING, Check, Result
+
+_ZERO = bytes(32)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None) -> Result:
+    """Appraise `card_bytes` against `policy`, optionally binding it to a model file or
+    digest. Raises LaminateError only for caller mistakes (missing model file, bad hex);
+    anything wrong with the card itself is a contraindicated check."""
+    expected_model = _model_digests(model_path, model_sha256)
+    try:
+        card = open_card(card_bytes)
+    except CardFormatError as exc:
+        return Result([Check("card_format", CONTRAINDICATED, exc.field or "card", exc.reason)],
+                      policy_id=policy.policy_id)
+    except LaminateError as exc:
+        return Result([Check("card_format", CONTRAINDICATED, "card", str(exc))],
+                      policy_id=policy.policy_id)
+
+    claims, evidence = card.claims, card.evidence
+    backend = card.backend
+    checks = [Check("card_format", AFFIRMING, "card",
+                    f"schema version {card.payload['schema_version']}, all fields valid")]
+    checks.append(_release_signature(card, policy))
+    allowed = backend in policy.allow_backends
+    checks.append(_backend(backend, allowed, policy))
+
+    evidence_checks, quoted = check_evidence(evidence, policy)
+    checks.extend(evidence_checks)
+    if quoted is None:
+        failed = next((c for c in evidence_checks if c.check == "quote_signature"), None)
+        why = ("not checked: quote signature failed" if failed and failed.status == CONTRAINDICATED
+               else "not checked: quote signature not checked")
+        checks.append(Check("qualifying_data", SKIPPED, "evidence.quote", why))
+        checks.append(Check("log_replay", SKIPPED, "evidence.event_log", why))
+        checks.append(Check("claims_in_log", SKIPPED, "claims", why))
+    else:
+        claims_bytes, digests = _encoded(card.sign1.payload, claims, evidence["event_log"])
+        checks.append(_qualifying_data(claims_bytes, quoted))
+        replay = _log_replay(evidence["event_log"], digests, quoted)
+        checks.append(replay)
+        if replay.status == AFFIRMING:
+            checks.append(_claims_in_log(claims, evidence["event_log"]))
+        else:
+            checks.append(Check("claims_in_log", SKIPPED, "claims", "not checked: log replay failed"))
+
+    checks.append(_code_identity(claims, policy))
+    checks.append(_model_digest(claims, expected_model))
+    for predicate in policy.predicates:
+        holds, reason = predicate.evaluate(claims)
+        checks.append(Check(f"policy:{predicate.text}", AFFIRMING if holds else CONTRAINDICATED,
+                            predicate.field, reason))
+    dp = claims["defenses"]["dp"]
+    if dp is not None:
+        checks.append(_dp_epsilon(dp, policy))
+        checks.append(_privacy_accounting(dp))
+    watermark = claims["defenses"]["watermark"]
+    if watermark is not None:
+        checks.append(_watermark_power(watermark, claims["evaluation"], policy))
+    if card.simulated and allowed:
+        checks.append(Check("simulated_hardware", WARNING, "evidence.backend",
+                            "evidence comes from the software simulator: it shows the card is "
+                            "internally consistent, not that real hardware measured anything"))
+    return Result(checks, policy_id=policy.policy_id, backend=backend, simulated=card.simulated)
+
+
+def _model_digests(model_path, model_sha256) -> list:
+    """Digests the caller expects the card's model to have: [(source, hex, size|None)]."""
+    expected = []
+    if model_path is not None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise LaminateError(f"{path}: model file not found" if not path.exists()
+                                else f"{path}: model is not a regular file")
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        expected.append((f"model file {path.name}", h.hexdigest(), path.stat().st_size))
+    if model_sha256 is not None:
+        digest = model_sha256.strip().lower()
+        if not _HEX64.fullmatch(digest):
+            raise LaminateError(f"--model-sha256: expected 64 hex digits, got {model_sha256!r}")
+        expected.append(("given model digest", digest, None))
+    return expected
+
+
+def _release_signature(card, policy) -> Check:
+    field = "card.signature"
+    key = policy.release_keys.get(card.kid)
+    if key is None:
+        kid = card.kid.hex()[:16] if isinstance(card.kid, bytes) else "?"
+        return Check("release_signature", CONTRAINDICATED, "card.kid",
+                     f"release key {kid}... is not trusted by policy {policy.policy_id}")
+    try:
+        ok = cose.verify_sign1(card.sign1, key)
+    except (ValueError, TypeError, LaminateError):
+        ok = False
+    if not ok:
+        return Check("release_signature", CONTRAINDICATED, field,
+                     "card signature does not verify with the trusted release key")
+    return Check("release_signature", AFFIRMING, field,
+                 f"signed by trusted release key {card.kid.hex()[:16]}...")
+
+
+def _backend(backend, allowed, policy) -> Check:
+    if not allowed:
+        reason = f"backend {backend} is not allowed by policy {policy.policy_id}"
+        if backend == "sim":
+            reason += "; simulated hardware gives no guarantee"
+        return Check("backend", CONTRAINDICATED, "evidence.backend", reason)
+    guarantee = {"sim": "no hardware guarantee (allowed explicitly)",
+                 "tpm": "log integrity against an attacker without the TPM's keys"}[backend]
+    return Check("backend", AFFIRMING, "evidence.backend",
+                 f"backend {backend} allowed by policy {policy.policy_id}: {guarantee}")
+
+
+def _encoded(payload_bytes: bytes, claims: dict, log: list) -> tuple[bytes, list]:
+    """dcbor(claims) and each event's H(dcbor({type, data})), without encoding again.
+
+    open_card has proved the payload is the deterministic encoding of its value, so the
+    encoding of every part is a slice of it: walking the payload once with the C decoder
+    is several times cheaper than re-encoding the claims and eight events canonically.
+    """
+    try:
+        claims_bytes, datas = _slices(payload_bytes)
+    except (CardFormatError, cbor2.CBORDecodeError, IndexError):
+        claims_bytes, datas = None, []
+    if claims_bytes is None or len(datas) != len(log):  # cannot happen for a valid card
+        return cbor.dumps(claims), [schema.event_digest(e["type"], e["data"]) for e in log]
+    digests = [hashlib.sha256(b"\xa2\x64data" + data + b"\x64type" + _text(event["type"])).digest()
+               for data, event in zip(datas, log)]
+    return claims_bytes, digests
+
+
+def _slices(payload_bytes: bytes) -> tuple[bytes | None, list]:
+    fp = io.BytesIO(payload_bytes)
+    decoder = cbor2.CBORDecoder(fp)
+    claims_bytes, datas = None, []
+    for _ in range(_head(fp, 5)):
+        key = decoder.decode()
+        start = fp.tell()
+        if key == "claims":
+            decoder.decode()
+            claims_bytes = payload_bytes[start:fp.tell()]
+        elif key == "evidence":
+            for _ in range(_head(fp, 5)):
+                if decoder.decode() != "event_log":
+                    decoder.decode()
+                    continue
+                for _ in range(_head(fp, 4)):
+                    for _ in range(_head(fp, 5)):
+                        field = decoder.decode()
+                        begin = fp.tell()
+                        decoder.decode()
+                        if field == "data":
+                            datas.append(payload_bytes[begin:fp.tell()])
+        else:
+            decoder.decode()
+    return claims_bytes, datas
+
+
+def _head(fp, major: int) -> int:
+    """Read a definite-length array (4) or map (5) head; return its item count."""
+    first = fp.read(1)[0]
+    if first >> 5 != major:
+        raise CardFormatError("payload", "unexpected CBOR structure")
+    info = first & 0x1F
+    if info < 24:
+        return info
+    if info > 27:
+        raise CardFormatError("payload", "unexpected CBOR length")
+    return int.from_bytes(fp.read(1 << (info - 24)), "big")
+
+
+@lru_cache(maxsize=64)
+def _text(value: str) -> bytes:
+    return cbor.dumps(value)
+
+
+def _qualifying_data(claims_bytes, quoted) -> Check:
+    if quoted.qualifying_data != hashlib.sha256(claims_bytes).digest():
+        return Check("qualifying_data", CONTRAINDICATED, "claims",
+                     "claims digest differs from the qualifying data the quote signed: "
+                     "the claims were changed after attestation")
+    return Check("qualifying_data", AFFIRMING, "evidence.quote.qualifying_data",
+                 "quote binds H(claims)")
+
+
+def _log_replay(log, digests, quoted) -> Check:
+    registers = {}
+    covered = set(quoted.registers)
+    for i, (event, digest) in enumerate(zip(log, digests)):
+        if digest != event["digest"]:
+            return Check("log_replay", CONTRAINDICATED, f"evidence.event_log[{i}].digest",
+                         f"event {event['type']!r} digest does not match its type and data")
+        register = event["register"]
+        if register not in covered:
+            return Check("log_replay", CONTRAINDICATED, f"evidence.event_log[{i}].register",
+                         f"event {event['type']!r} extends register {register}, "
+                         "which the quote does not cover")
+        registers[register] = hashlib.sha256(registers.get(register, _ZERO) + digest).digest()
+    replayed = hashlib.sha256(b"".join(registers.get(r, _ZERO) for r in quoted.registers)).digest()
+    if replayed != quoted.register_digest:
+        return Check("log_replay", CONTRAINDICATED, "evidence.event_log",
+                     f"replaying {len(log)} events does not reproduce the quoted register digest")
+    return Check("log_replay", AFFIRMING, "evidence.event_log",
+                 f"{len(log)} events replay to the quoted registers {quoted.registers}")
+
+
+def _claims_in_log(claims, log) -> Check:
+    expected = schema.expected_events(claims)
+    actual = [event["type"] for event in log]
+    wanted = [spec.type for spec in expected]
+    if actual != wanted:
+        i = next((i for i, (a, e) in enumerate(zip(actual, wanted)) if a != e),
+                 min(len(actual), len(wanted)))
+        want = repr(wanted[i]) if i < len(wanted) else "no further event"
+        got = repr(actual[i]) if i < len(actual) else "the end of the log"
+        if i == 0 and wanted[0] == "code":
+            reason = f"the first event must measure the code, got {got}"
+        else:
+            reason = f"expected event {want}, got {got}"
+        return Check("claims_in_log", CONTRAINDICATED, f"evidence.event_log[{i}].type", reason)
+    for spec, event in zip(expected, log):
+        if not _identical(spec.data(claims), event["data"]):
+            return Check("claims_in_log", CONTRAINDICATED, spec.field,
+                         f"differs from the measured {spec.type!r} event")
+    training = claims["training"]
+    if hashlib.sha256(cbor.dumps(training["config"])).hexdigest() != training["config_sha256"]:
+        return Check("claims_in_log", CONTRAINDICATED, "claims.training.config_sha256",
+                     "is not H(dcbor(config))")
+    return Check("claims_in_log", AFFIRMING, "claims",
+                 f"every claim section matches its measured event ({len(log)} events, code first)")
+
+
+def _identical(a, b) -> bool:
+    """Equal values of identical types, i.e. equal deterministic encodings. Both sides
+    were decoded from deterministic CBOR (dict order is already canonical), so their
+    plain encodings are equal exactly when their canonical ones are; unlike ==, this
+    tells 1 from 1.0 and True, and costs half a canonical encoding."""
+    return cbor2.dumps(a) == cbor2.dumps(b)
+
+
+def _code_identity(claims, policy) -> Check:
+    field = "claims.training.code.wrapper_sha256"
+    wrapper = claims["training"]["code"]["wrapper_sha256"]
+    if wrapper in policy.reference_values.code:
+        return Check("code_identity", AFFIRMING, field,
+                     f"wrapper code {wrapper[:16]}... is a reference value of policy {policy.policy_id}")
+    if not policy.reference_values.code:
+        return Check("code_identity", CONTRAINDICATED, field,
+                     f"policy {policy.policy_id} pins no code reference values; wrapper code "
+                     f"{wrapper[:16]}... is unknown")
+    return Check("code_identity", CONTRAINDICATED, field,
+                 f"wrapper code {wrapper[:16]}... is not a reference value of policy {policy.policy_id}")
+
+
+def _model_digest(claims, expected) -> Check:
+    model = claims["model"]
+    if not expected:
+        return Check("model_digest", WARNING, "claims.model.sha256",
+                     "no model given: the card is not bound to the file you deploy "
+                     "(pass --model or --model-sha256)")
+    for source, digest, size in expected:
+        if digest != model["sha256"]:
+            return Check("model_digest", CONTRAINDICATED, "claims.model.sha256",
+                         f"{source} has sha256 {digest[:16]}..., the card says {model['sha256'][:16]}...")
+        if size is not None and size != model["size"]:
+            return Check("model_digest", CONTRAINDICATED, "claims.model.size",
+                         f"{source} has {size} bytes, the card says {model['size']}")
+    return Check("model_digest", AFFIRMING, "claims.model.sha256",
+                 f"{' and '.join(s for s, _, _ in expected)} "
+                 f"{'match' if len(expected) > 1 else 'matches'} the measured model")
+
+
+def _dp_epsilon(dp, policy) -> Check:
+    field = "claims.defenses.dp.epsilon"
+    problem = dp_check.check_parameters(dp)
+    if problem:
+        return Check("dp_epsilon", CONTRAINDICATED, "claims.defenses.dp", problem)
+    try:
+        recomputed = dp_check.rdp_epsilon(float(dp["noise_multiplier"]), float(dp["sample_rate"]),
+                                          dp["steps"], float(dp["delta"]))
+    except dp_check.AccountantUnavailable as exc:
+        return Check("dp_epsilon", WARNING, field,
+                     f"epsilon {dp['epsilon']:g} not recomputed: {exc} (install opacus to check it)")
+    claimed = dp["epsilon"]
+    if not dp_check.within(claimed, recomputed, policy.dp.epsilon_tolerance):
+        return Check("dp_epsilon", CONTRAINDICATED, field,
+                     f"claimed epsilon {claimed:.6g} but the RDP accountant gives {recomputed:.6g} "
+                     f"for noise {dp['noise_multiplier']:g}, sample rate {dp['sample_rate']:g}, "
+                     f"{dp['steps']} steps, delta {dp['delta']:g}")
+    version = dp_check.opacus_version() or "?"
+    return Check("dp_epsilon", AFFIRMING, field,
+                 f"epsilon {claimed:.4g} matches Opacus {version} RDP analysis ({recomputed:.4g})")
+
+
+def _privacy_accounting(dp) -> Check:
+    field = "claims.defenses.dp.privacy_accounting"
+    if dp["privacy_accounting"] == "not tight":
+        note = dp.get("note") or "a non-DP phase followed the DP phase"
+        return Check("privacy_accounting", WARNING, field,
+                     f"not tight: epsilon {dp['epsilon']:.3g} covers only the DP phase; {note}")
+    return Check("privacy_accounting", AFFIRMING, field, "tight: epsilon covers the whole training")
+
+
+@lru_cache(maxsize=1024)
+def _power(binomial, accuracy, n, classes, alpha) -> float:
+    """Exact power is a dynamic program over the trigger count: memoised per parameters."""
+    return binomial.power(accuracy, n, classes, alpha)
+
+
+def _watermark_power(watermark, evaluation, policy) -> Check:
+    field = "claims.evaluation.watermark_accuracy"
+    accuracy = evaluation.get("watermark_accuracy")
+    if accuracy is None:
+        return Check("watermark_power", WARNING, field,
+                     "no measured watermark accuracy: ownership could not be shown")
+    try:
+        from verifier import binomial
+    except ImportError:
+        return Check("watermark_power", WARNING, field, "not computed: the ownership test is not installed")
+    n, classes, alpha = watermark["trigger_count"], watermark["classes"], policy.ownership.alpha
+    power = _power(binomial, accuracy, n, classes, alpha)
+    detail = (f"power {power:.3f} at alpha {alpha:g} with {n} triggers, {classes} classes, "
+              f"watermark accuracy {accuracy:.3f}")
+    if power < policy.ownership.min_power:
+        return Check("watermark_power", WARNING, field,
+                     f"{detail} is below {policy.ownership.min_power:g}: an ownership test "
+                     "would likely fail to show ownership of a copy")
+    return Check("watermark_power", AFFIRMING, field, detail)
+

@@ -1,0 +1,41 @@
+"""Backend dispatch for hardware evidence: each backend's verifier turns its evidence
+into the same `Quoted` facts, so the rest of the appraisal is backend independent.
+
+`check_evidence(evidence, policy)` returns the backend's checks (cert_chain,
+quote_signature, and whatever else the backend needs) and the signed quote's facts, or
+None for the facts when the quote cannot be trusted to say anything (bad signature,
+malformed quote); checks that depend on it are then reported as not checked.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from verifier.result import CONTRAINDICATED, Check
+
+_BACKEND_MODULES = {"sim": "verifier.sim_evidence", "tpm": "verifier.tpm_evidence"}
+
+
+@dataclass(frozen=True)
+class Quoted:
+    registers: list            # register (PCR) indices the quote covers, ascending
+    register_digest: bytes     # H(concatenation of those registers' values, ascending)
+    qualifying_data: bytes     # the nonce the prover bound: H(dcbor(claims))
+    device: str                # device identity as the evidence names it
+    clock: dict = field(default_factory=dict)
+
+
+def check_evidence(evidence: dict, policy) -> tuple[list, Quoted | None]:
+    backend = evidence.get("backend")
+    name = _BACKEND_MODULES.get(backend)
+    if name is None:
+        return [Check("quote_signature", CONTRAINDICATED, "evidence.backend",
+                      f"no verifier for backend {backend!r}")], None
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        return [Check("quote_signature", CONTRAINDICATED, "evidence.backend",
+                      f"this installation cannot check {backend} evidence")], None
+    return module.check_evidence(evidence, policy)
