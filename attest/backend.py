@@ -33,13 +33,17 @@ class Backend(Protocol):
         """Release the module."""
 
 
-def open_backend(name: str = "sim", *, sim_dir=None, tcti=None) -> Backend:
-    """Open the named backend; the TPM stack is imported only when asked for."""
+def open_backend(name: str = "sim", *, sim_dir=None, tcti=None, pcrs=None) -> Backend:
+    """Open the named backend; the TPM stack is imported only when asked for.
+
+    `pcrs`: the TPM's PCRs for registers 16 and 23 (default: PCRs 16 and 23); the
+    simulator has its own registers and ignores it.
+    """
     if name == "sim":
         from attest.sim_backend import SimBackend
         return SimBackend(sim_dir)
     if name == "tpm":
         from attest.tpm_backend import TpmBackend
-        return TpmBackend(tcti=tcti)
+        return TpmBackend(tcti=tcti, pcrs=pcrs)
     raise LaminateError(f"backend: unknown attestation backend {name!r} "
                         f"(choose one of {', '.join(BACKENDS)})")

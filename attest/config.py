@@ -43,12 +43,15 @@ Keys:
       backend: sim | tpm           (default sim)
       sim_dir: str | null          simulator state directory (default: the simulator's own)
       tpm: str | null              TPM TCTI string, e.g. "swtpm:port=2321"
+      tpm_pcrs: [int, int]         the PCRs (SHA-256 bank) registers 16 and 23 are extended
+                                   into; each must be resettable at locality 0 (default [16, 23])
     release_key: str | null        PEM private key that signs the card; must exist when given
                                    (default, created on first use: $LAMINATE_HOME/release-ed25519.pem, else
                                    ~/.local/share/laminate/release-ed25519.pem)
 
-`release_key`, `attestation.sim_dir` and `attestation.tpm` are host-local locations, not
-properties of the training, so they are left out of the measured config.
+`release_key`, `attestation.sim_dir`, `attestation.tpm` and `attestation.tpm_pcrs` are
+host-local settings, not properties of the training, so they are left out of the measured
+config (the card's TPM evidence records the PCR mapping it quoted).
 """
 from __future__ import annotations
 
@@ -62,6 +65,9 @@ import yaml
 from cards.errors import LaminateError
 
 NAMED_DATASETS = ("digits", "mnist-5k")
+# The PCRs software at locality 0 may reset (TCG PC Client profile): a session must start
+# from zeros, because the verifier replays the event log from zeros.
+RESETTABLE_PCRS = (16, 23)
 
 
 def _int(v):
@@ -77,7 +83,7 @@ def _typename(v) -> str:
 
 
 # Per section: key -> (kind, default). Kinds: "int", "float", "bool", "str", "str?",
-# "int?", "float?", ("choice", options), "hidden".
+# "int?", "float?", ("choice", options), "hidden", "pcrs".
 _SCHEMA = {
     "dataset": {
         "name": ("str?", None),
@@ -115,6 +121,7 @@ _SCHEMA = {
         "backend": (("choice", ("sim", "tpm")), "sim"),
         "sim_dir": ("str?", None),
         "tpm": ("str?", None),
+        "tpm_pcrs": ("pcrs", list(RESETTABLE_PCRS)),
     },
 }
 _TOP = {"name": ("str", "model"), "release_key": ("str?", None)}
@@ -143,6 +150,10 @@ def _coerce(kind, value, where: str):
         if isinstance(widths, list) and widths and all(_int(w) and w > 0 for w in widths):
             return list(widths)
         raise LaminateError(f"{where}: expected a positive integer or a list of them, got {value!r}")
+    if kind == "pcrs":
+        if isinstance(value, list) and len(value) == 2 and all(_int(v) for v in value):
+            return list(value)
+        raise LaminateError(f"{where}: expected a list of two PCR numbers, got {value!r}")
     names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a non-empty string"}
     return _fail(where, f"expected {names[kind]}, got {_typename(value)}")
 
@@ -293,6 +304,14 @@ def _check_values(c: dict) -> None:
             _fail("watermark.split_epochs", "must be at least 1 under the split schedule")
         if not 0.0 < wm["weight"] < 1.0:
             _fail("watermark.weight", "must be between 0 and 1 (exclusive)")
+    pcrs = c["attestation"]["tpm_pcrs"]
+    for pcr in pcrs:
+        if pcr not in RESETTABLE_PCRS:
+            _fail("attestation.tpm_pcrs", f"PCR {pcr} cannot be reset at locality 0 "
+                  f"(resettable: {', '.join(map(str, RESETTABLE_PCRS))})")
+    if pcrs != sorted(set(pcrs)):
+        _fail("attestation.tpm_pcrs", "expected two distinct PCRs in ascending order "
+              "(registers 16 and 23 map to them in that order)")
     if c["attestation"]["backend"] == "tpm" and not c["attestation"]["tpm"]:
         _fail("attestation.tpm", "the tpm backend needs a TCTI string, e.g. swtpm:port=2321")
 

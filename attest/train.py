@@ -258,7 +258,8 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
         from attest.backend import open_backend
 
         att = config["attestation"]
-        backend = open_backend(att["backend"], sim_dir=att["sim_dir"], tcti=att["tpm"])
+        backend = open_backend(att["backend"], sim_dir=att["sim_dir"], tcti=att["tpm"],
+                               pcrs=att["tpm_pcrs"])
     try:
         started = time.monotonic()
         session = AttestedSession(backend, signing_key)
