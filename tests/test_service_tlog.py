@@ -1,0 +1,203 @@
+"""The service log's verification path against public RFC 6962/9162 vectors, plus its
+own proofs, signed tree heads and COSE Receipts, checked adversarially."""
+import base64
+import json
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from cards import cbor, keys, merkle
+from verifier.service import db as dbmod
+from verifier.service import receipts, tlog
+
+VECTORS = Path(__file__).resolve().parents[2] / "shared" / "testvectors" / "merkle"
+
+
+def _vector_files(kind):
+    if not VECTORS.is_dir():
+        pytest.skip(f"public Merkle vectors not found at {VECTORS}")
+    files = sorted((VECTORS / kind).rglob("*.json"))
+    assert files, f"no {kind} vectors"
+    return files
+
+
+def _b64(value):
+    return base64.b64decode(value) if value is not None else None
+
+
+def _b64_list(values):
+    return [base64.b64decode(v) for v in values] if values else []
+
+
+def _accepts(fn, *args):
+    try:
+        fn(*args)
+        return True
+    except tlog.LogProofError:
+        return False
+
+
+def test_every_inclusion_vector():
+    files = _vector_files("inclusion")
+    accepted = rejected = 0
+    for path in files:
+        case = json.loads(path.read_text())
+        ok = _accepts(tlog.check_inclusion, _b64(case["leafHash"]), case["leafIdx"],
+                      case["treeSize"], _b64_list(case["proof"]), _b64(case["root"]))
+        assert ok == (not case["wantErr"]), f"{path.relative_to(VECTORS)}: {case['desc']}"
+        accepted += ok
+        rejected += not ok
+    assert accepted >= 5 and rejected >= 50
+
+
+def test_inclusion_vectors_through_receipt_root_computation():
+    """The receipt path recomputes the root from the path; for every valid vector it
+    must find exactly the published root, for every invalid one a different root or an
+    error."""
+    for path in _vector_files("inclusion"):
+        case = json.loads(path.read_text())
+        try:
+            root = tlog.root_from_inclusion(_b64(case["leafHash"]), case["leafIdx"],
+                                            case["treeSize"], _b64_list(case["proof"]))
+        except tlog.LogProofError:
+            root = None
+        if not case["wantErr"]:
+            assert root == _b64(case["root"]), f"{path.relative_to(VECTORS)}"
+
+
+def test_every_consistency_vector():
+    files = _vector_files("consistency")
+    accepted = rejected = 0
+    for path in files:
+        case = json.loads(path.read_text())
+        ok = _accepts(tlog.check_consistency, case["size1"], case["size2"],
+                      _b64_list(case["proof"]), _b64(case["root1"]), _b64(case["root2"]))
+        assert ok == (not case["wantErr"]), f"{path.relative_to(VECTORS)}: {case['desc']}"
+        accepted += ok
+        rejected += not ok
+    assert accepted >= 5 and rejected >= 50
+
+
+@pytest.fixture
+def log(tmp_path):
+    db = dbmod.open_database(f"sqlite:///{tmp_path / 'log.sqlite'}")
+    key = keys.generate_private_key("ed25519")
+    yield tlog.TransparencyLog(db, key), db, key
+    db.dispose()
+
+
+def _append(db, log, datas):
+    with db.write() as (session, head):
+        out = [log.append(session, head, "test", f"r{i}", d) for i, d in enumerate(datas)]
+    return out
+
+
+def test_log_proofs_match_an_independent_tree(log):
+    tl, db, key = log
+    datas = [f"entry {i}".encode() for i in range(13)]
+    _append(db, tl, datas[:5])
+    _append(db, tl, datas[5:])
+    assert tl.size() == 13
+    hashes = [merkle.leaf_hash(d) for d in datas]
+    for size in (1, 2, 5, 8, 13):
+        root = merkle.root_of(hashes[:size])
+        assert tl.root(size) == root
+        for index in range(size):
+            tlog.check_inclusion(hashes[index], index, size, tl.inclusion_proof(index, size), root)
+    for first in range(1, 14):
+        proof = tl.consistency_proof(first, 13)
+        tlog.check_consistency(first, 13, proof, merkle.root_of(hashes[:first]), tl.root(13))
+    # A forked history (one entry rewritten) is caught by the consistency check.
+    forked = list(hashes)
+    forked[3] = merkle.leaf_hash(b"rewritten")
+    with pytest.raises(tlog.LogProofError, match="append-only"):
+        tlog.check_consistency(5, 13, tl.consistency_proof(5, 13), merkle.root_of(forked[:5]),
+                               tl.root(13))
+
+
+def test_rolled_back_append_leaves_no_trace(log):
+    tl, db, _ = log
+    _append(db, tl, [b"a"])
+    with pytest.raises(RuntimeError):
+        with db.write() as (session, head):
+            tl.append(session, head, "test", "x", b"b")
+            raise RuntimeError("crash between write steps")
+    assert tl.size() == 1
+    index, _ = _append(db, tl, [b"c"])[0]
+    assert index == 1
+    assert tl.audit() == 2
+
+
+def test_audit_detects_a_tampered_entry(log):
+    tl, db, _ = log
+    _append(db, tl, [b"a", b"b"])
+    with db.write() as (session, head):
+        session.get(dbmod.LogEntry, 1).data = b"B"
+    with pytest.raises(Exception, match="does not match its leaf hash"):
+        tl.audit()
+
+
+def test_signed_tree_head_round_trip_and_tampering(log):
+    tl, db, key = log
+    _append(db, tl, [b"a", b"b", b"c"])
+    sth = tl.tree_head()
+    got = tlog.verify_tree_head(sth.signed, key.public_key())
+    assert (got.tree_size, got.root_hash) == (3, tl.root(3))
+    other = keys.generate_private_key("ed25519")
+    with pytest.raises(tlog.LogProofError, match="signature"):
+        tlog.verify_tree_head(sth.signed, other.public_key())
+    forged = bytearray(sth.signed)
+    forged[-70] ^= 1  # inside the payload
+    with pytest.raises(tlog.LogProofError):
+        tlog.verify_tree_head(bytes(forged), key.public_key())
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "p256"])
+def test_receipt_layout_and_verification(tmp_path, kind):
+    db = dbmod.open_database(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    key = keys.generate_private_key(kind)
+    tl = tlog.TransparencyLog(db, key)
+    statements = [f"statement {i}".encode() for i in range(6)]
+    _append(db, tl, statements)
+    size, index = 6, 4
+    receipt = receipts.make_receipt(key, size, index, tl.inclusion_proof(index, size), tl.root(size))
+
+    # RFC 9942 layout: tag 18, protected {alg, vds: 1}, unprotected {396: {-1: [bstr]}}, nil payload.
+    item = cbor2.loads(receipt)
+    assert item.tag == 18
+    protected, unprotected, payload, _sig = item.value
+    assert cbor2.loads(protected)[395] == 1 and cbor2.loads(protected)[1] in (-7, -8)
+    assert payload is None
+    proof = cbor2.loads(unprotected[396][-1][0])
+    assert proof[0] == size and proof[1] == index and len(proof[2]) >= 1
+
+    check = receipts.verify_receipt(receipt, statements[index], key.public_key())
+    assert (check.tree_size, check.leaf_index, check.root_hash) == (size, index, tl.root(size))
+
+    with pytest.raises(tlog.LogProofError):  # a different statement
+        receipts.verify_receipt(receipt, statements[3], key.public_key())
+    with pytest.raises(tlog.LogProofError, match="different key"):
+        receipts.verify_receipt(receipt, statements[index],
+                                keys.generate_private_key(kind).public_key())
+    # Claim another position for the same path: the recomputed root is not the signed one.
+    moved = cbor2.CBORTag(18, [protected, {396: {-1: [cbor.dumps([size, 5, proof[2]])]}},
+                              None, _sig])
+    with pytest.raises(tlog.LogProofError):
+        receipts.verify_receipt(cbor.dumps(moved), statements[index], key.public_key())
+    # Altered path element.
+    bad_path = [bytes(32)] + proof[2][1:]
+    altered = cbor2.CBORTag(18, [protected, {396: {-1: [cbor.dumps([size, index, bad_path])]}},
+                                None, _sig])
+    with pytest.raises(tlog.LogProofError, match="signature"):
+        receipts.verify_receipt(cbor.dumps(altered), statements[index], key.public_key())
+    # Attached payload is refused (the root must be recomputed, never trusted).
+    attached = cbor2.CBORTag(18, [protected, unprotected, tl.root(size), _sig])
+    with pytest.raises(tlog.LogProofError, match="detached"):
+        receipts.verify_receipt(cbor.dumps(attached), statements[index], key.public_key())
+    # Wrong vds.
+    wrong_vds = cbor.dumps({1: cbor2.loads(protected)[1], 395: 2})
+    with pytest.raises(tlog.LogProofError, match="vds"):
+        receipts.verify_receipt(cbor.dumps(cbor2.CBORTag(18, [wrong_vds, unprotected, None, _sig])),
+                                statements[index], key.public_key())
+    db.dispose()

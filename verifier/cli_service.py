@@ -1,0 +1,450 @@
+"""`laminate serve`, `laminate log ...` and `laminate dispute ...`.
+
+The log and dispute commands are thin HTTP clients of a running service, plus the one
+check that needs no service at all: `laminate log verify` proves offline, with the
+service's public key, that a card is in the log (card + COSE Receipt).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from cards.errors import LaminateError
+
+
+def _env(name, default=None):
+    return os.environ.get(name) or default
+
+
+def register(sub) -> None:
+    serve = sub.add_parser(
+        "serve", help="run the property-card service (registry, transparency log, disputes)",
+        description="Run the HTTP service. Every option also comes from the environment "
+                    "variable named in its help; options win over the environment.")
+    serve.add_argument("--host", default=_env("LAMINATE_HOST", "127.0.0.1"),
+                       help="bind address [LAMINATE_HOST, default 127.0.0.1]")
+    serve.add_argument("--port", type=int, default=int(_env("LAMINATE_PORT", "8000")),
+                       help="port [LAMINATE_PORT, default 8000]")
+    serve.add_argument("--database", default=_env("LAMINATE_DATABASE_URL"),
+                       help="SQLAlchemy URL [LAMINATE_DATABASE_URL, default "
+                            "sqlite:///./laminate.sqlite; PostgreSQL: "
+                            "postgresql+psycopg://user@host/db]")
+    serve.add_argument("--policy", default=_env("LAMINATE_POLICY"),
+                       help="appraisal policy YAML [LAMINATE_POLICY, default: the built-in "
+                            "policy, which rejects simulated hardware]")
+    serve.add_argument("--api-token", action="append", default=None,
+                       help="bearer token for write endpoints, repeatable [LAMINATE_API_TOKEN, "
+                            "comma-separated]; stored hashed. With none at all, one is "
+                            "generated on first start and printed once")
+    serve.add_argument("--key", default=_env("LAMINATE_SERVICE_KEY"),
+                       help="service signing key PEM [LAMINATE_SERVICE_KEY, default: generated "
+                            "next to the SQLite file, or in the working directory]; every "
+                            "process on one database needs the same key")
+    serve.add_argument("--max-upload-mb", type=float,
+                       default=float(_env("LAMINATE_MAX_UPLOAD_MB", "64")),
+                       help="largest request body [LAMINATE_MAX_UPLOAD_MB, default 64]")
+    serve.add_argument("--allow-prediction-urls", action="store_true",
+                       default=_env("LAMINATE_ALLOW_PREDICTION_URLS", "") in ("1", "true", "yes"),
+                       help="let ownership tests and disputes query suspect prediction URLs "
+                            "(the service then makes outbound requests to URLs clients "
+                            "choose) [LAMINATE_ALLOW_PREDICTION_URLS=1]")
+    serve.add_argument("--workers", type=int, default=int(_env("LAMINATE_WORKERS", "1")),
+                       help="uvicorn worker processes [LAMINATE_WORKERS, default 1]")
+    serve.set_defaults(func=cmd_serve)
+
+    log = sub.add_parser("log", help="check the service's transparency log",
+                         description="Verify receipts offline, fetch signed tree heads, and "
+                                     "check that the log only grew (consistency proofs).")
+    log_sub = log.add_subparsers(dest="log_command", metavar="COMMAND", required=True)
+    verify = log_sub.add_parser("verify", help="prove offline that a card is in the log")
+    verify.add_argument("card", help="card.cbor")
+    verify.add_argument("--receipt", required=True,
+                        help="COSE Receipt file (binary, or the base64 text the service returns)")
+    verify.add_argument("--service-key", required=True, help="the service's public key PEM")
+    verify.set_defaults(func=cmd_log_verify)
+
+    submit = log_sub.add_parser("submit", help="register a card with a service")
+    submit.add_argument("card", help="card.cbor")
+    _server_args(submit, token=True)
+    submit.add_argument("--receipt-out", help="write the card's COSE Receipt here")
+    submit.set_defaults(func=cmd_log_submit)
+
+    head = log_sub.add_parser("tree-head", help="fetch and check the current signed tree head")
+    _server_args(head)
+    head.add_argument("--service-key", help="pin the service's public key PEM (recommended)")
+    head.add_argument("--out", help="save the tree head JSON here (for `log consistency`)")
+    head.set_defaults(func=cmd_log_tree_head)
+
+    cons = log_sub.add_parser("consistency",
+                              help="check the log only grew since a saved tree head")
+    _server_args(cons)
+    cons.add_argument("--since", required=True, help="tree head JSON saved by `log tree-head --out`")
+    cons.add_argument("--service-key", required=True, help="the service's public key PEM")
+    cons.add_argument("--update", action="store_true", help="save the newer head over --since")
+    cons.set_defaults(func=cmd_log_consistency)
+
+    dispute = sub.add_parser("dispute", help="open or fetch an ownership dispute on a service")
+    d_sub = dispute.add_subparsers(dest="dispute_command", metavar="COMMAND", required=True)
+    d_open = d_sub.add_parser("open", help="submit claims against a suspect model")
+    _server_args(d_open, token=True)
+    d_open.add_argument("--suspect", help="suspect ONNX model file")
+    d_open.add_argument("--suspect-url", help="suspect prediction URL (needs --suspect-sha256)")
+    d_open.add_argument("--suspect-sha256", help="digest of the model behind --suspect-url")
+    d_open.add_argument("--claim", action="append", required=True, metavar="CARD_ID=OPENING",
+                        help="a claim: registered card id and the watermark opening JSON file; "
+                             "repeatable")
+    d_open.add_argument("--service-key", help="check the verdict signature with this key PEM")
+    d_open.add_argument("--out", help="write the verdict JSON here")
+    d_open.set_defaults(func=cmd_dispute_open)
+    d_show = d_sub.add_parser("show", help="fetch a dispute's signed verdict")
+    d_show.add_argument("dispute_id")
+    _server_args(d_show)
+    d_show.add_argument("--service-key", help="check the verdict signature with this key PEM")
+    d_show.set_defaults(func=cmd_dispute_show)
+
+
+def _server_args(parser, *, token=False) -> None:
+    parser.add_argument("--server", default=_env("LAMINATE_SERVER", "http://127.0.0.1:8000"),
+                        help="service base URL [LAMINATE_SERVER]")
+    if token:
+        parser.add_argument("--token", default=_env("LAMINATE_API_TOKEN"),
+                            help="API token [LAMINATE_API_TOKEN]")
+
+
+# ---------------------------------------------------------------- serve
+
+def cmd_serve(args) -> int:
+    from verifier.service.app import Service, ServiceConfig
+
+    config = ServiceConfig.from_env()
+    if args.database:
+        config.database_url = args.database
+    if args.policy:
+        config.policy_path = args.policy
+    if args.api_token:
+        config.api_tokens = list(args.api_token)
+    if args.key:
+        config.key_path = args.key
+    if args.max_upload_mb <= 0:
+        raise LaminateError(f"--max-upload-mb: must be positive, got {args.max_upload_mb}")
+    config.max_upload_mb = args.max_upload_mb
+    config.allow_prediction_urls = args.allow_prediction_urls
+    if args.workers < 1:
+        raise LaminateError(f"--workers: must be at least 1, got {args.workers}")
+
+    # Set up once here (database, key, genesis leaf, tokens) so a mistake is one line
+    # and exit 2, and the workers find everything in place.
+    service = Service(config)
+    if not config.api_tokens and not service.has_tokens():
+        token = secrets.token_urlsafe(32)
+        service.add_token(token)
+        print(f"laminate serve: generated API token (shown once, stored hashed): {token}",
+              file=sys.stderr)
+    key_path = service.key_path
+    service.close()
+    if service.policy.source == "built-in default policy":
+        print("laminate serve: no --policy: the built-in policy rejects simulated hardware",
+              file=sys.stderr)
+    os.environ.update({
+        "LAMINATE_DATABASE_URL": config.database_url,
+        "LAMINATE_POLICY": config.policy_path or "",
+        "LAMINATE_SERVICE_KEY": str(key_path),
+        "LAMINATE_MAX_UPLOAD_MB": str(config.max_upload_mb),
+        "LAMINATE_ALLOW_PREDICTION_URLS": "1" if config.allow_prediction_urls else "",
+        "LAMINATE_API_TOKEN": "",      # already stored hashed in the database
+    })
+    print(f"laminate serve: http://{args.host}:{args.port}  database {config.database_url}  "
+          f"key {key_path}", file=sys.stderr)
+    if args.workers == 1:
+        _serve_one(args.host, args.port)
+        return 0
+    return _serve_many(args.host, args.port, args.workers)
+
+
+def _listening_socket(host: str, port: int):
+    """A TCP listening socket created with an explicit IPPROTO_TCP, so asyncio turns
+    Nagle off on every accepted connection (uvicorn's own multi-worker socket leaves the
+    protocol 0, and every response then waits ~40 ms for a delayed ACK), and with
+    SO_REUSEPORT so several worker processes share the port with kernel balancing."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise LaminateError(f"--host {host} --port {port}: cannot listen ({exc.strerror or exc})") from None
+    sock.listen(2048)
+    return sock
+
+
+def _serve_one(host: str, port: int) -> None:
+    import uvicorn
+
+    sock = _listening_socket(host, port)
+    config = uvicorn.Config("verifier.service.app:app_from_env", factory=True,
+                            log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _serve_worker(host: str, port: int) -> None:
+    """A worker that also dies when its parent is killed (even by SIGKILL), so no
+    orphan keeps serving a port the operator believes stopped."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    _serve_one(host, port)
+
+
+def _serve_many(host: str, port: int, workers: int) -> int:
+    """Independent worker processes on one port; if one dies, all stop (a supervisor
+    such as systemd restarts the service as a whole)."""
+    import multiprocessing
+    import signal
+    from multiprocessing.connection import wait
+
+    _listening_socket(host, port).close()      # fail here, once, on a port in use
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_serve_worker, args=(host, port), daemon=True)
+             for _ in range(workers)]
+
+    def stop(_signum, _frame):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    for proc in procs:
+        proc.start()
+    try:
+        wait([p.sentinel for p in procs])
+        return max((p.exitcode or 0) for p in procs if p.exitcode is not None)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=10)
+
+
+# ---------------------------------------------------------------- HTTP client
+
+def _request(method, url, *, token=None, body=None, content_type=None, timeout=120.0):
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if content_type:
+        headers["Content-Type"] = content_type
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("detail")
+        except (ValueError, AttributeError):
+            detail = exc.reason
+        return exc.code, {"detail": detail}
+    except (urllib.error.URLError, OSError) as exc:
+        raise LaminateError(f"{url}: service unreachable ({getattr(exc, 'reason', exc)})") from None
+
+
+def _multipart(fields: dict, files: dict) -> tuple[bytes, str]:
+    boundary = "laminate" + secrets.token_hex(12)
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                     .encode() + str(value).encode() + b"\r\n")
+    for name, (filename, data) in files.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                     f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+                     .encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _read(path, what) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise LaminateError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+
+
+def _fail(status, answer, what) -> LaminateError:
+    detail = answer.get("detail") if isinstance(answer, dict) else answer
+    return LaminateError(f"{what}: service answered HTTP {status}: {detail}")
+
+
+# ---------------------------------------------------------------- log commands
+
+def cmd_log_verify(args) -> int:
+    from cards import keys
+    from verifier.service.receipts import verify_receipt
+    from verifier.service.tlog import LogProofError
+
+    card = _read(args.card, "card")
+    raw = _read(args.receipt, "receipt")
+    try:
+        receipt = base64.b64decode(raw.strip(), validate=True) if raw[:1] != b"\xd2" else raw
+    except ValueError:
+        receipt = raw
+    public_key = keys.load_public_key(args.service_key)
+    try:
+        check = verify_receipt(receipt, card, public_key)
+    except LogProofError as exc:
+        print(f"NOT in the log: {args.card}: {exc}")
+        return 1
+    print(f"in the log: {args.card} is leaf {check.leaf_index} of the tree of size "
+          f"{check.tree_size} with root {check.root_hash.hex()} signed by the service key")
+    return 0
+
+
+def cmd_log_submit(args) -> int:
+    card = _read(args.card, "card")
+    status, answer = _request("POST", f"{args.server.rstrip('/')}/v1/cards", token=args.token,
+                              body=card, content_type="application/cbor")
+    if status == 422 and isinstance(answer, dict) and "result" in answer:
+        print(f"rejected: {answer['detail']}")
+        return 1
+    if status not in (200, 201):
+        raise _fail(status, answer, args.card)
+    if args.receipt_out:
+        Path(args.receipt_out).write_bytes(base64.b64decode(answer["receipt"]))
+    word = "already registered" if answer.get("already_registered") else "registered"
+    print(f"{word}: card {answer['card_id']} at log index {answer['leaf_index']} "
+          f"(tree size {answer['tree_size']}, root {answer['root_hash']})")
+    return 0
+
+
+def _service_key(server, pinned):
+    from cards import keys
+
+    if pinned:
+        return keys.load_public_key(pinned)
+    status, answer = _request("GET", f"{server.rstrip('/')}/v1/log/key")
+    if status != 200:
+        raise _fail(status, answer, "service key")
+    print("warning: trusting the key the service presents; pin it with --service-key",
+          file=sys.stderr)
+    return keys.load_public_key(answer["public_key_pem"].encode())
+
+
+def _fetch_head(server, public_key):
+    from verifier.service.tlog import verify_tree_head
+
+    status, answer = _request("GET", f"{server.rstrip('/')}/v1/log/tree-head")
+    if status != 200:
+        raise _fail(status, answer, "tree head")
+    head = verify_tree_head(base64.b64decode(answer["signed"]), public_key)
+    return head, answer
+
+
+def cmd_log_tree_head(args) -> int:
+    head, answer = _fetch_head(args.server, _service_key(args.server, args.service_key))
+    if args.out:
+        Path(args.out).write_text(json.dumps(answer, indent=2) + "\n", encoding="utf-8")
+    print(f"tree size {head.tree_size}, root {head.root_hash.hex()} (signature checked)")
+    return 0
+
+
+def cmd_log_consistency(args) -> int:
+    from cards import keys
+    from verifier.service.tlog import LogProofError, check_consistency, verify_tree_head
+
+    public_key = keys.load_public_key(args.service_key)
+    try:
+        saved = json.loads(_read(args.since, "tree head"))
+        old = verify_tree_head(base64.b64decode(saved["signed"]), public_key)
+    except (ValueError, KeyError, TypeError):
+        raise LaminateError(f"{args.since}: not a tree head saved by `laminate log tree-head`") from None
+    new, answer = _fetch_head(args.server, public_key)
+    if new.tree_size < old.tree_size:
+        print(f"INCONSISTENT: the log shrank from {old.tree_size} to {new.tree_size} leaves")
+        return 1
+    status, proof = _request("GET", f"{args.server.rstrip('/')}/v1/log/consistency?"
+                             + urllib.parse.urlencode({"first": old.tree_size,
+                                                       "second": new.tree_size}))
+    if status != 200:
+        raise _fail(status, proof, "consistency proof")
+    try:
+        check_consistency(old.tree_size, new.tree_size,
+                          [bytes.fromhex(p) for p in proof["consistency_proof"]],
+                          old.root_hash, new.root_hash)
+    except (LogProofError, ValueError) as exc:
+        print(f"INCONSISTENT: {exc}")
+        return 1
+    if args.update:
+        Path(args.since).write_text(json.dumps(answer, indent=2) + "\n", encoding="utf-8")
+    print(f"consistent: the log grew append-only from {old.tree_size} to {new.tree_size} leaves")
+    return 0
+
+
+# ---------------------------------------------------------------- disputes
+
+def _print_verdict(view, public_key) -> None:
+    from verifier.service.disputes import verify_verdict
+
+    verdict = view["verdict"]
+    if public_key is not None:
+        verify_verdict(base64.b64decode(view["signed_verdict"]), public_key)
+        print("verdict signature checked with the service key")
+    suspect = verdict["suspect"]
+    print(f"dispute {view['dispute_id']}: suspect {suspect['sha256']} first seen at log "
+          f"index {suspect['leaf_index']} ({suspect['source']})")
+    for claim in verdict["claims"]:
+        print(f"  {'WON ' if claim['won'] else 'lost'} card {claim['card_id']}: {claim['reason']}")
+    print(f"winner: {verdict['winner'] or 'none'} ({verdict['reason']})")
+
+
+def cmd_dispute_open(args) -> int:
+    from cards import keys
+
+    claims = []
+    for item in args.claim:
+        card_id, sep, opening_path = item.partition("=")
+        if not sep or not card_id or not opening_path:
+            raise LaminateError(f"--claim {item!r}: expected CARD_ID=OPENING_FILE")
+        try:
+            opening = json.loads(_read(opening_path, "opening"))
+        except ValueError:
+            raise LaminateError(f"{opening_path}: not a JSON watermark opening") from None
+        claims.append({"card_id": card_id, "opening": opening})
+    fields, files = {"claims": json.dumps(claims)}, {}
+    if args.suspect:
+        files["model"] = (Path(args.suspect).name, _read(args.suspect, "suspect model"))
+    elif args.suspect_url and args.suspect_sha256:
+        fields.update(prediction_url=args.suspect_url, model_sha256=args.suspect_sha256)
+    else:
+        raise LaminateError("give --suspect MODEL.onnx, or --suspect-url with --suspect-sha256")
+    body, content_type = _multipart(fields, files)
+    status, view = _request("POST", f"{args.server.rstrip('/')}/v1/disputes", token=args.token,
+                            body=body, content_type=content_type, timeout=600)
+    if status != 201:
+        raise _fail(status, view, "dispute")
+    if args.out:
+        Path(args.out).write_text(json.dumps(view, indent=2) + "\n", encoding="utf-8")
+    _print_verdict(view, keys.load_public_key(args.service_key) if args.service_key else None)
+    return 0 if view["verdict"]["winner"] else 1
+
+
+def cmd_dispute_show(args) -> int:
+    from cards import keys
+
+    status, view = _request("GET", f"{args.server.rstrip('/')}/v1/disputes/"
+                            + urllib.parse.quote(args.dispute_id, safe=""))
+    if status != 200:
+        raise _fail(status, view, f"dispute {args.dispute_id}")
+    _print_verdict(view, keys.load_public_key(args.service_key) if args.service_key else None)
+    return 0 if view["verdict"]["winner"] else 1
