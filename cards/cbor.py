@@ -7,7 +7,8 @@ lets an attacker show different readers different claims under one signature.
 from __future__ import annotations
 
 import io
-from typing import Any
+from functools import lru_cache
+from typing import Any, Callable
 
 import cbor2
 
@@ -51,10 +52,44 @@ def dumps(obj: Any) -> bytes:
         raise CardFormatError("", f"cannot encode as CBOR: {exc}") from None
 
 
-def loads(data: bytes, *, deterministic: bool = False, field: str = "cbor") -> Any:
+def encode_map(encoded: dict) -> bytes:
+    """Deterministic encoding of a map with text keys whose values are given already
+    deterministically encoded: lets a caller encode a shared part once and reuse it."""
+    parts = [_head(5, len(encoded))]
+    for key in sorted(encoded, key=_text_order):
+        parts += (_text_key(key), encoded[key])
+    return b"".join(parts)
+
+
+def _head(major: int, n: int) -> bytes:
+    """A data item head in its shortest form."""
+    if n < 24:
+        return bytes((major << 5 | n,))
+    size = 1 if n < 1 << 8 else 2 if n < 1 << 16 else 4 if n < 1 << 32 else 8
+    return bytes((major << 5 | 23 + size.bit_length(),)) + n.to_bytes(size, "big")
+
+
+def _text_order(key: str) -> tuple:
+    """§4.2 order of text keys: their encodings differ first in the length head, then
+    bytewise in UTF-8, which orders like code points."""
+    return len(key.encode()), key
+
+
+@lru_cache(maxsize=4096)
+def _text_key(key: str) -> bytes:
+    return dumps(key)
+
+
+def loads(data: bytes, *, deterministic: bool = False, field: str = "cbor",
+          shortcut: Callable[[Any], bytes | None] | None = None) -> Any:
     """Decode exactly one CBOR item, refusing duplicate map keys, trailing bytes,
     malformed input and semantic tags; with ``deterministic`` also any encoding that
-    is not the RFC 8949 §4.2 one. Errors are CardFormatError naming ``field``."""
+    is not the RFC 8949 §4.2 one. Errors are CardFormatError naming ``field``.
+
+    ``shortcut(value)`` may return the deterministic encoding (built with ``dumps`` and
+    ``encode_map``) of a value that is cheaper to encode than the decoded one, e.g. one
+    sharing parts already encoded: if it equals ``data``, then ``data`` is the
+    deterministic encoding of what it decodes to, and the full re-encoding is skipped."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CardFormatError(field, f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -83,7 +118,7 @@ def loads(data: bytes, *, deterministic: bool = False, field: str = "cbor") -> A
         raise CardFormatError(field, reason) from None
     if fp.tell() != len(data):
         raise CardFormatError(field, f"{len(data) - fp.tell()} trailing bytes after the CBOR item")
-    if deterministic:
+    if deterministic and not (shortcut is not None and shortcut(obj) == data):
         try:
             canonical = cbor2.dumps(obj, canonical=True)
         except (cbor2.CBOREncodeError, TypeError, ValueError, RecursionError):

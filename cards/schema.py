@@ -69,8 +69,8 @@ def number(low=None, high=None, allow_infinity=False):
 
 
 def hex_digest(value, path):
-    text(value, path)
-    if not _HEX64.match(value):
+    if type(value) is not str or not _HEX64.match(value):
+        text(value, path)
         _fail(path, "expected a SHA-256 digest as 64 lowercase hex digits")
 
 
@@ -124,22 +124,30 @@ def map_of(item):
     return check
 
 
+_MISSING = object()
+
+
 def record(fields: dict[str, Callable]):
     """A closed map: exactly these keys, in any order."""
+    names = fields.keys()
+    specs = tuple((key, spec, _suffix(key)) for key, spec in fields.items())
+
     def check(value, path):
         if type(value) is not dict:
             _fail(path, f"expected a map, got {_type_name(value)}")
-        for key in value:
-            if type(key) is not str:
-                _fail(path, f"map keys must be strings, got {_type_name(key)}")
-            if key not in fields:
-                if key.startswith(CRITICAL_PREFIX):
-                    _fail(_join(path, key), "unknown critical extension")
-                _fail(_join(path, key), "unknown field")
-        for key, spec in fields.items():
-            if key not in value:
-                _fail(_join(path, key), "missing")
-            spec(value[key], _join(path, key))
+        if value.keys() != names:  # some key is stray or missing: name the first stray
+            for key in value:
+                if type(key) is not str:
+                    _fail(path, f"map keys must be strings, got {_type_name(key)}")
+                if key not in fields:
+                    if key.startswith(CRITICAL_PREFIX):
+                        _fail(_join(path, key), "unknown critical extension")
+                    _fail(_join(path, key), "unknown field")
+        for key, spec, suffix in specs:
+            item = value.get(key, _MISSING)
+            if item is _MISSING:
+                _fail(path + suffix if path else key, "missing")
+            spec(item, path + suffix if path else key)
     return check
 
 

@@ -287,15 +287,18 @@ def test_card_format_failure_is_a_single_check(kit, policy):
     assert result.exit_code == 1 and result.checks[0].status == CONTRAINDICATED
 
 
-def test_encodings_sliced_from_the_payload_equal_fresh_encodings(kit):
-    """The appraisal hashes slices of the signed payload instead of re-encoding; they
+def test_encodings_kept_by_open_card_equal_fresh_encodings(kit):
+    """The appraisal hashes the encodings open_card kept instead of re-encoding; they
     must be exactly the deterministic encodings FORMAT.md defines."""
     from cards import schema
     from cards.card import open_card
-    from verifier.appraise import _encoded
+    from verifier.appraise import _event_digests
     card = open_card(kit.card_bytes)
     log = card.evidence["event_log"]
-    claims_bytes, digests = _encoded(card.sign1.payload, card.claims, log)
-    assert claims_bytes == cbor.dumps(card.claims)
-    assert digests == [schema.event_digest(e["type"], e["data"]) for e in log]
-    assert digests == [e["digest"] for e in log]
+    assert card.encoded.claims == cbor.dumps(card.claims)
+    assert card.encoded.config == cbor.dumps(card.claims["training"]["config"])
+    assert list(card.encoded.event_data) == [cbor.dumps(e["data"]) for e in log]
+    assert card.encoded.claim_events == {t: cbor.dumps(schema.claim_for_event(card.claims, t))
+                                         for t in schema.EVENT_CLAIMS}
+    assert _event_digests(card) == [schema.event_digest(e["type"], e["data"]) for e in log]
+    assert _event_digests(card) == [e["digest"] for e in log]

@@ -7,12 +7,9 @@ not stop the appraisal; only checks whose input a failed check was meant to vouc
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 from functools import lru_cache
 from pathlib import Path
-
-import cbor2
 
 from cards import cbor, cose, schema
 from cards.card import open_card
@@ -57,12 +54,11 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None) -
         checks.append(Check("log_replay", SKIPPED, "evidence.event_log", why))
         checks.append(Check("claims_in_log", SKIPPED, "claims", why))
     else:
-        claims_bytes, digests = _encoded(card.sign1.payload, claims, evidence["event_log"])
-        checks.append(_qualifying_data(claims_bytes, quoted))
-        replay = _log_replay(evidence["event_log"], digests, quoted)
+        checks.append(_qualifying_data(card.encoded.claims, quoted))
+        replay = _log_replay(evidence["event_log"], _event_digests(card), quoted)
         checks.append(replay)
         if replay.status == AFFIRMING:
-            checks.append(_claims_in_log(claims, evidence["event_log"]))
+            checks.append(_claims_in_log(claims, evidence["event_log"], card.encoded))
         else:
             checks.append(Check("claims_in_log", SKIPPED, "claims", "not checked: log replay failed"))
 
@@ -137,62 +133,11 @@ def _backend(backend, allowed, policy) -> Check:
                  f"backend {backend} allowed by policy {policy.policy_id}: {guarantee}")
 
 
-def _encoded(payload_bytes: bytes, claims: dict, log: list) -> tuple[bytes, list]:
-    """dcbor(claims) and each event's H(dcbor({type, data})), without encoding again.
-
-    open_card has proved the payload is the deterministic encoding of its value, so the
-    encoding of every part is a slice of it: walking the payload once with the C decoder
-    is several times cheaper than re-encoding the claims and eight events canonically.
-    """
-    try:
-        claims_bytes, datas = _slices(payload_bytes)
-    except (CardFormatError, cbor2.CBORDecodeError, IndexError):
-        claims_bytes, datas = None, []
-    if claims_bytes is None or len(datas) != len(log):  # cannot happen for a valid card
-        return cbor.dumps(claims), [schema.event_digest(e["type"], e["data"]) for e in log]
-    digests = [hashlib.sha256(b"\xa2\x64data" + data + b"\x64type" + _text(event["type"])).digest()
-               for data, event in zip(datas, log)]
-    return claims_bytes, digests
-
-
-def _slices(payload_bytes: bytes) -> tuple[bytes | None, list]:
-    fp = io.BytesIO(payload_bytes)
-    decoder = cbor2.CBORDecoder(fp)
-    claims_bytes, datas = None, []
-    for _ in range(_head(fp, 5)):
-        key = decoder.decode()
-        start = fp.tell()
-        if key == "claims":
-            decoder.decode()
-            claims_bytes = payload_bytes[start:fp.tell()]
-        elif key == "evidence":
-            for _ in range(_head(fp, 5)):
-                if decoder.decode() != "event_log":
-                    decoder.decode()
-                    continue
-                for _ in range(_head(fp, 4)):
-                    for _ in range(_head(fp, 5)):
-                        field = decoder.decode()
-                        begin = fp.tell()
-                        decoder.decode()
-                        if field == "data":
-                            datas.append(payload_bytes[begin:fp.tell()])
-        else:
-            decoder.decode()
-    return claims_bytes, datas
-
-
-def _head(fp, major: int) -> int:
-    """Read a definite-length array (4) or map (5) head; return its item count."""
-    first = fp.read(1)[0]
-    if first >> 5 != major:
-        raise CardFormatError("payload", "unexpected CBOR structure")
-    info = first & 0x1F
-    if info < 24:
-        return info
-    if info > 27:
-        raise CardFormatError("payload", "unexpected CBOR length")
-    return int.from_bytes(fp.read(1 << (info - 24)), "big")
+def _event_digests(card) -> list:
+    """Each event's H(dcbor({type, data})), from the data's encoding open_card kept:
+    the map's two keys sort as "data", "type"."""
+    return [hashlib.sha256(b"\xa2\x64data" + data + b"\x64type" + _text(event["type"])).digest()
+            for data, event in zip(card.encoded.event_data, card.evidence["event_log"])]
 
 
 @lru_cache(maxsize=64)
@@ -230,7 +175,7 @@ def _log_replay(log, digests, quoted) -> Check:
                  f"{len(log)} events replay to the quoted registers {quoted.registers}")
 
 
-def _claims_in_log(claims, log) -> Check:
+def _claims_in_log(claims, log, encoded) -> Check:
     expected = schema.expected_events(claims)
     actual = [event["type"] for event in log]
     wanted = [spec.type for spec in expected]
@@ -244,24 +189,17 @@ def _claims_in_log(claims, log) -> Check:
         else:
             reason = f"expected event {want}, got {got}"
         return Check("claims_in_log", CONTRAINDICATED, f"evidence.event_log[{i}].type", reason)
-    for spec, event in zip(expected, log):
-        if not _identical(spec.data(claims), event["data"]):
+    # Equal deterministic encodings: equal values of identical types (1, 1.0 and True differ).
+    for spec, data in zip(expected, encoded.event_data):
+        if encoded.claim_events[spec.type] != data:
             return Check("claims_in_log", CONTRAINDICATED, spec.field,
                          f"differs from the measured {spec.type!r} event")
     training = claims["training"]
-    if hashlib.sha256(cbor.dumps(training["config"])).hexdigest() != training["config_sha256"]:
+    if hashlib.sha256(encoded.config).hexdigest() != training["config_sha256"]:
         return Check("claims_in_log", CONTRAINDICATED, "claims.training.config_sha256",
                      "is not H(dcbor(config))")
     return Check("claims_in_log", AFFIRMING, "claims",
                  f"every claim section matches its measured event ({len(log)} events, code first)")
-
-
-def _identical(a, b) -> bool:
-    """Equal values of identical types, i.e. equal deterministic encodings. Both sides
-    were decoded from deterministic CBOR (dict order is already canonical), so their
-    plain encodings are equal exactly when their canonical ones are; unlike ==, this
-    tells 1 from 1.0 and True, and costs half a canonical encoding."""
-    return cbor2.dumps(a) == cbor2.dumps(b)
 
 
 def _code_identity(claims, policy) -> Check:
