@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
@@ -34,15 +35,38 @@ def _rate(count, seconds):
     return count / seconds if seconds > 0 else float("inf")
 
 
+def _median(values):
+    return statistics.median(values) if values else None
+
+
+def process_cpu_seconds(pid):
+    """CPU time (user + system) of a process and all its descendants, from /proc; None
+    where /proc is missing. Used to report what the server spends per request."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0, [pid]
+    try:
+        while todo:
+            p = todo.pop()
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+    except (OSError, ValueError):
+        return None
+    return total / tick
+
+
 def in_process_verifications(card, policy, digest, count):
+    """(verifications/s, CPU ms per verification) of appraise() called directly."""
     from verifier.appraise import appraise
 
     appraise(card, policy=policy, model_sha256=digest)          # warm caches as the server does
-    started = time.perf_counter()
+    cpu, started = time.process_time(), time.perf_counter()
     for _ in range(count):
         result = appraise(card, policy=policy, model_sha256=digest)
         assert result.status != "contraindicated", result.to_table()
-    return _rate(count, time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return _rate(count, elapsed), (time.process_time() - cpu) / count * 1000
 
 
 def in_process_registrations(cards, policy_path, workdir):
@@ -61,10 +85,11 @@ def in_process_registrations(cards, policy_path, workdir):
     return rate
 
 
-def http_run(url, clients, jobs, send):
+def http_run(url, clients, jobs, send, server_pid=None):
     """Run ``send(connection, job)`` for every job with ``clients`` threads, each holding
     one keep-alive connection (stdlib http.client: the client should cost the shared
-    CPU as little as possible); returns requests per second."""
+    CPU as little as possible). Returns requests/s, the client's CPU ms per request (this
+    process does nothing else meanwhile) and the server's CPU ms per request."""
     parsed = urllib.parse.urlsplit(url)
     local = threading.local()
     made = []
@@ -77,12 +102,30 @@ def http_run(url, clients, jobs, send):
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(lambda _: connection(), range(clients)))
-        started = time.perf_counter()
+        server_before = process_cpu_seconds(server_pid) if server_pid else None
+        cpu, started = time.process_time(), time.perf_counter()
         list(pool.map(lambda job: send(connection(), job), jobs))
         elapsed = time.perf_counter() - started
+        client_ms = (time.process_time() - cpu) / len(jobs) * 1000
+        server_after = process_cpu_seconds(server_pid) if server_pid else None
     for conn in made:
         conn.close()
-    return _rate(len(jobs), elapsed)
+    server_ms = None
+    if server_before is not None and server_after is not None:
+        server_ms = (server_after - server_before) / len(jobs) * 1000
+    return _rate(len(jobs), elapsed), client_ms, server_ms
+
+
+def server_stack():
+    """Which event loop and HTTP parser uvicorn picks here ("auto" prefers the C ones)."""
+    def has(module):
+        try:
+            __import__(module)
+            return True
+        except ImportError:
+            return False
+    return {"loop": "uvloop" if has("uvloop") else "asyncio",
+            "http": "httptools" if has("httptools") else "h11"}
 
 
 def _call(conn, path, body, content_type):
@@ -102,17 +145,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, runs in seconds")
     parser.add_argument("--clients", default="1,8,32", help="concurrency levels")
-    parser.add_argument("--registrations", type=int, default=150, help="per level")
-    parser.add_argument("--verifications", type=int, default=300, help="per level")
+    parser.add_argument("--registrations", type=int, default=150,
+                        help="per level, split over the repetitions")
+    parser.add_argument("--verifications", type=int, default=300, help="per level and repetition")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="repetitions per level, each between two in-process runs; "
+                             "medians are reported")
     parser.add_argument("--database", help="database URL (default: a fresh SQLite file)")
     parser.add_argument("--workers", default="1,2",
-                        help="uvicorn worker process counts to run, comma-separated")
+                        help="`laminate serve --workers` counts to run, comma-separated")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "service.json"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.registrations, args.verifications = 12, 24
+        args.registrations, args.verifications, args.repeats = 12, 24, 2
     levels = [int(x) for x in args.clients.split(",")]
     workers = [int(x) for x in args.workers.split(",")]
+    per_rep = max(1, args.registrations // args.repeats)
 
     from cardkit import make_card
     from servers import start_server
@@ -125,20 +173,22 @@ def main(argv=None) -> int:
         policy_path = combined_policy(tmp / "policy.yaml", [kit])
         policy = Policy.load(policy_path)
         digest = hashlib.sha256(kit.model_path.read_bytes()).hexdigest()
-        total = args.registrations * (len(levels) * len(workers) + 1) + 1
-        cards = [card_variant(kit, i) for i in range(total)]
-
-        inproc_verify = in_process_verifications(kit.card_bytes, policy, digest, args.verifications)
-        inproc_register = in_process_registrations(cards[:args.registrations + 1], policy_path, tmp)
-        http_cards = cards[args.registrations + 1:]
-
-        rows, baselines = [], [inproc_verify]
         runs = [(w, c) for w in workers for c in levels]
+        cards = [card_variant(kit, i)
+                 for i in range(per_rep * args.repeats * (len(runs) + 1) + 1)]
+        inproc_cards, http_cards = cards[:per_rep * args.repeats + 1], cards[per_rep * args.repeats + 1:]
+
+        def inproc():
+            return in_process_verifications(kit.card_bytes, policy, digest, args.verifications)
+
+        inproc_register = in_process_registrations(inproc_cards, policy_path, tmp)
+        rows, inproc_rates, inproc_cpu = [], [], []
         for w in workers:
+            # `laminate serve`, the deployed entry point, for every worker count.
             server = start_server(tmp / f"svc-{w}", database_url=args.database
                                   or f"sqlite:///{tmp / f'svc-{w}.sqlite'}",
                                   policy_path=policy_path, tokens=(TOKEN,),
-                                  key_path=tmp / "key.pem", workers=w)
+                                  key_path=tmp / "key.pem", workers=w, via_cli=True)
             try:
                 conn = http.client.HTTPConnection(*urllib.parse.urlsplit(server.url).netloc.split(":"))
                 status, body = _call(conn, "/v1/cards", kit.card_bytes, "application/cbor")
@@ -156,46 +206,80 @@ def main(argv=None) -> int:
                 http_run(server.url, 8, list(range(16 * w)), verify)
                 for clients in levels:
                     i = runs.index((w, clients))
-                    batch = http_cards[i * args.registrations:(i + 1) * args.registrations]
-                    reg = http_run(server.url, clients, batch, register)
-                    # The machine may be shared: measure the in-process baseline right
-                    # before and after each HTTP run and compare against their mean.
-                    before = in_process_verifications(kit.card_bytes, policy, digest,
-                                                      args.verifications)
-                    ver = http_run(server.url, clients, list(range(args.verifications)), verify)
-                    after = in_process_verifications(kit.card_bytes, policy, digest,
-                                                     args.verifications)
-                    baseline = (before + after) / 2
-                    baselines.append(baseline)
-                    rows.append({"workers": w, "clients": clients,
-                                 "registrations_per_s": round(reg, 1),
-                                 "verifications_per_s": round(ver, 1),
-                                 "in_process_verifications_per_s": round(baseline, 1),
-                                 "verification_ratio": round(ver / baseline, 3),
-                                 "registration_ratio": round(reg / inproc_register, 3)})
+                    batch = http_cards[i * per_rep * args.repeats:(i + 1) * per_rep * args.repeats]
+                    reg, ver, ratio, client_ms, server_ms, base = [], [], [], [], [], []
+                    # The machine is shared: every HTTP run sits between two in-process
+                    # runs and is compared with their mean; medians over the repetitions.
+                    before = inproc()
+                    for rep in range(args.repeats):
+                        chunk = batch[rep * per_rep:(rep + 1) * per_rep]
+                        reg.append(http_run(server.url, clients, chunk, register)[0])
+                        rate, c_ms, s_ms = http_run(server.url, clients,
+                                                    list(range(args.verifications)), verify,
+                                                    server_pid=server.proc.pid)
+                        after = inproc()
+                        baseline = (before[0] + after[0]) / 2
+                        ver.append(rate)
+                        ratio.append(rate / baseline)
+                        base.append(baseline)
+                        client_ms.append(c_ms)
+                        if s_ms is not None:
+                            server_ms.append(s_ms)
+                        inproc_rates.append(after[0])
+                        inproc_cpu.append(after[1])
+                        before = after
+                    rows.append({
+                        "workers": w, "clients": clients,
+                        "registrations_per_s": round(_median(reg), 1),
+                        "verifications_per_s": round(_median(ver), 1),
+                        "in_process_verifications_per_s": round(_median(base), 1),
+                        "verification_ratio": round(_median(ratio), 3),
+                        "verification_ratio_runs": [round(r, 3) for r in ratio],
+                        "registration_ratio": round(_median(reg) / inproc_register, 3),
+                        "client_cpu_ms_per_verification": round(_median(client_ms), 3),
+                        "server_cpu_ms_per_verification":
+                            round(_median(server_ms), 3) if server_ms else None,
+                    })
             finally:
                 server.stop()
 
+    cpu_ms = _median(inproc_cpu)
     best_row = max(rows, key=lambda r: r["verification_ratio"])
     best = best_row["verification_ratio"]
     report = {
         "benchmark": "service", "quick": args.quick, "machine": platform.machine(),
         "cpus": os.cpu_count(), "database": "sqlite" if not args.database else args.database.split(":")[0],
-        "registrations_per_level": args.registrations,
-        "verifications_per_level": args.verifications,
-        "in_process": {"verifications_per_s": round(sum(baselines) / len(baselines), 1),
+        "server": {"entry_point": "laminate serve", **server_stack()},
+        "client": "http.client keep-alive connections, one per client thread, in the bench "
+                  "process on the same machine",
+        "registrations_per_level": per_rep * args.repeats,
+        "verifications_per_level": args.verifications, "repeats": args.repeats,
+        "in_process": {"verifications_per_s": round(_median(inproc_rates), 1),
+                       "cpu_ms_per_verification": round(cpu_ms, 3),
                        "registrations_per_s": round(inproc_register, 1)},
         "http": rows, "target_ratio": TARGET, "best_verification_ratio": best,
         "best_configuration": {"workers": best_row["workers"], "clients": best_row["clients"]},
         "meets_target": best >= TARGET,
     }
+    print(f"server: laminate serve, uvicorn loop={report['server']['loop']} "
+          f"http={report['server']['http']}; {args.repeats} repetitions per level, medians")
     print(f"in-process: {report['in_process']['verifications_per_s']:.0f} verifications/s "
-          f"(mean of {len(baselines)} runs), {inproc_register:.0f} registrations/s")
-    print(f"{'workers':>7} {'clients':>7} {'reg/s':>8} {'ver/s':>8} {'in-proc/s':>10} {'ver ratio':>10} {'reg ratio':>10}")
+          f"(median of {len(inproc_rates)} runs interleaved with the HTTP runs, "
+          f"{cpu_ms:.2f} ms CPU each), {inproc_register:.0f} registrations/s")
+    print(f"{'workers':>7} {'clients':>7} {'reg/s':>7} {'ver/s':>7} {'in-proc/s':>9} "
+          f"{'ver ratio':>9} {'reg ratio':>9} {'server ms':>9} {'client ms':>9}")
     for r in rows:
-        print(f"{r['workers']:>7} {r['clients']:>7} {r['registrations_per_s']:>8.1f} {r['verifications_per_s']:>8.1f} "
-              f"{r['in_process_verifications_per_s']:>10.1f} {r['verification_ratio']:>10.2f} "
-              f"{r['registration_ratio']:>10.2f}")
+        server_ms = r["server_cpu_ms_per_verification"]
+        print(f"{r['workers']:>7} {r['clients']:>7} {r['registrations_per_s']:>7.1f} "
+              f"{r['verifications_per_s']:>7.1f} {r['in_process_verifications_per_s']:>9.1f} "
+              f"{r['verification_ratio']:>9.2f} {r['registration_ratio']:>9.2f} "
+              f"{server_ms if server_ms is not None else float('nan'):>9.2f} "
+              f"{r['client_cpu_ms_per_verification']:>9.2f}")
+    client = _median([r["client_cpu_ms_per_verification"] for r in rows])
+    print(f"server ms / client ms: CPU per HTTP verification spent by the server (all "
+          f"workers) and by the load generator, which shares the {os.cpu_count()} CPUs with "
+          f"it: the client costs {client:.2f} ms per request, {100 * client / cpu_ms:.0f}% "
+          f"of one in-process appraisal ({cpu_ms:.2f} ms)")
     print(f"best HTTP/in-process verification ratio {best:.2f} with {best_row['workers']} "
           f"worker(s), {best_row['clients']} clients (target >= {TARGET:.2f}): "
           f"{'met' if best >= TARGET else 'NOT met'}")

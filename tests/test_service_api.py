@@ -122,6 +122,14 @@ def test_register_fetch_verify(service, kits):
     assert wrong["result"]["status"] == "contraindicated"
     assert any(c["check"] == "model_digest" and c["status"] == "contraindicated"
                for c in wrong["result"]["checks"])
+    # Card and model digest are now in memory, so these are answered on the event loop
+    # instead of a worker thread: the same answers.
+    assert client.post("/v1/verify", data={"card_id": card_id,
+                                            "model_sha256": "0" * 64}).json() == wrong
+    by_digest = client.post("/v1/verify", data={"card_id": card_id,
+                                                "model_sha256": owner.claims["model"]["sha256"]})
+    assert [(c["check"], c["status"]) for c in by_digest.json()["result"]["checks"]] == \
+        [(c["check"], c["status"]) for c in verified["result"]["checks"]]
 
     # The log only grew: consistency from the head before registration to now.
     proof = anon.get("/v1/log/consistency", params={"first": first_head["tree_size"]}).json()
@@ -229,6 +237,9 @@ def test_malformed_requests_get_4xx_with_reason(service, kits):
         client.post("/v1/verify", data={"model_sha256": "0" * 64}),
         client.post("/v1/verify", data={"card_id": owner_id, "model_sha256": "xyz"}),
         client.post("/v1/verify", data={"card_id": owner_id}),
+        client.post("/v1/verify", data={"card_id": owner_id, "model": "not a file"}),
+        client.post("/v1/verify", files={"card_id": ("id", owner_id.encode())},
+                    data={"model_sha256": "0" * 64}),
         client.post("/v1/verify", content=b"\x00\xff garbage",
                     headers={"Content-Type": "multipart/form-data; boundary=zzz"}),
         client.post("/v1/ownership", data={"card_id": owner_id, "opening": "{not json"},
@@ -255,7 +266,7 @@ def test_malformed_requests_get_4xx_with_reason(service, kits):
         assert 400 <= response.status_code < 500, (response.request.url, response.status_code,
                                                    response.text)
         assert response.json().get("detail"), response.text
-    assert cases[7].status_code == 403 and "prediction" in cases[7].json()["detail"]
+    assert cases[9].status_code == 403 and "prediction" in cases[9].json()["detail"]
 
 
 def test_metrics(service):

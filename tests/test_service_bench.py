@@ -18,5 +18,8 @@ def test_service_bench_quick(tmp_path):
     for row in report["http"]:
         assert row["registrations_per_s"] > 0 and row["verifications_per_s"] > 0
         assert row["verification_ratio"] > 0
+        assert len(row["verification_ratio_runs"]) == report["repeats"] == 2
+        assert row["client_cpu_ms_per_verification"] > 0
+        assert row["server_cpu_ms_per_verification"] > 0     # read from /proc on Linux
     assert report["in_process"]["verifications_per_s"] > 0
     assert "target" in run.stdout
