@@ -1,0 +1,381 @@
+"""`laminate redteam`: measure the ownership test's error rates instead of assuming them.
+
+From one watermarked victim trained on digits through the attested wrapper (per
+schedule: no DP, DP-SGD, DP then a non-DP watermark phase), build stolen copies,
+independent models and false accusers, and judge every claim the way a dispute does
+(card, commitment order, opening, ownership test at the policy's alpha). Every suspect is
+exported to ONNX and queried labels-only, as an arbiter would. Torch is imported inside
+the command only, so `laminate verify` never loads it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SCHEDULES = {
+    # name: (dp enabled, watermark schedule)
+    "none": (False, "joint"),
+    "dp": (True, "joint"),
+    "split": (True, "split"),
+}
+ALPHA = 1e-6
+TARGET_EPSILON = 3.0
+TRIGGERS = 100
+RETAIN = 0.9   # a stolen model counts for the TPR if it keeps >= 90% of victim accuracy
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each part does; --quick shrinks everything but the trigger count."""
+
+    victim_epochs: int = 30
+    split_epochs: int = 5
+    epochs: int = 40            # attacker and independent-developer training
+    independents: int = 24
+    budget: int = 1000          # extraction query budget
+    grind_tries: int = 1000
+    pgd_steps: int = 40
+
+
+QUICK = Sizes(victim_epochs=8, split_epochs=3, epochs=8, independents=5, budget=200,
+              grind_tries=30, pgd_steps=10)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "redteam", help="measure the ownership test's TPR/FPR against stolen models, "
+        "independent models and false accusers",
+        description="Trains a watermarked digits victim through the attested wrapper (per "
+        "schedule), then judges stolen copies, independent models and false accusers the "
+        "way a dispute does. Writes redteam.json and redteam.md to --out.")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes (seconds to a minute): for smoke tests, not for figures")
+    p.add_argument("--out", default="redteam-out", help="output directory (default: %(default)s)")
+    p.add_argument("--schedules", default="none,dp,split",
+                   help="comma-separated from none, dp, split (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every torch/numpy choice")
+    p.set_defaults(func=_command)
+
+
+def _command(args) -> int:
+    from cards.errors import LaminateError
+
+    schedules = [s.strip() for s in args.schedules.split(",") if s.strip()]
+    unknown = [s for s in schedules if s not in SCHEDULES]
+    if unknown or not schedules:
+        raise LaminateError(f"--schedules: unknown {', '.join(unknown) or '(empty)'} "
+                            f"(choose from {', '.join(SCHEDULES)})")
+    report = run(Path(args.out), schedules=schedules, sizes=QUICK if args.quick else Sizes(),
+                 seed=args.seed, progress=print)
+    paths = write_report(report, Path(args.out))
+    print(summary_text(report))
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
+# ---------------------------------------------------------------- the evaluation
+
+def run(out: Path, *, schedules, sizes: Sizes, seed: int = 0, progress=print) -> dict:
+    """The whole evaluation; returns the report (also the JSON written to disk)."""
+    import torch
+
+    from laminate import redteam_accusers as acc
+    from laminate import redteam_independent as ind
+    from laminate import redteam_suspects as sus
+
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    part = sus.digits_partition(seed)
+    progress(f"digits: victim {len(part.y_victim)}, pool {len(part.y_pool)}, "
+             f"test {len(part.y_test)} records")
+    independents = ind.build_independent(part.x_pool, part.y_pool, count=sizes.independents,
+                                         epochs=sizes.epochs, seed=seed)
+    independent_files = [(m.name, f"{m.arch}, {m.records} pool records",
+                          sus.export_onnx(m.model, out / f"{m.name}.onnx"))
+                         for m in independents]
+    progress(f"trained {len(independents)} independent models")
+    surrogates = acc.surrogates(part.x_pool, part.y_pool, epochs=sizes.epochs, seed=seed + 7)
+    results = [_schedule(name, out / name, part, independent_files, surrogates, sizes, seed,
+                         progress) for name in schedules]
+    return {"alpha": ALPHA, "trigger_count": TRIGGERS, "retain": RETAIN, "seed": seed,
+            "sizes": asdict(sizes), "quick": sizes == QUICK,
+            "elapsed_s": round(time.monotonic() - started, 1), "schedules": results}
+
+
+def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed, progress):
+    """One victim (one schedule) and every row of its table."""
+    import numpy as np
+
+    from cards import keys
+    from cards.watermark import Opening
+    from enclave_sim.device import SimDevice
+    from laminate import redteam_accusers as acc
+    from laminate import redteam_suspects as sus
+    from verifier.appraise import appraise
+    from verifier.binomial import power
+    from verifier.policy import Policy
+    from verifier.suspect import OnnxSuspect
+
+    out.mkdir(parents=True, exist_ok=True)
+    dp, wm_schedule = SCHEDULES[name]
+    sim_dir = out / "sim"
+    victim_key, thief_key = keys.generate_private_key(), keys.generate_private_key()
+    victim_model = sus.build_arch("mlp", seed)
+    victim = _train(victim_model, (part.x_victim, part.y_victim), part, out / "victim",
+                    sim_dir, victim_key, dp=dp, schedule=wm_schedule,
+                    epochs=sizes.victim_epochs, split_epochs=sizes.split_epochs, seed=seed)
+    _check_same(victim_model, victim.model_path, part.x_test)
+    # The thief's re-watermarked copy (trained now, registered later in the log).
+    thief = _train(sus.as_is(victim_model).model, (part.x_pool, part.y_pool), part,
+                   out / "thief", sim_dir, thief_key, dp=False, schedule="joint",
+                   epochs=max(5, sizes.victim_epochs // 2), split_epochs=1, seed=seed + 6,
+                   lr=5e-3, weight=0.5)
+    opening = Opening.load(victim.opening_path)
+    card = victim.card_bytes
+    wm_claim = acc.watermark_claim_of(card)
+    params = opening.parameters
+    policy = Policy.from_mapping({
+        "policy_id": "redteam-arbiter", "allow_backends": ["sim"],
+        "trusted_roots": [SimDevice(sim_dir).root_certificate_pem().decode()],
+        "trusted_release_keys": [keys.public_pem(k).decode() for k in (victim_key, thief_key)],
+        # the arbiter pins the wrapper both parties ran (one release, unless the wrapper
+        # was edited between the two runs)
+        "reference_values": {"code": sorted({r.claims["training"]["code"]["wrapper_sha256"]
+                                             for r in (victim, thief)})},
+        "ownership": {"alpha": ALPHA}}, source="redteam-arbiter")
+    appraisal = appraise(card, policy=policy, model_path=victim.model_path)
+    power_check = next((c for c in appraisal.checks if c.check == "watermark_power"), None)
+    evaluation = victim.claims["evaluation"]
+    victim_acc = evaluation["accuracy"]
+    predicted_power = power(evaluation["watermark_accuracy"], TRIGGERS, 10, ALPHA)
+    progress(f"[{name}] victim: accuracy {victim_acc:.3f}, watermark accuracy "
+             f"{evaluation['watermark_accuracy']:.2f}, predicted power {predicted_power:.3f}")
+
+    log = acc.DisputeLog()
+    log.register_card(wm_claim["commitment"], _sha256(victim.model_path))
+    victim_claim = acc.Claim("owner", "the victim's genuine claim", card, opening)
+    rows = []
+
+    def judge_row(group, suspect_name, attack, path, claim, queries=0, judged=None):
+        j = judged or acc.judge(claim, path, _sha256(path), log, policy, alpha=ALPHA)
+        suspect = OnnxSuspect(path)
+        accuracy = float(np.mean(suspect.predict(part.x_test) == part.y_test))
+        x, y = opening.triggers()
+        wm_rate = float(np.mean(suspect.predict(np.asarray(x, np.float32)) == y))
+        test = j.ownership if j.ownership is not None and j.ownership.queries else None
+        row = {"group": group, "suspect": suspect_name, "attack": attack,
+               "claim": claim.strategy, "accuracy": round(accuracy, 4),
+               "retains": accuracy >= RETAIN * victim_acc, "steal_queries": queries,
+               "victim_watermark_rate": round(wm_rate, 3),
+               "test": test and {"matches": test.matches, "queries": test.queries,
+                                 "match_rate": round(test.match_rate, 3),
+                                 "p_value": test.p_value},
+               "verdict": j.verdict, "stopped_by": j.stopped_by,
+               "checks": {k: {"passed": ok, "reason": why} for k, (ok, why) in j.checks.items()},
+               "test_alone": {"verdict": j.alone.verdict, "p_value": j.alone.p_value,
+                              "matches": j.alone.matches, "queries": j.alone.queries}}
+        rows.append(row)
+        return row
+
+    # Malicious suspects: the owner's claim against each stolen copy.
+    xp, yp = part.x_pool, part.y_pool
+    rng = np.random.default_rng(seed + 11)
+    few = rng.choice(len(xp), size=round(0.1 * len(part.y_victim)), replace=False)
+    victim_file = victim.model_path
+    stolen = [
+        sus.as_is(victim_model),
+        sus.fine_tune(victim_model, xp[few], yp[few], epochs=sizes.epochs, seed=seed + 1),
+        *(sus.prune(victim_model, f) for f in (0.3, 0.5, 0.7)),
+        *(sus.weight_noise(victim_model, s, seed + 2) for s in (0.1, 0.3)),
+        *(sus.distill(victim_model, xp, arch=a, epochs=sizes.epochs, seed=seed + 3)
+          for a in ("mlp", "cnn")),
+        sus.extract_labels(sus.LabelApi(OnnxSuspect(victim_file)), xp, budget=sizes.budget,
+                           arch="mlp", epochs=sizes.epochs, seed=seed + 4),
+        sus.extract_logits(sus.LogitsApi(victim_file), xp, budget=sizes.budget,
+                           arch="mlp", epochs=sizes.epochs, seed=seed + 5),
+    ]
+    for s in stolen:
+        path = sus.export_onnx(s.model, out / f"stolen-{s.name}.onnx")
+        judge_row("stolen", s.name, s.attack, path, victim_claim, s.queries)
+
+    # The thief registers its re-watermarked stolen copy: a genuine card
+    # whose commitment precedes its model by one log entry. Owner and thief both claim
+    # the thief's copy; the earliest passing commitment wins.
+    log.register_card(acc.watermark_claim_of(thief.card_bytes)["commitment"],
+                      _sha256(thief.model_path))
+    thief_claim = acc.Claim("late-commitment", "thief's genuine card on its re-watermarked "
+                            "copy, committed after the victim's", thief.card_bytes,
+                            Opening.load(thief.opening_path))
+    path = thief.model_path
+    owner_j, thief_j = acc.dispute([victim_claim, thief_claim], path, _sha256(path), log,
+                                   policy, alpha=ALPHA)
+    judge_row("stolen", "thief-rewatermarked", "stolen copy re-trained through the wrapper "
+              "with the thief's own watermark (owner and thief both claim)", path,
+              victim_claim, judged=owner_j)
+    judge_row("accuser", "thief-rewatermarked", thief_claim.description, path, thief_claim,
+              judged=thief_j)
+    progress(f"[{name}] {len(stolen) + 1} stolen models judged")
+
+    # Independent models: the owner's claim against each innocent model.
+    for model_name, what, path in independent_files:
+        judge_row("independent", model_name, what, path, victim_claim)
+    progress(f"[{name}] {len(independent_files)} independent models judged")
+
+    # False accusers against innocent models: the victim's own model and two independents.
+    targets = [("victim", victim_file), *[(n, p) for n, p in (
+        (independent_files[i][0], independent_files[i][2]) for i in (0, 3 % len(independent_files)))]]
+    for target_name, path in targets:
+        log.observe(_sha256(path))
+        suspect = OnnxSuspect(path)
+        claims = [
+            acc.wrong_opening(card, params),
+            acc.ground_seed(suspect, params, card, sizes.grind_tries),
+            acc.suspect_labels(suspect, params, log),
+            acc.adversarial(surrogate_models, params, log, eps=0.25, steps=sizes.pgd_steps),
+        ]
+        for claim in claims:
+            judge_row("accuser", target_name, claim.description, path, claim)
+    progress(f"[{name}] false accusers judged")
+
+    return {
+        "schedule": name, "dp": dp, "watermark_schedule": wm_schedule,
+        "victim": {"accuracy": victim_acc, "watermark_accuracy": evaluation["watermark_accuracy"],
+                   "epsilon": (victim.claims["defenses"]["dp"] or {}).get("epsilon"),
+                   "privacy_accounting": (victim.claims["defenses"]["dp"] or {}).get(
+                       "privacy_accounting"),
+                   "appraisal": appraisal.status,
+                   "power_check": power_check and {"status": power_check.status,
+                                                   "reason": power_check.reason},
+                   "predicted_power": predicted_power},
+        "summary": summarize(rows), "rows": rows}
+
+
+def _train(model, train_data, part, out_dir, sim_dir, key, *, dp, schedule, epochs,
+           split_epochs, seed, lr=1e-2, weight=0.25):
+    from attest.train import train
+
+    config = {
+        "name": out_dir.name, "dataset": {"name": "digits", "classes": 10},
+        "model": {"arch": "mlp", "hidden": [64]},
+        "training": {"epochs": epochs, "batch_size": 64, "lr": lr, "optimizer": "adam",
+                     "seed": seed},
+        "dp": {"enabled": dp, "target_epsilon": TARGET_EPSILON if dp else None},
+        "watermark": {"enabled": True, "trigger_count": TRIGGERS, "schedule": schedule,
+                      "split_epochs": split_epochs, "weight": weight},
+        "attestation": {"backend": "sim", "sim_dir": str(sim_dir)},
+    }
+    return train(model, train_data, (part.x_test, part.y_test), config, out_dir=out_dir,
+                 release_key=key, progress=lambda line: None)
+
+
+def _check_same(model, onnx_path, x) -> None:
+    """The torch victim the attackers copy must be the released ONNX model."""
+    import numpy as np
+
+    from laminate.redteam_suspects import probabilities
+    from verifier.suspect import OnnxSuspect
+
+    if not np.array_equal(probabilities(model, x).argmax(1), OnnxSuspect(onnx_path).predict(x)):
+        raise RuntimeError("the trained torch victim and its released ONNX file disagree")
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- summary and report
+
+def summarize(rows) -> dict:
+    def rate(selected):
+        return {"shown": sum(r["verdict"] == "shown" for r in selected), "of": len(selected),
+                "rate": (sum(r["verdict"] == "shown" for r in selected) / len(selected))
+                if selected else None}
+
+    stolen = [r for r in rows if r["group"] == "stolen"]
+    return {
+        "tpr": rate([r for r in stolen if r["retains"]]),
+        "tpr_all_stolen": rate(stolen),
+        "fpr_independent": rate([r for r in rows if r["group"] == "independent"]),
+        "fpr_accusers": rate([r for r in rows if r["group"] == "accuser"]),
+        "test_alone_fooled": sum(r["test_alone"]["verdict"] == "shown"
+                                 for r in rows if r["group"] == "accuser"),
+        "defeated": [r["suspect"] for r in stolen if r["retains"] and r["verdict"] != "shown"],
+    }
+
+
+def _fmt_rate(r) -> str:
+    return f"{r['shown']}/{r['of']}" + (f" = {r['rate']:.2f}" if r["of"] else "")
+
+
+def summary_text(report) -> str:
+    lines = []
+    for s in report["schedules"]:
+        v, m = s["victim"], s["summary"]
+        lines.append(
+            f"[{s['schedule']}] victim accuracy {v['accuracy']:.3f}, watermark accuracy "
+            f"{v['watermark_accuracy']:.2f}, predicted power {v['predicted_power']:.3f}; "
+            f"TPR {_fmt_rate(m['tpr'])}, FPR independent {_fmt_rate(m['fpr_independent'])}, "
+            f"FPR accusers {_fmt_rate(m['fpr_accusers'])}"
+            + (f"; not shown despite keeping accuracy: {', '.join(m['defeated'])}"
+               if m["defeated"] else ""))
+    return "\n".join(lines)
+
+
+LEGEND = """\
+*task acc*: accuracy on the shared test split (digits records nobody trained on);
+*victim WM acc*: share of the victim's 100 triggers on which the suspect gives the
+victim's label; *ownership test*: the arbiter's sequential test on the regenerated
+triggers, stopping as soon as it decides; *stopped by*: every dispute check that failed
+(card, order, opening, ownership); *test alone*: what the same test concludes on the
+triggers a false accuser presents, with no card, order or opening check. TPR counts
+stolen models that keep >= 90% of the victim's accuracy. *predicted power*: the
+verifier's power for the card's measured watermark accuracy (`watermark_power` check)."""
+
+
+def to_markdown(report) -> str:
+    out = [f"# Ownership red team (digits, alpha {report['alpha']:g}, "
+           f"{report['trigger_count']} triggers{', QUICK sizes' if report['quick'] else ''})",
+           "", f"Seed {report['seed']}, {report['elapsed_s']} s. `laminate redteam"
+           f"{' --quick' if report['quick'] else ''}`", "", LEGEND, ""]
+    out += ["| schedule | victim acc | WM acc (card) | epsilon | predicted power | power check "
+            "| as-is copy | TPR | FPR independent | FPR accusers | defeated (kept accuracy) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in report["schedules"]:
+        v, m = s["victim"], s["summary"]
+        eps = f"{v['epsilon']:.2f} ({v['privacy_accounting']})" if v["epsilon"] else "-"
+        pc = v["power_check"]["status"] if v["power_check"] else "-"
+        as_is = next((r["verdict"] for r in s["rows"] if r["suspect"] == "as-is"), "-")
+        out.append(f"| {s['schedule']} | {v['accuracy']:.3f} | {v['watermark_accuracy']:.2f} | "
+                   f"{eps} | {v['predicted_power']:.3f} | {pc} | {as_is} | {_fmt_rate(m['tpr'])} | "
+                   f"{_fmt_rate(m['fpr_independent'])} | {_fmt_rate(m['fpr_accusers'])} | "
+                   f"{', '.join(m['defeated']) or '-'} |")
+    for s in report["schedules"]:
+        out += ["", f"## schedule `{s['schedule']}`", "",
+                "| group | suspect | attack / claim | task acc | victim WM acc | ownership test "
+                "(matches/queries, p) | verdict | stopped by | test alone on presented triggers |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for r in s["rows"]:
+            lost = " (<90%)" if r["group"] == "stolen" and not r["retains"] else ""
+            stole = f", +{r['steal_queries']} to steal" if r["steal_queries"] else ""
+            t, alone = r["test"], r["test_alone"]
+            test = (f"{t['matches']}/{t['queries']}, p {t['p_value']:.2g}{stole}" if t
+                    else f"not run{stole}")
+            alone = (f"{alone['verdict']} ({alone['matches']}/{alone['queries']}, "
+                     f"p {alone['p_value']:.2g})" if r["group"] == "accuser" else "")
+            out.append(
+                f"| {r['group']} | {r['suspect']} | {r['attack']} | {r['accuracy']:.3f}{lost} | "
+                f"{r['victim_watermark_rate']:.2f} | {test} | {r['verdict']} | "
+                f"{r['stopped_by']} | {alone} |")
+    return "\n".join(out) + "\n"
+
+
+def write_report(report, out: Path, name: str = "redteam"):
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    json_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    md_path.write_text(to_markdown(report))
+    return json_path, md_path
