@@ -9,6 +9,13 @@ import sys
 
 from cards.errors import LaminateError
 
+# Optional dependency groups: a command that needs one says which to install.
+EXTRAS = {
+    **dict.fromkeys(("torch", "opacus", "onnx", "onnxscript", "sklearn", "mlxtend", "scipy"), "train"),
+    **dict.fromkeys(("fastapi", "starlette", "anyio", "uvicorn", "sqlalchemy", "psycopg",
+                     "multipart", "prometheus_client"), "service"),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     from attest import commands as prover
@@ -35,6 +42,13 @@ def main(argv=None) -> int:
         return int(args.func(args) or 0)
     except LaminateError as exc:
         print(f"laminate: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"laminate: error: `laminate {args.command}` needs the {extra} extra ({exc.name} "
+              f"is not installed): pip install -e '.[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("laminate: interrupted", file=sys.stderr)
