@@ -87,7 +87,7 @@ def main() -> int:
     from attest.config import load_config
     from cards import keys
 
-    dataset, arch, epochs = ("digits", "mlp", 3) if args.quick else ("mnist-5k", "cnn", 20)
+    dataset, arch, epochs = ("digits", "mlp", 3) if args.quick else ("mnist-5k", "cnn", 40)
     epochs = args.epochs or epochs
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
