@@ -261,6 +261,14 @@ def test_malformed_requests_get_4xx_with_reason(service, kits):
         service["anon"].get("/v1/log/consistency", params={"first": 5, "second": 3}),
         service["anon"].get("/v1/log/consistency", params={"first": 1, "second": 10 ** 9}),
         service["anon"].get(f"/v1/cards/{owner_id}", params={"format": "pdf"}),
+        # Inputs that once reached a 500: an index beyond 64 bits, JSON nested deeper
+        # than the parser's recursion limit.
+        service["anon"].get("/v1/log/entries/" + "9" * 30),
+        client.post("/v1/disputes", data={"claims": "[" * 50000 + "]" * 50000},
+                    files={"model": ("m", b"x")}),
+        client.post("/v1/ownership", data={"card_id": owner_id,
+                                           "opening": "[" * 50000 + "]" * 50000},
+                    files={"model": ("m.onnx", b"not onnx")}),
     ]
     for response in cases:
         assert 400 <= response.status_code < 500, (response.request.url, response.status_code,

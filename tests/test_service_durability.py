@@ -172,6 +172,19 @@ def test_upload_limit_is_413(kit, tmp_path):
             files = client.post("/v1/verify", data={"card_id": "0" * 64},
                                 files={"model": ("m.onnx", b"\x01" * 30000)})
             assert files.status_code == 413
+            # Endpoints with FastAPI form parameters catch the cut-off themselves; the
+            # answer must still be 413 with the reason, not "error parsing the body".
+            boundary = "limit"
+            form = (f'--{boundary}\r\nContent-Disposition: form-data; name="claims"\r\n\r\n[]'
+                    f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="model"; '
+                    f'filename="m"\r\n\r\n').encode() + b"\x01" * 30000 \
+                + f"\r\n--{boundary}--\r\n".encode()
+            for path in ("/v1/disputes", "/v1/ownership"):
+                streamed = client.post(
+                    path, content=iter([form[i:i + 4096] for i in range(0, len(form), 4096)]),
+                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+                assert streamed.status_code == 413, (path, streamed.text)
+                assert "upload limit" in streamed.json()["detail"]
             assert client.get("/healthz").status_code == 200
     finally:
         server.stop()

@@ -35,8 +35,8 @@ from cards import cbor, keys
 from cards.errors import LaminateError
 
 from . import disputes
-from .db import (ApiToken, CardRow, CommitmentRow, DisputeRow, ModelRow, now_ms,
-                 open_database, token_digest)
+from .db import (DEFAULT_DATABASE_URL, ApiToken, CardRow, CommitmentRow, DisputeRow, ModelRow,
+                 now_ms, open_database, token_digest)
 from .receipts import make_receipt
 from .tlog import TransparencyLog
 
@@ -64,7 +64,7 @@ def _is_sha256_hex(value: str) -> bool:
 
 @dataclass
 class ServiceConfig:
-    database_url: str = "sqlite:///./laminate.sqlite"
+    database_url: str = DEFAULT_DATABASE_URL
     policy_path: str | None = None
     api_tokens: list = field(default_factory=list)
     key_path: str | None = None
@@ -82,7 +82,7 @@ class ServiceConfig:
         if max_mb <= 0:
             raise LaminateError("LAMINATE_MAX_UPLOAD_MB: must be positive")
         return cls(
-            database_url=env.get("LAMINATE_DATABASE_URL") or "sqlite:///./laminate.sqlite",
+            database_url=env.get("LAMINATE_DATABASE_URL") or DEFAULT_DATABASE_URL,
             policy_path=env.get("LAMINATE_POLICY") or None,
             api_tokens=tokens,
             key_path=env.get("LAMINATE_SERVICE_KEY") or None,
@@ -111,17 +111,6 @@ def _load_or_create_key(path: Path):
     finally:
         tmp.unlink(missing_ok=True)
     return key
-
-
-def _jsonable(value):
-    """Card payloads hold byte strings; JSON shows them as lowercase hex."""
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).hex()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _b64(data: bytes) -> str:
@@ -275,29 +264,30 @@ class Service:
         return dict(record)
 
     # log views -----------------------------------------------------------
+    def _inclusion(self, leaf_index: int, tree_size: int) -> dict:
+        """A leaf's inclusion proof and COSE Receipt in the tree of ``tree_size``."""
+        root = self.log.root(tree_size)
+        path = self.log.inclusion_proof(leaf_index, tree_size)
+        return {"leaf_index": leaf_index,
+                "leaf_hash": self.log.leaf_hashes(leaf_index + 1)[leaf_index].hex(),
+                "inclusion_proof": [p.hex() for p in path],
+                "receipt": _b64(make_receipt(self.key, tree_size, leaf_index, path, root))}
+
     def proof_bundle(self, leaf_index: int, tree_size: int | None = None) -> dict:
         """Inclusion proof, signed tree head and COSE Receipt of one leaf."""
         if tree_size is None:
             tree_size = self.log.size()
         head = self.log.tree_head(tree_size)
-        path = self.log.inclusion_proof(leaf_index, tree_size)
-        return {"leaf_index": leaf_index,
-                "leaf_hash": self.log.leaf_hashes(leaf_index + 1)[leaf_index].hex(),
-                "tree_size": tree_size, "root_hash": head.root_hash.hex(),
-                "inclusion_proof": [p.hex() for p in path],
-                "tree_head": head.to_dict(),
-                "receipt": _b64(make_receipt(self.key, tree_size, leaf_index, path,
-                                             head.root_hash))}
+        return {**self._inclusion(leaf_index, tree_size), "tree_size": tree_size,
+                "root_hash": head.root_hash.hex(), "tree_head": head.to_dict()}
 
     def registration(self, row: CardRow, tree_size: int | None = None) -> dict:
         body = {"card_id": row.card_id, **self.proof_bundle(row.leaf_index, tree_size)}
         commitment = None
         if row.commitment is not None:
             index = self.commitment_index(row.commitment)
-            bundle = self.proof_bundle(index, body["tree_size"])
             commitment = {"commitment": row.commitment,
-                          **{k: bundle[k] for k in ("leaf_index", "leaf_hash",
-                                                    "inclusion_proof", "receipt")}}
+                          **self._inclusion(index, body["tree_size"])}
         body["commitment"] = commitment
         body["model_sha256"] = row.model_sha256
         body["appraisal"] = json.loads(row.appraisal_json)
@@ -416,30 +406,39 @@ class GuardMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        status = {"code": 500, "sent": False}
+        status = {"code": 500, "sent": False, "replaced": False}
         limit = self.max_bytes
-
-        async def send_wrapper(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                status["sent"] = True
-            await send(message)
+        seen = 0
 
         async def reject():
             body = json.dumps({"detail": f"request body larger than the "
                                          f"{limit / 1048576:g} MB upload limit"}).encode()
-            await send_wrapper({"type": "http.response.start", "status": 413,
-                                "headers": [(b"content-type", b"application/json"),
-                                            (b"content-length", str(len(body)).encode()),
-                                            (b"connection", b"close")]})
-            await send_wrapper({"type": "http.response.body", "body": body})
+            status["code"], status["sent"] = 413, True
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode()),
+                                    (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                if seen > limit and not status["sent"]:
+                    # The app caught the cut-off itself (FastAPI's form parameters turn
+                    # it into "400 error parsing the body"): answer 413 instead.
+                    status["replaced"] = True
+                    await reject()
+                    return
+                status["code"] = message["status"]
+                status["sent"] = True
+            elif status["replaced"]:
+                return
+            await send(message)
 
         length = dict(scope.get("headers") or []).get(b"content-length")
         try:
             declared = int(length) if length is not None else None
         except ValueError:
             declared = None
-        seen = 0
 
         async def limited_receive():
             nonlocal seen
@@ -615,6 +614,7 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
         if wanted == "html":
             return HTMLResponse(_card_html(service, row))
         from cards.card import open_card
+        from verifier.cli_verify import jsonable
         card = open_card(row.card_bytes)
         return {"card_id": row.card_id, "leaf_index": row.leaf_index,
                 "commitment": row.commitment,
@@ -622,7 +622,7 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
                 if row.commitment else None,
                 "model_sha256": row.model_sha256, "simulated": card.simulated,
                 "appraisal": json.loads(row.appraisal_json),
-                "payload": _jsonable(card.payload)}
+                "payload": jsonable(card.payload)}
 
     @app.post("/v1/verify", tags=["cards"], dependencies=[Depends(require_token)],
               openapi_extra={"requestBody": {"required": True, "content": {
@@ -681,7 +681,6 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
     def ownership(card_id: str = Form(...), opening: str = Form(..., description="opening JSON"),
                   model: UploadFile | None = File(None), prediction_url: str | None = Form(None)):
         """Run the ownership test of a registered card's watermark against a suspect."""
-        from cards.watermark import Opening
         from verifier.ownership import ownership_test
 
         row = service.card(card_id)
@@ -689,7 +688,7 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
         watermark = service.watermark_claim(row)
         if watermark is None:
             raise LaminateError(f"card {card_id}: carries no watermark commitment to test")
-        parsed = Opening.from_json(opening)
+        parsed = disputes.parse_opening(opening)
         with tempfile.TemporaryDirectory(prefix="laminate-ownership-") as tmp:
             suspect, digest = _suspect(model, prediction_url, tmp)
             seen = service.observe_model(digest) if digest else None
@@ -765,7 +764,9 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
     @app.get("/v1/log/entries/{leaf_index}", tags=["log"])
     def log_entry(leaf_index: int):
         """One leaf's stored data, so anyone can recompute its leaf hash."""
-        entry = service.log.entry(leaf_index)
+        # Checked against the log size first: an index beyond 64 bits never reaches the
+        # database driver (which would fail with a 500).
+        entry = service.log.entry(leaf_index) if 0 <= leaf_index < service.log.size() else None
         if entry is None:
             raise NotFound(f"log entry {leaf_index}: not in the log")
         return {"leaf_index": entry.leaf_index, "kind": entry.kind, "ref": entry.ref,

@@ -34,6 +34,8 @@ def parse_claims(text: str) -> list[ClaimInput]:
         doc = json.loads(text)
     except ValueError as exc:
         raise LaminateError(f"claims: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise LaminateError("claims: JSON nested too deeply") from None
     if not isinstance(doc, list) or not doc:
         raise LaminateError("claims: expected a non-empty JSON list of "
                             '{"card_id": ..., "opening": {...}}')
@@ -51,11 +53,15 @@ def parse_claims(text: str) -> list[ClaimInput]:
     return claims
 
 
-def _opening(raw):
+def parse_opening(raw):
+    """A watermark opening sent as JSON text or as an already parsed object; anything
+    malformed (nesting deep enough to exhaust the parser included) is a LaminateError."""
     from cards.watermark import Opening
 
-    text = raw if isinstance(raw, str) else json.dumps(raw)
-    return Opening.from_json(text)
+    try:
+        return Opening.from_json(raw if isinstance(raw, str) else json.dumps(raw))
+    except RecursionError:
+        raise LaminateError("opening: JSON nested too deeply") from None
 
 
 def judge_claim(service, claim: ClaimInput, suspect_index: int, suspect) -> dict:
@@ -85,7 +91,7 @@ def judge_claim(service, claim: ClaimInput, suspect_index: int, suspect) -> dict
                          f"suspect model first appeared at index {suspect_index}")
         return out
     try:
-        opening = _opening(claim.opening)
+        opening = parse_opening(claim.opening)
     except LaminateError as exc:
         out["reason"] = f"opening is malformed ({exc})"
         return out
