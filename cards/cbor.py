@@ -45,7 +45,8 @@ def _tag_hook(tag, _immutable):
 
 
 def dumps(obj: Any) -> bytes:
-    """Deterministic encoding: shortest forms, definite lengths, keys sorted bytewise."""
+    """Deterministic encoding: shortest forms, definite lengths, keys in length-first
+    order (RFC 8949 §4.2.3; bytewise §4.2.1 order too when all keys share a major type)."""
     try:
         return cbor2.dumps(obj, canonical=True)
     except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:

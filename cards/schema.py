@@ -279,10 +279,6 @@ def validate_payload(payload: Any) -> None:
     PAYLOAD(payload, "")
 
 
-def validate_claims(claims: Any) -> None:
-    CLAIMS(claims, "claims")
-
-
 # --- events -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)

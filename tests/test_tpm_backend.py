@@ -278,3 +278,16 @@ def test_pcr_changed_after_quoting_is_rejected(rig, kit):
                      extra_digest=H(b"measured after the quote"))
     bad = failed(appraised(cardkit.forge(made, mutate_evidence=with_quote(later)), kit))
     assert list(bad) == ["log_replay"]
+
+
+def test_malformed_ak_public_key_is_a_check_not_an_exception(rig):
+    """The AK certificate is genuine, the AK public area's key bytes are not a key."""
+    tpm, registrar, backend = rig
+    evidence, _ = measured_evidence(backend)
+    ak_public = evidence["extra"]["ak_public"]
+    evidence["extra"]["ak_public"] = ak_public[:-1] + bytes([ak_public[-1] ^ 1])
+    evidence["extra"].pop("ak_name", None)
+    checks, quoted = tpm_evidence.check_evidence(evidence, trusting_policy(tpm, registrar))
+    bad = [c for c in checks if c.status == "contraindicated"]
+    assert [c.check for c in bad] == ["quote_signature"] and quoted is None
+    assert bad[0].field == "evidence.extra.ak_public.unique"

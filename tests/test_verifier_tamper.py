@@ -302,3 +302,48 @@ def test_encodings_kept_by_open_card_equal_fresh_encodings(kit):
                                          for t in schema.EVENT_CLAIMS}
     assert _event_digests(card) == [schema.event_digest(e["type"], e["data"]) for e in log]
     assert _event_digests(card) == [e["digest"] for e in log]
+
+
+def test_event_in_a_register_format_does_not_assign(kit, policy):
+    """A log that replays (re-quoted) but extends the code event into the data register."""
+    def move(log):
+        log[0]["register"] = 23
+    result = appraise(cardkit.forge(kit, mutate_events=move, requote=True), policy=policy)
+    assert result.get("log_replay").status == AFFIRMING
+    failed = _rejected_by(result, "claims_in_log", "FORMAT.md assigns register 16")
+    assert failed["claims_in_log"].field == "evidence.event_log[0].register"
+    assert set(failed) == {"claims_in_log"}
+
+
+@pytest.mark.parametrize("dp", [{"noise_multiplier": 1e-300},
+                                {"noise_multiplier": 1e300, "sample_rate": 5e-324}])
+def test_dp_parameters_the_accountant_cannot_handle_are_contraindicated(kit, policy, dp):
+    def edit(claims):
+        claims["defenses"]["dp"].update(dp)
+    result = appraise(cardkit.forge(kit, mutate_claims=edit), policy=policy)
+    failed = _rejected_by(result, "dp_epsilon", "cannot compute an epsilon")
+    assert failed["dp_epsilon"].field == "claims.defenses.dp"
+
+
+def test_huge_trigger_count_does_not_stall_the_power_check(kit, policy):
+    """The power DP costs seconds at 2,000 triggers and hours at a million: it is capped."""
+    def edit(claims):
+        claims["defenses"]["watermark"]["trigger_count"] = 2000
+    result = appraise(cardkit.forge(kit, mutate_claims=edit), policy=policy)
+    check = result.get("watermark_power")
+    assert check.status == WARNING and check.reason.startswith("not computed")
+    assert check.field == "claims.defenses.watermark.trigger_count"
+
+
+@pytest.mark.parametrize("old, new, why", [
+    (b"\x2a\x86\x48\xce\x3d\x02\x01", b"\x2a\x86\x48\xce\x3d\x0a\x01", "not an ECDSA P-256 key"),
+    (b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x06", "not valid DER X.509"),
+])
+def test_unreadable_ak_certificate_is_a_check_not_an_exception(kit, policy, old, new, why):
+    """Key-algorithm OID changed / X.509 version 7: `cryptography` raises neither as ValueError."""
+    def edit(evidence):
+        assert old in evidence["cert_chain"][0]
+        evidence["cert_chain"][0] = evidence["cert_chain"][0].replace(old, new, 1)
+    result = appraise(cardkit.forge(kit, mutate_evidence=edit), policy=policy)
+    failed = _rejected_by(result, "cert_chain", why)
+    assert failed["cert_chain"].field == "evidence.cert_chain[0]"

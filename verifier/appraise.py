@@ -20,6 +20,10 @@ from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, WARNING, Check,
 
 _ZERO = bytes(32)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# The exact power computation grows faster than quadratically with the trigger count,
+# which is read before anything is authenticated: past this bound a hostile card could
+# stall the verifier for hours (1,000 triggers take 1-2 s; the wrapper's default is 100).
+MAX_POWER_TRIGGERS = 1000
 
 
 def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None) -> Result:
@@ -134,9 +138,8 @@ def _backend(backend, allowed, policy) -> Check:
 
 
 def _event_digests(card) -> list:
-    """Each event's H(dcbor({type, data})), from the data's encoding open_card kept:
-    the map's two keys sort as "data", "type"."""
-    return [hashlib.sha256(b"\xa2\x64data" + data + b"\x64type" + _text(event["type"])).digest()
+    """Each event's H(dcbor({type, data})), from the data's encoding open_card kept."""
+    return [hashlib.sha256(cbor.encode_map({"type": _text(event["type"]), "data": data})).digest()
             for data, event in zip(card.encoded.event_data, card.evidence["event_log"])]
 
 
@@ -189,6 +192,11 @@ def _claims_in_log(claims, log, encoded) -> Check:
         else:
             reason = f"expected event {want}, got {got}"
         return Check("claims_in_log", CONTRAINDICATED, f"evidence.event_log[{i}].type", reason)
+    for i, (spec, event) in enumerate(zip(expected, log)):
+        if event["register"] != spec.register:
+            return Check("claims_in_log", CONTRAINDICATED, f"evidence.event_log[{i}].register",
+                         f"event {spec.type!r} extends register {event['register']}, "
+                         f"FORMAT.md assigns register {spec.register}")
     # Equal deterministic encodings: equal values of identical types (1, 1.0 and True differ).
     for spec, data in zip(expected, encoded.event_data):
         if encoded.claim_events[spec.type] != data:
@@ -245,6 +253,10 @@ def _dp_epsilon(dp, policy) -> Check:
     except dp_check.AccountantUnavailable as exc:
         return Check("dp_epsilon", WARNING, field,
                      f"epsilon {dp['epsilon']:g} not recomputed: {exc} (install opacus to check it)")
+    except (ArithmeticError, ValueError) as exc:  # the prover's accountant would fail alike
+        return Check("dp_epsilon", CONTRAINDICATED, "claims.defenses.dp",
+                     f"the RDP accountant cannot compute an epsilon for these parameters "
+                     f"({type(exc).__name__})")
     claimed = dp["epsilon"]
     if not dp_check.within(claimed, recomputed, policy.dp.epsilon_tolerance):
         return Check("dp_epsilon", CONTRAINDICATED, field,
@@ -282,6 +294,10 @@ def _watermark_power(watermark, evaluation, policy) -> Check:
     except ImportError:
         return Check("watermark_power", WARNING, field, "not computed: the ownership test is not installed")
     n, classes, alpha = watermark["trigger_count"], watermark["classes"], policy.ownership.alpha
+    if n > MAX_POWER_TRIGGERS:
+        return Check("watermark_power", WARNING, "claims.defenses.watermark.trigger_count",
+                     f"not computed: {n} triggers is above the {MAX_POWER_TRIGGERS} this "
+                     "verifier computes the ownership test's power for")
     power = _power(binomial, accuracy, n, classes, alpha)
     detail = (f"power {power:.3f} at alpha {alpha:g} with {n} triggers, {classes} classes, "
               f"watermark accuracy {accuracy:.3f}")

@@ -11,9 +11,17 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from verifier.result import CONTRAINDICATED, Check
 
 _BACKEND_MODULES = {"sim": "verifier.sim_evidence", "tpm": "verifier.tpm_evidence"}
+# What `cryptography` raises, often lazily on first use of a field, for certificate bytes
+# it cannot read: malformed DER, an unknown version, key or signature algorithm, a
+# duplicated extension. Evidence certificates are attacker input until a chain checks out.
+CERTIFICATE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion,
+                      x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 
 
 @dataclass(frozen=True)

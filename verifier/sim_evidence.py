@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from cards import cbor
 from cards.errors import CardFormatError
-from verifier.evidence import Quoted
+from verifier.evidence import CERTIFICATE_ERRORS, Quoted
 from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, Check
 
 _QUOTE_FIELDS = {"version": int, "backend": str, "device_id": str, "registers": list,
@@ -70,7 +70,9 @@ def _load_ak(ak_der: bytes) -> _AK | str:
     try:
         cert = x509.load_der_x509_certificate(ak_der)
         key = cert.public_key()
-    except ValueError:
+    except UnsupportedAlgorithm:
+        return "attestation key is not an ECDSA P-256 key"
+    except CERTIFICATE_ERRORS:
         return "attestation key certificate is not valid DER X.509"
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         return "attestation key is not an ECDSA P-256 key"
@@ -138,7 +140,7 @@ def _verify_quote_signature(ak_key, quote, signature) -> str | None:
 
 
 def _parse_quote(quote: bytes) -> Quoted:
-    info = cbor.loads(quote, deterministic=True)
+    info = cbor.loads(quote, deterministic=True, field="evidence.quote")
     if not isinstance(info, dict):
         raise CardFormatError("evidence.quote", "signed quote is not a map")
     for key, kind in _QUOTE_FIELDS.items():

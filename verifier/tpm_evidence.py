@@ -24,7 +24,7 @@ from cryptography import x509
 from cards.errors import CardFormatError
 from verifier import tpm_structs as ts
 from verifier import tpm_trust
-from verifier.evidence import Quoted
+from verifier.evidence import CERTIFICATE_ERRORS, Quoted
 from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, Check
 
 
@@ -92,10 +92,12 @@ def _check_ek_chain(chain, policy, checks) -> x509.Certificate | None:
         return None
     try:
         certs = [x509.load_der_x509_certificate(c) for c in chain]
-    except ValueError:
+        certs[0].public_key()  # the device is named by its hash
+        is_ek = tpm_trust.is_ek_certificate(certs[0])
+    except CERTIFICATE_ERRORS:
         checks.append(Check("cert_chain", CONTRAINDICATED, field, "not DER X.509 certificates"))
         return None
-    if not tpm_trust.is_ek_certificate(certs[0]):
+    if not is_ek:
         checks.append(Check("cert_chain", CONTRAINDICATED, field + "[0]",
                             "first certificate is not an EK certificate (must be a non-CA "
                             "certificate with the tcg-kp-EKCertificate extended key usage)"))
@@ -117,11 +119,13 @@ def _check_ek_chain(chain, policy, checks) -> x509.Certificate | None:
 
 def _check_ak(extra: dict) -> ts.Public:
     ak = ts.parse_public(extra.get("ak_public"), "evidence.extra.ak_public")
+    ak.public_key()  # a malformed key or name algorithm is a format error here, not later
+    name = ak.name
     attrs = ak.attributes
     if attrs & tpm_trust.AK_REQUIRED_ATTRS != tpm_trust.AK_REQUIRED_ATTRS or attrs & ts.TPMA_DECRYPT:
         raise CardFormatError("evidence.extra.ak_public.objectAttributes",
                               "the AK must be a fixedTPM, restricted signing key")
-    if extra.get("ak_name") is not None and extra["ak_name"] != ak.name:
+    if extra.get("ak_name") is not None and extra["ak_name"] != name:
         raise CardFormatError("evidence.extra.ak_name", "does not match the AK public area")
     return ak
 

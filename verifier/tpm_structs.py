@@ -186,8 +186,12 @@ class Public:
     def public_key(self):
         """The key as a `cryptography` public key."""
         if self.type == ALG_RSA:
-            return rsa.RSAPublicNumbers(self.exponent or 65537,
-                                        int.from_bytes(self.unique[0], "big")).public_key()
+            try:
+                return rsa.RSAPublicNumbers(self.exponent or 65537,
+                                            int.from_bytes(self.unique[0], "big")).public_key()
+            except ValueError as exc:
+                raise CardFormatError("evidence.extra.ak_public.unique",
+                                      f"not an RSA public key: {exc}") from None
         curve = CURVES.get(self.curve)
         if curve is None:
             raise CardFormatError("evidence.extra.ak_public.curveID", f"unsupported curve 0x{self.curve:04x}")
@@ -195,7 +199,8 @@ class Public:
         try:
             return ec.EllipticCurvePublicNumbers(x, y, curve()).public_key()
         except ValueError as exc:
-            raise CardFormatError("evidence.extra.ak_public.unique", f"not a point on the curve: {exc}")
+            raise CardFormatError("evidence.extra.ak_public.unique",
+                                  f"not a point on the curve: {exc}") from None
 
 
 def _scheme(r: _Reader) -> tuple[int, int]:

@@ -40,6 +40,7 @@ from cryptography.x509.oid import NameOID
 
 from cards.errors import LaminateError
 from verifier import tpm_structs as ts
+from verifier.evidence import CERTIFICATE_ERRORS
 
 AK_SUBJECT_CN = "laminate TPM attestation key"
 EK_REF_PREFIX = "ek-spki-sha256:"
@@ -62,8 +63,15 @@ def verify_chain(leaf: x509.Certificate, intermediates, roots, *, at=None) -> st
     Each link is a signature check (`verify_directly_issued_by`), issuers must be CAs,
     and every certificate on the path must be valid at `at` (now by default).
     A root is a trust anchor: any certificate the policy lists, self-signed or not.
+    A certificate on the way that cannot be read is a reason too, never an exception.
     """
-    at = at or dt.datetime.now(dt.timezone.utc)
+    try:
+        return _walk_chain(leaf, intermediates, roots, at or dt.datetime.now(dt.timezone.utc))
+    except CERTIFICATE_ERRORS as exc:
+        return f"a certificate on the path cannot be read ({type(exc).__name__})"
+
+
+def _walk_chain(leaf, intermediates, roots, at) -> str | None:
     roots, pool = list(roots), list(intermediates)
     current = leaf
     for _ in range(MAX_CHAIN):
@@ -76,7 +84,7 @@ def verify_chain(leaf: x509.Certificate, intermediates, roots, *, at=None) -> st
                 continue
             try:
                 current.verify_directly_issued_by(candidate)
-            except (ValueError, TypeError, InvalidSignature):
+            except (*CERTIFICATE_ERRORS, InvalidSignature):
                 continue
             if not _is_ca(candidate):
                 return f"issuer {candidate.subject.rfc4514_string()!r} is not a CA"
@@ -231,7 +239,7 @@ def check_ak_certificate(ak_cert_der: bytes, chain: list[bytes], ak: ts.Public,
     try:
         cert = x509.load_der_x509_certificate(ak_cert_der)
         issuers = [x509.load_der_x509_certificate(d) for d in chain]
-    except ValueError as exc:
+    except CERTIFICATE_ERRORS as exc:
         return f"AK certificate unreadable: {exc}"
     reason = verify_chain(cert, issuers, roots)
     if reason:
