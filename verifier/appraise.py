@@ -14,7 +14,7 @@ from pathlib import Path
 from cards import cbor, cose, schema
 from cards.card import open_card
 from cards.errors import CardFormatError, LaminateError
-from verifier import dp_check
+from verifier import binomial, dp_check
 from verifier.evidence import check_evidence
 from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, WARNING, Check, Result
 
@@ -278,7 +278,7 @@ def _privacy_accounting(dp) -> Check:
 
 
 @lru_cache(maxsize=1024)
-def _power(binomial, accuracy, n, classes, alpha) -> float:
+def _power(accuracy, n, classes, alpha) -> float:
     """Exact power is a dynamic program over the trigger count: memoised per parameters."""
     return binomial.power(accuracy, n, classes, alpha)
 
@@ -289,16 +289,12 @@ def _watermark_power(watermark, evaluation, policy) -> Check:
     if accuracy is None:
         return Check("watermark_power", WARNING, field,
                      "no measured watermark accuracy: ownership could not be shown")
-    try:
-        from verifier import binomial
-    except ImportError:
-        return Check("watermark_power", WARNING, field, "not computed: the ownership test is not installed")
     n, classes, alpha = watermark["trigger_count"], watermark["classes"], policy.ownership.alpha
     if n > MAX_POWER_TRIGGERS:
         return Check("watermark_power", WARNING, "claims.defenses.watermark.trigger_count",
                      f"not computed: {n} triggers is above the {MAX_POWER_TRIGGERS} this "
                      "verifier computes the ownership test's power for")
-    power = _power(binomial, accuracy, n, classes, alpha)
+    power = _power(accuracy, n, classes, alpha)
     detail = (f"power {power:.3f} at alpha {alpha:g} with {n} triggers, {classes} classes, "
               f"watermark accuracy {accuracy:.3f}")
     if power < policy.ownership.min_power:
