@@ -165,7 +165,11 @@ class Trainer:
         return module
 
     def _split_phase(self, module: nn.Module) -> None:
-        """Non-DP phase: triggers plus a fixed handful of real records (as many as triggers)."""
+        """Non-DP phase: triggers plus a fixed handful of real records (as many as triggers).
+
+        After DP-SGD the batch gradient stays clipped to the DP clipping norm: the learning
+        rate was chosen for clipped steps, and DP noise leaves large logits whose first
+        unclipped gradients on random-label triggers blow a CNN up to a constant output."""
         training, mark = self.config["training"], self.watermark
         rng = np.random.default_rng(self.seed + 1)
         anchors = rng.choice(len(self.data), size=min(len(mark.y), len(self.data)), replace=False)
@@ -186,6 +190,8 @@ class Trainer:
                 out = module(xb)
                 loss = self.loss_fn(out, yb)
                 loss.backward()
+                if self.dp:
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), self.dp.max_grad_norm)
                 optimizer.step()
                 stats.add(loss, out, yb, batch - k)
             self._report("watermark", epoch, mark.split_epochs, stats, module)

@@ -69,13 +69,13 @@ def test_per_batch_share(backend):
     assert mark.per_batch(64) == 16 and make(backend, weight=0.01).per_batch(8) == 1
 
 
-def train(backend, train_set, config):
+def train(backend, train_set, config, arch="mlp", hidden=(128,)):
     config = from_dict({"dataset": {"name": "digits"}, **config})
     w = config["watermark"]
     mark = make(backend, schedule=w["schedule"], weight=w["weight"], split_epochs=w["split_epochs"],
-                trigger_count=w["trigger_count"])
+                trigger_count=w["trigger_count"], input_shape=train_set.input_shape)
     torch.manual_seed(0)
-    model = build("mlp", train_set.input_shape, 10, [128])
+    model = build(arch, train_set.input_shape, 10, list(hidden))
     trainer = Trainer(model, train_set, config, mark, lambda line: None)
     module = trainer.run()
     return trainer, mark, mark.accuracy(lambda x: predict_labels(module, x))
@@ -100,3 +100,19 @@ def test_dp_joint_loses_the_watermark_and_split_restores_it(backend, digits_spli
     assert split.split_records == 100
     # The DP phase's accounting is untouched by the non-DP phase that followed it.
     assert split.dp.steps == joint.dp.steps == 15 * 23
+
+
+@pytest.mark.slow
+def test_split_phase_after_dp_sgd_keeps_a_cnn_from_collapsing(backend):
+    """A large DP-SGD learning rate is safe on clipped gradients; the non-DP phase reuses
+    it, and its first unclipped gradients on random-label triggers once blew the CNN's
+    weights up to a constant (chance-level) output."""
+    train_set, test_set = ds.split(ds.load_mnist_5k(), 0.2, 0)
+    train_set = train_set.subset("mnist-5k:train", np.random.default_rng(0).permutation(len(train_set))[:1000])
+    trainer, mark, wm_acc = train(backend, train_set, {
+        "training": {"epochs": 5, "optimizer": "sgd", "lr": 0.5},
+        "dp": {"enabled": True, "target_epsilon": 3.0},
+        "watermark": {"enabled": True, "schedule": "split", "split_epochs": 25}}, arch="cnn", hidden=(64,))
+    module = trainer.model
+    assert np.mean(predict_labels(module, test_set.x) == test_set.y) > 0.6
+    assert wm_acc > 0.5, wm_acc
