@@ -15,7 +15,7 @@ ownership. This bench trains the same small CNN through the attested wrapper on 
 and reports test accuracy, watermark accuracy, the ownership test's power at the
 committed trigger count, and the ratios against the no-DP baseline of this same run.
 
-    python bench/conflicts.py           # full size (mnist-5k, CNN; about 10 min on 2 cores)
+    python bench/conflicts.py           # full size (mnist-5k, CNN; about 2 min on 2 cores)
     python bench/conflicts.py --quick   # digits, MLP, a few epochs: seconds
 Writes bench/results/conflicts.json.
 """
