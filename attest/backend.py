@@ -33,15 +33,21 @@ class Backend(Protocol):
         """Release the module."""
 
 
-def open_backend(name: str = "sim", *, sim_dir=None, tcti=None, pcrs=None) -> Backend:
+def open_backend(name: str = "sim", *, sim_dir=None, tcti=None, pcrs=None,
+                 sim_random_seed: bytes | None = None) -> Backend:
     """Open the named backend; the TPM stack is imported only when asked for.
 
     `pcrs`: the TPM's PCRs for registers 16 and 23 (default: PCRs 16 and 23); the
-    simulator has its own registers and ignores it.
+    simulator has its own registers and ignores it. `sim_random_seed`: seeded,
+    predictable simulator randomness for reproducible experiments (never for a model
+    you release); a TPM draws from its own RNG and refuses it.
     """
     if name == "sim":
         from attest.sim_backend import SimBackend
-        return SimBackend(sim_dir)
+        return SimBackend(sim_dir, random_seed=sim_random_seed)
+    if sim_random_seed is not None:
+        raise LaminateError(f"backend: sim_random_seed applies to the simulator only, "
+                            f"not to {name!r}")
     if name == "tpm":
         from attest.tpm_backend import TpmBackend
         return TpmBackend(tcti=tcti, pcrs=pcrs)

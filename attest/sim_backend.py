@@ -8,9 +8,10 @@ class SimBackend:
 
     name = "sim"
 
-    def __init__(self, sim_dir=None):
+    def __init__(self, sim_dir=None, *, random_seed: bytes | None = None):
+        """`random_seed`: reproducible randomness for experiments only (see `SimDevice`)."""
         try:
-            self.device = SimDevice(sim_dir)
+            self.device = SimDevice(sim_dir, random_seed=random_seed)
         except SimDeviceError as exc:
             raise LaminateError(str(exc)) from None
         self._registers = None
@@ -44,7 +45,10 @@ class SimBackend:
                 "cert_chain": self.device.certificate_chain(), "extra": {}}
 
     def random(self, n: int) -> bytes:
-        return self.device.random(n)
+        try:
+            return self.device.random(n)
+        except SimDeviceError as exc:
+            raise LaminateError(f"sim backend: {exc}") from None
 
     def close(self) -> None:
         self._registers = None

@@ -4,6 +4,8 @@ Runs `laminate redteam` (all three schedules) and prints, per schedule, the meas
 rates beside what the statistics predict in the same run: TPR against the verifier's
 power for the card's watermark accuracy, FPR against the exact false-positive bound of
 the sequential test. `--quick` runs tiny sizes into redteam-quick.json/.md (not figures to quote).
+Reproducible: the same `--seed` seeds torch, numpy, the simulator's randomness (so the
+victims' watermark seeds, which makes those victims unfit for release) and the accusers.
 """
 import argparse
 import sys
@@ -24,7 +26,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--schedules", default="none,dp,split")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same table")
     parser.add_argument("--results", default=str(RESULTS), help="directory for the report files")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

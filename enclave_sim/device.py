@@ -49,10 +49,42 @@ def default_state_dir() -> Path:
     return Path.home() / ".local" / "share" / "laminate" / "sim"
 
 
-class SimDevice:
-    """One simulated device, identified by its state directory."""
+class SeededRandom:
+    """A reproducible byte source: draw i is SHAKE-256(domain || seed || i), n bytes long.
 
-    def __init__(self, state_dir=None):
+    Exists so red-team and benchmark runs can be repeated bit for bit. Anyone who knows
+    the seed knows every byte it will ever give, so it is for experiments only.
+    """
+
+    _DOMAIN = b"laminate-sim-random-v1\0"
+
+    def __init__(self, seed: bytes):
+        if not isinstance(seed, (bytes, bytearray)) or not seed:
+            raise SimDeviceError("random_seed must be non-empty bytes")
+        self._seed = bytes(seed)
+        self._draws = 0
+
+    def __call__(self, n: int) -> bytes:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise SimDeviceError("random: n must be a non-negative int")
+        shake = hashlib.shake_256(self._DOMAIN + self._seed + self._draws.to_bytes(8, "big"))
+        self._draws += 1
+        return shake.digest(n)
+
+
+class SimDevice:
+    """One simulated device, identified by its state directory.
+
+    `random_seed` (opt-in, default None = the host's CSPRNG) makes `random()` a
+    `SeededRandom` stream so an experiment (`laminate redteam --seed`) can be rerun with
+    the very same watermark seed and salt. It makes that seed predictable to anyone who
+    knows the random_seed, and a predictable watermark seed lets anyone regenerate the
+    triggers, so a model trained this way must never be released. The simulator is never
+    trusted by a verifier anyway; the mode exists only here, not on real hardware.
+    """
+
+    def __init__(self, state_dir=None, random_seed: bytes | None = None):
+        self._seeded = None if random_seed is None else SeededRandom(random_seed)
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self._prepare_dir()
         with self._locked():
@@ -251,8 +283,11 @@ class SimDevice:
         return self._ak_key.public_key()
 
     def random(self, n: int) -> bytes:
-        """The device's randomness (the host's CSPRNG: a simulator has no other)."""
-        if not isinstance(n, int) or n < 0:
+        """The device's randomness: the host's CSPRNG (a simulator has no other), or the
+        seeded stream when the device was opened with `random_seed`."""
+        if self._seeded is not None:
+            return self._seeded(n)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise SimDeviceError("random: n must be a non-negative int")
         return os.urandom(n)
 

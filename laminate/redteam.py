@@ -50,13 +50,17 @@ def register(sub) -> None:
         "independent models and false accusers",
         description="Trains a watermarked digits victim through the attested wrapper (per "
         "schedule), then judges stolen copies, independent models and false accusers the "
-        "way a dispute does. Writes redteam.json and redteam.md to --out.")
+        "way a dispute does. Writes redteam.json and redteam.md to --out. Runs with the "
+        "same --seed give the same table: the simulator's randomness (the victims' "
+        "watermark seeds) is seeded too, so those victims must never be released.")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (seconds to a minute): for smoke tests, not for figures")
     p.add_argument("--out", default="redteam-out", help="output directory (default: %(default)s)")
     p.add_argument("--schedules", default="none,dp,split",
                    help="comma-separated from none, dp, split (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every torch/numpy choice")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every torch/numpy choice, of the simulator's randomness and "
+                   "of the accusers' openings (default: %(default)s)")
     p.set_defaults(func=_command)
 
 
@@ -112,7 +116,7 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
 
     from cards import keys
     from cards.watermark import Opening
-    from enclave_sim.device import SimDevice
+    from enclave_sim.device import SeededRandom, SimDevice
     from laminate import redteam_accusers as acc
     from laminate import redteam_suspects as sus
     from verifier.appraise import appraise
@@ -127,13 +131,14 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
     victim_model = sus.build_arch("mlp", seed)
     victim = _train(victim_model, (part.x_victim, part.y_victim), part, out / "victim",
                     sim_dir, victim_key, dp=dp, schedule=wm_schedule,
-                    epochs=sizes.victim_epochs, split_epochs=sizes.split_epochs, seed=seed)
+                    epochs=sizes.victim_epochs, split_epochs=sizes.split_epochs, seed=seed,
+                    random_seed=seed_bytes(seed, name, "victim"))
     _check_same(victim_model, victim.model_path, part.x_test)
     # The thief's re-watermarked copy (trained now, registered later in the log).
     thief = _train(sus.as_is(victim_model).model, (part.x_pool, part.y_pool), part,
                    out / "thief", sim_dir, thief_key, dp=False, schedule="joint",
                    epochs=max(5, sizes.victim_epochs // 2), split_epochs=1, seed=seed + 6,
-                   lr=5e-3, weight=0.5)
+                   lr=5e-3, weight=0.5, random_seed=seed_bytes(seed, name, "thief"))
     opening = Opening.load(victim.opening_path)
     card = victim.card_bytes
     wm_claim = acc.watermark_claim_of(card)
@@ -228,14 +233,16 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
     # False accusers against innocent models: the victim's own model and two independents.
     targets = [("victim", victim_file), *[(n, p) for n, p in (
         (independent_files[i][0], independent_files[i][2]) for i in (0, 3 % len(independent_files)))]]
+    rand = SeededRandom(seed_bytes(seed, name, "accusers"))
     for target_name, path in targets:
         log.observe(_sha256(path))
         suspect = OnnxSuspect(path)
         claims = [
-            acc.wrong_opening(card, params),
-            acc.ground_seed(suspect, params, card, sizes.grind_tries),
-            acc.suspect_labels(suspect, params, log),
-            acc.adversarial(surrogate_models, params, log, eps=0.25, steps=sizes.pgd_steps),
+            acc.wrong_opening(card, params, rand),
+            acc.ground_seed(suspect, params, card, sizes.grind_tries, rand),
+            acc.suspect_labels(suspect, params, log, rand),
+            acc.adversarial(surrogate_models, params, log, eps=0.25, steps=sizes.pgd_steps,
+                            rand=rand),
         ]
         for claim in claims:
             judge_row("accuser", target_name, claim.description, path, claim)
@@ -244,6 +251,7 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
     return {
         "schedule": name, "dp": dp, "watermark_schedule": wm_schedule,
         "victim": {"accuracy": victim_acc, "watermark_accuracy": evaluation["watermark_accuracy"],
+                   "watermark_commitment": wm_claim["commitment"],
                    "epsilon": (victim.claims["defenses"]["dp"] or {}).get("epsilon"),
                    "privacy_accounting": (victim.claims["defenses"]["dp"] or {}).get(
                        "privacy_accounting"),
@@ -254,8 +262,17 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
         "summary": summarize(rows), "rows": rows}
 
 
+def seed_bytes(seed: int, *labels: str) -> bytes:
+    """The seeded randomness of one part of the run (a victim's simulator, the accusers),
+    distinct per part so no two share a stream."""
+    return hashlib.sha256("\0".join(["laminate-redteam", str(seed), *labels]).encode()).digest()
+
+
 def _train(model, train_data, part, out_dir, sim_dir, key, *, dp, schedule, epochs,
-           split_epochs, seed, lr=1e-2, weight=0.25):
+           split_epochs, seed, lr=1e-2, weight=0.25, random_seed=None):
+    """One wrapper run on the simulator; `random_seed` makes its watermark seed and salt
+    reproducible (and predictable: red-team victims only, never a released model)."""
+    from attest.backend import open_backend
     from attest.train import train
 
     config = {
@@ -268,8 +285,12 @@ def _train(model, train_data, part, out_dir, sim_dir, key, *, dp, schedule, epoc
                       "split_epochs": split_epochs, "weight": weight},
         "attestation": {"backend": "sim", "sim_dir": str(sim_dir)},
     }
-    return train(model, train_data, (part.x_test, part.y_test), config, out_dir=out_dir,
-                 release_key=key, progress=lambda line: None)
+    backend = open_backend("sim", sim_dir=sim_dir, sim_random_seed=random_seed)
+    try:
+        return train(model, train_data, (part.x_test, part.y_test), config, out_dir=out_dir,
+                     backend=backend, release_key=key, progress=lambda line: None)
+    finally:
+        backend.close()
 
 
 def _check_same(model, onnx_path, x) -> None:
@@ -339,8 +360,8 @@ verifier's power for the card's measured watermark accuracy (`watermark_power` c
 def to_markdown(report) -> str:
     out = [f"# Ownership red team (digits, alpha {report['alpha']:g}, "
            f"{report['trigger_count']} triggers{', QUICK sizes' if report['quick'] else ''})",
-           "", f"Seed {report['seed']}, {report['elapsed_s']} s. `laminate redteam"
-           f"{' --quick' if report['quick'] else ''}`", "", LEGEND, ""]
+           "", f"{report['elapsed_s']} s. `laminate redteam{' --quick' if report['quick'] else ''}"
+           f" --seed {report['seed']}` (the same seed gives the same table)", "", LEGEND, ""]
     out += ["| schedule | victim acc | WM acc (card) | epsilon | predicted power | power check "
             "| as-is copy | TPR | FPR independent | FPR accusers | defeated (kept accuracy) |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]

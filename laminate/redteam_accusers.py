@@ -179,24 +179,26 @@ def dispute(claims: list[Claim], suspect_path, suspect_sha256: str, log: Dispute
 
 # ---------------------------------------------------------------- accuser strategies
 
-def fresh_opening(parameters: dict, seed: bytes | None = None):
-    """An opening the accuser makes up: its own seed and salt, committed by itself."""
-    from cards.watermark import Opening
+def fresh_opening(parameters: dict, rand=os.urandom, seed: bytes | None = None):
+    """An opening the accuser makes up: its own seed and salt, committed by itself.
+    `rand(n)` gives the accuser's random bytes (seeded for a reproducible table)."""
+    from cards.watermark import SALT_BYTES, Opening
 
-    return Opening.create(seed if seed is not None else os.urandom(32), dict(parameters))
+    return Opening.create(seed if seed is not None else rand(32), dict(parameters),
+                          salt=rand(SALT_BYTES))
 
 
-def wrong_opening(victim_card: bytes, parameters: dict) -> Claim:
+def wrong_opening(victim_card: bytes, parameters: dict, rand=os.urandom) -> Claim:
     """Copies someone's genuine, early card from the public registry and reveals an
     opening it invented for it."""
     return Claim("wrong-opening", "someone else's early card + an invented opening",
-                 victim_card, fresh_opening(parameters))
+                 victim_card, fresh_opening(parameters, rand))
 
 
-def suspect_labels(suspect, parameters: dict, log: DisputeLog) -> Claim:
+def suspect_labels(suspect, parameters: dict, log: DisputeLog, rand=os.urandom) -> Claim:
     """After seeing the suspect: inputs from the public generator, labels set to the
     suspect's own answers, committed (bare) afterwards."""
-    opening = fresh_opening(parameters)
+    opening = fresh_opening(parameters, rand)
     x, _ = opening.triggers()
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(suspect.predict(x), dtype=np.int64)
@@ -212,11 +214,11 @@ def surrogates(x: np.ndarray, y: np.ndarray, *, epochs: int, seed: int) -> list[
 
 
 def adversarial(models: list[nn.Module], parameters: dict, log: DisputeLog, *,
-                eps: float, steps: int) -> Claim:
+                eps: float, steps: int, rand=os.urandom) -> Claim:
     """Targeted PGD against an ensemble of surrogates, starting from the public generator's
     own inputs and labels, so the presented set looks like a genuine trigger set; the
     examples transfer to models the accuser never touched."""
-    opening = fresh_opening(parameters)
+    opening = fresh_opening(parameters, rand)
     x0, y = opening.triggers()
     x0 = torch.as_tensor(np.asarray(x0, dtype=np.float32))
     target = torch.as_tensor(np.asarray(y, dtype=np.int64))
@@ -237,7 +239,8 @@ def adversarial(models: list[nn.Module], parameters: dict, log: DisputeLog, *,
                                    parameters, opening.commitment))
 
 
-def ground_seed(suspect, parameters: dict, card_bytes: bytes, tries: int) -> Claim:
+def ground_seed(suspect, parameters: dict, card_bytes: bytes, tries: int,
+                rand=os.urandom) -> Claim:
     """Grinds ``tries`` seeds of the public generator for the one whose triggers the
     suspect happens to answer best, then reveals it against a genuine early card. (In
     laminate every try would cost an attested training run; here it costs nothing, and
@@ -246,12 +249,12 @@ def ground_seed(suspect, parameters: dict, card_bytes: bytes, tries: int) -> Cla
 
     best, best_matches = None, -1
     for i in range(tries):
-        seed = hashlib.sha256(b"grind" + i.to_bytes(8, "big") + os.urandom(8)).digest()
+        seed = hashlib.sha256(b"grind" + i.to_bytes(8, "big") + rand(8)).digest()
         x, y = generate_triggers(seed, parameters)
         matches = int((np.asarray(suspect.predict(np.asarray(x, dtype=np.float32))) == y).sum())
         if matches > best_matches:
             best, best_matches = seed, matches
     return Claim("seed-grinding", f"best of {tries} ground seeds ({best_matches}/"
                  f"{parameters['trigger_count']} matches) on someone else's card",
-                 card_bytes, fresh_opening(parameters, best))
+                 card_bytes, fresh_opening(parameters, rand, best))
 

@@ -173,3 +173,41 @@ def test_random_is_fresh(tmp_path):
     assert len(dev.random(32)) == 32 and dev.random(32) != dev.random(32)
     with pytest.raises(SimDeviceError):
         dev.random(-1)
+
+
+def test_default_random_differs_between_devices(tmp_path):
+    a, b = SimDevice(tmp_path / "a"), SimDevice(tmp_path / "a")
+    assert a.random(32) != b.random(32)
+
+
+def test_seeded_random_is_a_reproducible_stream(tmp_path):
+    """Same state dir or not, the same random_seed replays the same draws; any other
+    seed gives other bytes; the stream never repeats a draw."""
+    a = SimDevice(tmp_path / "a", random_seed=b"experiment-1")
+    b = SimDevice(tmp_path / "b", random_seed=b"experiment-1")
+    other = SimDevice(tmp_path / "a", random_seed=b"experiment-2")
+    draws = [a.random(32), a.random(32), a.random(7), a.random(0)]
+    assert draws == [b.random(32), b.random(32), b.random(7), b.random(0)]
+    assert draws[0] != draws[1] and draws[3] == b""
+    assert other.random(32) not in draws[:2]
+    assert a.random(32) != SimDevice(tmp_path / "a").random(32)   # unseeded is still fresh
+    with pytest.raises(SimDeviceError):
+        a.random(-1)
+
+
+@pytest.mark.parametrize("seed", [b"", "text", 7])
+def test_seeded_random_refuses_bad_seed(tmp_path, seed):
+    with pytest.raises(SimDeviceError, match="random_seed"):
+        SimDevice(tmp_path, random_seed=seed)
+
+
+def test_backend_passes_the_seed_to_the_simulator_only(tmp_path):
+    from attest.backend import open_backend
+    from cards.errors import LaminateError
+
+    one = open_backend("sim", sim_dir=tmp_path, sim_random_seed=b"s")
+    two = open_backend("sim", sim_dir=tmp_path, sim_random_seed=b"s")
+    assert one.random(64) == two.random(64)
+    assert open_backend("sim", sim_dir=tmp_path).random(64) != one.random(64)
+    with pytest.raises(LaminateError, match="simulator only"):
+        open_backend("tpm", sim_random_seed=b"s")
