@@ -207,6 +207,10 @@ class Endpoint:
                     payload = json.dumps({"labels": labels[:-1]}).encode()
                 elif endpoint.mode == "strings":
                     payload = json.dumps({"labels": [str(v) for v in labels]}).encode()
+                elif endpoint.mode == "huge":
+                    payload = b'{"labels": [' + b"0, " * (1 << 19) + b"0]}"
+                elif endpoint.mode == "nested":
+                    payload = b"[" * 100_000 + b"]" * 100_000
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -243,7 +247,9 @@ def test_ownership_over_http_in_batches_of_at_most_eight(opening, endpoint):
 
 @pytest.mark.parametrize("mode,message", [("500", "HTTP 500"), ("html", "did not answer JSON"),
                                           ("short", "expected 8 labels, got 7"),
-                                          ("strings", "expected a list of integers")])
+                                          ("strings", "expected a list of integers"),
+                                          ("huge", "answered more than 1048576 bytes"),
+                                          ("nested", "did not answer JSON")])
 def test_http_suspect_failures_are_clear_input_errors(opening, endpoint, mode, message):
     endpoint.mode = mode
     with pytest.raises(LaminateError, match=message):

@@ -71,9 +71,13 @@ class OnnxSuspect:
 
 
 class HttpSuspect:
-    """A prediction endpoint: POST {"inputs": [...]} as JSON, answer {"labels": [int, ...]}."""
+    """A prediction endpoint: POST {"inputs": [...]} as JSON, answer {"labels": [int, ...]}.
+
+    The endpoint may be hostile (it is the suspect): its answer is read up to a bound and
+    parsed without letting deep nesting escape as a traceback."""
 
     batch_size = 8
+    max_answer_bytes = 1 << 20
 
     def __init__(self, url: str, *, timeout: float = 30.0):
         if not url.startswith(("http://", "https://")):
@@ -89,15 +93,18 @@ class HttpSuspect:
             headers={"Content-Type": "application/json", "Accept": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
+                raw = response.read(self.max_answer_bytes + 1)
         except urllib.error.HTTPError as exc:
             raise LaminateError(f"{self.url}: suspect endpoint answered HTTP {exc.code} {exc.reason}") from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise LaminateError(f"{self.url}: suspect endpoint unreachable ({reason})") from exc
+        if len(raw) > self.max_answer_bytes:
+            raise LaminateError(f"{self.url}: suspect endpoint answered more than "
+                                f"{self.max_answer_bytes} bytes for {len(x)} labels")
         try:
             answer = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise LaminateError(f"{self.url}: suspect endpoint did not answer JSON") from exc
         if not isinstance(answer, dict) or "labels" not in answer:
             raise LaminateError(f'{self.url}: labels: the answer must be an object with "labels"')
