@@ -15,7 +15,7 @@ import yaml
 SIM_BANNER = ("SIMULATED HARDWARE: this card's evidence comes from laminate's software "
               "attestation simulator, which anyone can run; it proves nothing about real "
               "hardware and a default policy rejects it.")
-VIEW_NOTE = "View only: verify card.cbor (`laminate verify`), never this file."
+VIEW_NOTE = "View only: trust what laminate verify says of card.cbor, never this file."
 _STATUSES = ("affirming", "warning", "contraindicated")
 
 
@@ -185,12 +185,13 @@ _CSS = """
 body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
 table{border-collapse:collapse;width:100%;margin:0 0 1.5rem}
 th,td{border:1px solid #ccc;padding:.3rem .5rem;text-align:left;vertical-align:top;
-word-break:break-all}
+overflow-wrap:break-word}
+td:first-child{white-space:nowrap}
 th{background:#f3f3f3}
 .banner{background:#b00020;color:#fff;font-weight:bold;padding:1rem;border-radius:4px;
 font-size:1.1rem;margin:1rem 0}
 .note{color:#555;font-style:italic}
-.status{font-weight:bold;padding:.1rem .4rem;border-radius:3px}
+.status{font-weight:bold;padding:.1rem .4rem;border-radius:3px;white-space:nowrap}
 .affirming{background:#d7f5dd;color:#0a5b1d}.warning{background:#fff1c2;color:#6b4d00}
 .contraindicated{background:#ffd6d9;color:#8a0010}.unknown{background:#eee;color:#333}
 """
