@@ -84,7 +84,7 @@ def open_card(data: bytes) -> Card:
     built = []
     payload = cbor.loads(msg.payload, deterministic=True, field="payload",
                          shortcut=lambda value: _shortcut(value, built))
-    schema.validate_payload(payload)
+    schema.validate_payload(payload, encoded=msg.payload)
     if built and built[0][0] == msg.payload:
         encoded = built[0][1]
     else:  # proved deterministic the long way; encode the parts as they are

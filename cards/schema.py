@@ -256,18 +256,34 @@ CLAIMS = record({
         "accuracy": unit, "per_class_accuracy": array_of(unit), "test_records": integer(),
         "watermark_accuracy": nullable(unit)}),
 })
-EVENT = record({"register": integer(0, 23), "type": non_empty_text,
-                "digest": byte_string(32), "data": any_value})
-EVIDENCE = record({
-    "backend": one_of("sim", "tpm"), "quote": byte_string(non_empty=True),
-    "signature": byte_string(non_empty=True),
-    "cert_chain": array_of(byte_string(non_empty=True), 1), "event_log": array_of(EVENT, 1),
-    "extra": map_of(any_value)})
-PAYLOAD = record({"schema_version": integer(), "claims": CLAIMS, "evidence": EVIDENCE})
 
 
-def validate_payload(payload: Any) -> None:
-    """Raise CardFormatError naming the first field that breaks FORMAT.md."""
+def _payload(backend_data):
+    """The payload schema, with ``backend_data`` checking the free-form evidence data."""
+    event = record({"register": integer(0, 23), "type": non_empty_text,
+                    "digest": byte_string(32), "data": backend_data})
+    evidence = record({
+        "backend": one_of("sim", "tpm"), "quote": byte_string(non_empty=True),
+        "signature": byte_string(non_empty=True),
+        "cert_chain": array_of(byte_string(non_empty=True), 1),
+        "event_log": array_of(event, 1), "extra": map_of(backend_data)})
+    return record({"schema_version": integer(), "claims": CLAIMS, "evidence": evidence})
+
+
+def _no_critical_key(value, path):
+    """any_value where no "crit." key can occur: nothing left to check."""
+
+
+PAYLOAD = _payload(any_value)
+_PAYLOAD_NO_CRITICAL = _payload(_no_critical_key)
+
+
+def validate_payload(payload: Any, *, encoded: bytes | None = None) -> None:
+    """Raise CardFormatError naming the first field that breaks FORMAT.md.
+
+    ``encoded``, the definite-length encoding ``payload`` was decoded from, lets a
+    payload whose bytes hold no "crit." skip walking the free-form evidence data for
+    critical keys: CBOR text is plain UTF-8, so no key there can start with it."""
     if type(payload) is not dict:
         _fail("payload", f"expected a map, got {_type_name(payload)}")
     version = payload.get("schema_version")
@@ -276,7 +292,8 @@ def validate_payload(payload: Any) -> None:
     if type(version) is not int or version != SCHEMA_VERSION:
         _fail("schema_version", f"unsupported schema version {version!r} "
                                 f"(this laminate reads version {SCHEMA_VERSION})")
-    PAYLOAD(payload, "")
+    critical_free = encoded is not None and CRITICAL_PREFIX.encode() not in encoded
+    (_PAYLOAD_NO_CRITICAL if critical_free else PAYLOAD)(payload, "")
 
 
 # --- events -----------------------------------------------------------------------------
