@@ -13,6 +13,7 @@ from typing import NamedTuple
 from cards import card as cardlib
 from cards import schema, views
 from cards.errors import LaminateError
+from cards.files import write_atomic
 
 CODE_REGISTER = 16
 DATA_REGISTER = 23
@@ -137,16 +138,22 @@ class AttestedSession:
         return write_card(out_dir, card_bytes)
 
 
-def write_card(out_dir, card_bytes: bytes) -> CardFiles:
-    """Write a card and its views; the views are for people, never parsed for trust."""
-    out = Path(out_dir)
-    payload = cardlib.open_card(card_bytes).payload
+def make_out_dir(path) -> Path:
+    """Create an output directory up front, so a bad --out fails before any training."""
+    out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        files = CardFiles(out / "card.cbor", out / "card.yaml", out / "card.md")
-        files.cbor.write_bytes(card_bytes)
-        files.yaml.write_text(views.to_yaml(payload), encoding="utf-8")
-        files.md.write_text(views.to_markdown(payload), encoding="utf-8")
     except OSError as exc:
-        raise LaminateError(f"{out}: cannot write the card: {exc.strerror}") from None
+        raise LaminateError(f"{out}: cannot create the output directory: {exc.strerror}") from None
+    return out
+
+
+def write_card(out_dir, card_bytes: bytes) -> CardFiles:
+    """Write a card and its views; the views are for people, never parsed for trust."""
+    out = make_out_dir(out_dir)
+    payload = cardlib.open_card(card_bytes).payload
+    files = CardFiles(out / "card.cbor", out / "card.yaml", out / "card.md")
+    write_atomic(files.cbor, card_bytes)
+    write_atomic(files.yaml, views.to_yaml(payload).encode("utf-8"))
+    write_atomic(files.md, views.to_markdown(payload).encode("utf-8"))
     return files

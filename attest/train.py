@@ -24,6 +24,7 @@ from attest.config import TrainConfig, from_dict, load_config
 from attest.defenses import watermark as wm
 from cards import keys
 from cards.errors import LaminateError
+from cards.files import write_atomic
 
 OPENING_NAME = "watermark.opening"
 MODEL_NAME = "model.onnx"
@@ -240,7 +241,7 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
     `__file__`). `progress`: a callable taking one line per epoch (default: print).
     """
     from attest.measure import code_claim, config_claim, dataset_claim, model_claim
-    from attest.session import AttestedSession
+    from attest.session import AttestedSession, make_out_dir
 
     config = config if isinstance(config, TrainConfig) else from_dict(config, data_given=True)
     progress = progress or _print
@@ -256,8 +257,7 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
     if entry_point is not None and not Path(entry_point).is_file():
         raise LaminateError(f"entry_point: file not found: {entry_point}")
     signing_key = _release_key(release_key, config)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_out_dir(out_dir)
 
     owned = backend is None
     if owned:
@@ -313,7 +313,7 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
         if owned:
             backend.close()
 
-    (out_dir / PUBLIC_KEY_NAME).write_bytes(keys.public_pem(signing_key))
+    write_atomic(out_dir / PUBLIC_KEY_NAME, keys.public_pem(signing_key))
     wmtext = f", watermark accuracy {evaluation['watermark_accuracy']:.3f}" if mark else ""
     dptext = f", epsilon {dp_claim['epsilon']:.2f}" if dp_claim else ""
     progress(f"test accuracy {evaluation['accuracy']:.3f}{wmtext}{dptext}; onnx matches torch "

@@ -266,11 +266,6 @@ class SimDevice:
         r, s = decode_dss_signature(der)
         return quote, r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
-    def counters(self) -> dict:
-        """The persisted counter, reset count and clock (for `sim info`)."""
-        with self._locked():
-            return self._read_state()
-
     def certificate_chain(self) -> list:
         """[AK certificate DER, root certificate DER], leaf first."""
         return [self._ak_cert.public_bytes(serialization.Encoding.DER),
@@ -278,9 +273,6 @@ class SimDevice:
 
     def root_certificate_pem(self) -> bytes:
         return self._root_cert.public_bytes(serialization.Encoding.PEM)
-
-    def ak_public_key(self):
-        return self._ak_key.public_key()
 
     def random(self, n: int) -> bytes:
         """The device's randomness: the host's CSPRNG (a simulator has no other), or the

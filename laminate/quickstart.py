@@ -13,6 +13,7 @@ prove anything. Adding a non-DP watermark phase after the DP phase restores it, 
 price the card states: the epsilon bound no longer covers the released model
 (`privacy_accounting: not tight`), and the verifier warns about it.
 """
+import json
 import time
 from pathlib import Path
 
@@ -45,8 +46,8 @@ watermark:
   split_epochs: {split_epochs}
 attestation:
   backend: sim
-  sim_dir: {dir}/sim
-release_key: {dir}/release-ed25519.pem
+  sim_dir: {sim_dir}
+release_key: {release_key}
 """
 
 POLICY = """\
@@ -83,13 +84,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from attest.session import make_out_dir
     from cards.errors import LaminateError
 
     if args.epochs < 1:
         raise LaminateError(f"--epochs: must be at least 1, got {args.epochs}")
     started = time.perf_counter()
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_out_dir(args.out.resolve())
 
     print(f"[1/4] provider: training with DP-SGD (eps 3) and a watermark, simulator backend -> {out}")
     code = _code_identity()
@@ -143,7 +144,10 @@ def _train(out: Path, epochs: int):
     if not key_path.exists():
         keys.save_private_key(keys.generate_private_key("ed25519"), key_path)
     config = out / "config.yaml"
-    config.write_text(CONFIG.format(dir=out, epochs=epochs, split_epochs=epochs))
+    # JSON strings are YAML scalars: a folder name with ": " or " #" stays one path.
+    config.write_text(CONFIG.format(dir=out, epochs=epochs, split_epochs=epochs,
+                                    sim_dir=json.dumps(str(out / "sim")),
+                                    release_key=json.dumps(str(key_path))))
     return train_from_config(config, out)
 
 

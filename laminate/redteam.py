@@ -86,13 +86,14 @@ def run(out: Path, *, schedules, sizes: Sizes, seed: int = 0, progress=print) ->
     """The whole evaluation; returns the report (also the JSON written to disk)."""
     import torch
 
+    from attest.session import make_out_dir
     from laminate import redteam_accusers as acc
     from laminate import redteam_independent as ind
     from laminate import redteam_suspects as sus
 
     torch.set_num_threads(1)
     started = time.monotonic()
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     part = sus.digits_partition(seed)
     progress(f"digits: victim {len(part.y_victim)}, pool {len(part.y_pool)}, "
              f"test {len(part.y_test)} records")

@@ -109,3 +109,14 @@ def test_ownership_survives_fine_tuning_of_the_released_model(quickstart, tmp_pa
                       out / "watermark.opening", "--suspect", tuned, "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout)["verdict"] == "shown"
+
+
+def test_unusable_out_is_a_one_line_error(tmp_path, capsys):
+    from laminate.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["quickstart", "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("laminate: error: ") and "cannot create the output directory" in err
+    assert "Traceback" not in err

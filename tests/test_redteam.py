@@ -282,3 +282,13 @@ def test_accusers_draw_from_the_given_source(world):
     one, two = (acc.wrong_opening(world["card"], params, SeededRandom(b"x")) for _ in range(2))
     assert one.opening.commitment == two.opening.commitment
     assert acc.wrong_opening(world["card"], params).opening.commitment != one.opening.commitment
+
+
+def test_unusable_out_is_refused_before_any_training(tmp_path):
+    from cards.errors import LaminateError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(LaminateError, match="cannot create the output directory"):
+        redteam.run(blocker / "out", schedules=["none"], sizes=redteam.QUICK,
+                    progress=lambda line: pytest.fail(line))

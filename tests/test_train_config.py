@@ -117,3 +117,15 @@ def test_default_release_key_honours_laminate_home(tmp_path, monkeypatch):
     monkeypatch.setenv("LAMINATE_HOME", str(tmp_path))
     assert default_release_key_path() == tmp_path / "release-ed25519.pem"
     assert from_dict({"dataset": {"name": "digits"}}).release_key_path() == tmp_path / "release-ed25519.pem"
+
+
+def test_unusable_out_dir_is_named_before_training(tmp_path, monkeypatch):
+    from attest.train import train_from_config
+
+    monkeypatch.setenv("LAMINATE_HOME", str(tmp_path / "home"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = write(tmp_path, {"dataset": {"name": "digits"}, "training": {"epochs": 1},
+                              "attestation": {"sim_dir": str(tmp_path / "sim")}})
+    with pytest.raises(LaminateError, match="a-file/out: cannot create the output directory"):
+        train_from_config(config, blocker / "out", progress=lambda line: pytest.fail(line))
