@@ -6,7 +6,6 @@ at load time with a message naming the file rather than at signing time.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Union
 
@@ -15,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from .errors import LaminateError
+from .files import write_atomic
 
 KINDS = ("ed25519", "p256")
 PrivateKey = Union[ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey]
@@ -40,19 +40,12 @@ def key_kind(key) -> str:
 
 
 def save_private_key(key: PrivateKey, path) -> Path:
-    """Write PKCS#8 PEM readable by the owner only (the file is created 0600 before
-    any secret byte is written, so it is never briefly world-readable)."""
+    """Write PKCS#8 PEM readable by the owner only (created 0600 before any secret byte
+    is written), replacing any previous key only once the new one is complete."""
     key_kind(key)
-    path = Path(path)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, pem)
-    finally:
-        os.close(fd)
-    return path
+    return write_atomic(path, pem, mode=0o600)
 
 
 def load_private_key(path) -> PrivateKey:

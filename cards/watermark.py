@@ -21,6 +21,7 @@ import numpy as np
 
 from . import cbor
 from .errors import CardFormatError, LaminateError
+from .files import write_atomic
 
 SCHEME = "laminate-trigger-v1"
 OPENING_FORMAT = "laminate-watermark-opening/1"
@@ -161,14 +162,8 @@ class Opening:
         return opening
 
     def save(self, path) -> Path:
-        path = Path(path)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, self.to_json().encode())
-        finally:
-            os.close(fd)
-        return path
+        """Owner-only (0600); a previous opening is replaced only by a complete new one."""
+        return write_atomic(path, self.to_json().encode(), mode=0o600)
 
     @classmethod
     def load(cls, path) -> "Opening":
