@@ -78,7 +78,8 @@ def main() -> int:
             path.write_text(yaml.safe_dump(config_for(setting, size, tmp)))
             print(f"--- {name}", flush=True)
             started = time.perf_counter()
-            result = train_from_config(path, tmp / f"out{len(rows)}", progress=lambda line: None)
+            result = train_from_config(path, tmp / f"out{len(rows)}",
+                                       progress=lambda line: print("    " + line, flush=True))
             seconds = time.perf_counter() - started
             claims = result.claims
             dp, wm = claims["defenses"]["dp"], claims["defenses"]["watermark"]

@@ -22,43 +22,32 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
 def plain(config) -> dict:
-    """The same training without the wrapper: load, split, build, train, evaluate, export."""
+    """The same training without the wrapper: load, split, build, train, evaluate, export.
+
+    It runs the wrapper's own `Trainer`, so the two paths share the loop, the batch order
+    and the per-epoch statistics, and the ratio isolates measuring and sealing."""
     import torch
 
     from attest import datasets as ds
     from attest.export import export_onnx
     from attest.models import build
+    from attest.train import Trainer, predict_labels
 
     started = time.perf_counter()
     full = ds.load_from_config(config)
     train_set, test_set = ds.split(full, config["dataset"]["test_fraction"],
                                    config["dataset"]["split_seed"])
-    training = config["training"]
-    torch.manual_seed(training["seed"])
+    seed = config["training"]["seed"]
+    torch.manual_seed(seed)
     model = build(config["model"]["arch"], full.input_shape, full.classes, config["model"]["hidden"])
-    torch.manual_seed(training["seed"])
-    np.random.seed(training["seed"])
-    loader = torch.utils.data.DataLoader(
-        train_set.to_torch(), batch_size=training["batch_size"], shuffle=True,
-        generator=torch.Generator().manual_seed(training["seed"]))
-    optimizer = torch.optim.SGD(model.parameters(), lr=training["lr"])
-    loss_fn = torch.nn.CrossEntropyLoss()
-    for _ in range(training["epochs"]):
-        model.train()
-        for xb, yb in loader:
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(xb), yb).backward()
-            optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = float((model(torch.from_numpy(test_set.x)).argmax(1).numpy() == test_set.y).mean())
+    torch.manual_seed(seed)
+    model = Trainer(model, train_set, config, None, lambda line: None).run()
+    accuracy = float((predict_labels(model, test_set.x) == test_set.y).mean())
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(model, test_set.x, Path(tmp) / "model.onnx")
     return {"seconds": time.perf_counter() - started, "test_accuracy": accuracy}
