@@ -379,3 +379,23 @@ def test_envelope_must_be_exactly_alg_and_kid():
                 "not EdDSA \\(-8\\) or ES256")
     untagged = cbor.dumps(cbor.loads(_resign(key, good)).value)
     _open_fails(untagged, "missing COSE_Sign1 tag 18")
+
+
+def test_a_deeply_nested_bad_value_is_named_in_one_pass():
+    """Event data is open plain data: a bad value deep inside must be named with its
+    full path, and finding it must cost one walk (a hostile card nests up to the
+    decoder's depth limit)."""
+    from cards.errors import CardFormatError
+    from cards.schema import plain
+
+    value = object()
+    for _ in range(30):
+        value = [value]
+    with pytest.raises(CardFormatError) as err:
+        plain(value, "evidence.event_log[0].data")
+    assert err.value.field == "evidence.event_log[0].data" + "[0]" * 30
+    assert "expected plain data" in err.value.reason
+    for _ in range(30):
+        value = [value]
+    with pytest.raises(CardFormatError, match="nested too deeply"):
+        plain(value, "data")

@@ -139,7 +139,7 @@ def _backend(backend, allowed, policy) -> Check:
 
 def _event_digests(card) -> list:
     """Each event's H(dcbor({type, data})), from the data's encoding open_card kept."""
-    return [hashlib.sha256(cbor.encode_map({"type": _text(event["type"]), "data": data})).digest()
+    return [hashlib.sha256(cbor.encode_map({"data": data, "type": _text(event["type"])})).digest()
             for data, event in zip(card.encoded.event_data, card.evidence["event_log"])]
 
 
