@@ -141,19 +141,21 @@ def _hashes_ok(*hashes) -> bool:
     return all(isinstance(h, (bytes, bytearray)) and len(h) == HASH_SIZE for h in hashes)
 
 
-def verify_inclusion(leaf_hash_: bytes, index: int, tree_size: int, proof: Sequence[bytes],
-                     root: bytes) -> bool:
-    """RFC 9162 §2.1.3.2; any malformed input is simply False."""
+def inclusion_root(leaf_hash_: bytes, index: int, tree_size: int,
+                   proof: Sequence[bytes]) -> bytes | None:
+    """The root an inclusion proof leads to (RFC 9162 §2.1.3.2 steps 1-6), or None when
+    the input is malformed or the proof's length does not fit the tree's depth. Receipts
+    need it on its own because they carry no root (RFC 9942)."""
     proof = list(proof or ())
     if not (_is_count(index) and _is_count(tree_size) and index < tree_size):
-        return False
-    if not _hashes_ok(leaf_hash_, root, *proof):
-        return False
+        return None
+    if not _hashes_ok(leaf_hash_, *proof):
+        return None
     fn, sn = index, tree_size - 1
     r = bytes(leaf_hash_)
     for p in proof:
         if sn == 0:
-            return False
+            return None
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
             while not fn & 1 and fn:
@@ -163,7 +165,16 @@ def verify_inclusion(leaf_hash_: bytes, index: int, tree_size: int, proof: Seque
             r = node_hash(r, p)
         fn >>= 1
         sn >>= 1
-    return sn == 0 and r == root
+    return r if sn == 0 else None
+
+
+def verify_inclusion(leaf_hash_: bytes, index: int, tree_size: int, proof: Sequence[bytes],
+                     root: bytes) -> bool:
+    """RFC 9162 §2.1.3.2; any malformed input is simply False."""
+    if not _hashes_ok(root):
+        return False
+    computed = inclusion_root(leaf_hash_, index, tree_size, proof)
+    return computed is not None and computed == root
 
 
 def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: bytes,

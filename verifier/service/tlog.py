@@ -90,32 +90,19 @@ def check_consistency(size1, size2, proof, root1, root2) -> None:
 
 def root_from_inclusion(leaf_hash: bytes, leaf_index: int, tree_size: int,
                         path: list[bytes]) -> bytes:
-    """The root an inclusion path leads to (RFC 9162 §2.1.3.2 steps 1-6), needed where the
-    root itself is not transmitted (COSE Receipts detach it). The caller still checks the
-    result through ``check_inclusion``, so a wrong computation here cannot pass a proof."""
+    """The root an inclusion path leads to, needed where the root itself is not
+    transmitted (COSE Receipts detach it); malformed input raises LogProofError."""
     leaf_hash = _digest(leaf_hash, "leaf_hash")
     leaf_index = _size(leaf_index, "leaf_index")
     tree_size = _size(tree_size, "tree_size")
     path = _path(path, "inclusion_proof")
     if leaf_index >= tree_size:
         raise LogProofError(f"leaf_index {leaf_index} is not below tree_size {tree_size}")
-    fn, sn, r = leaf_index, tree_size - 1, leaf_hash
-    for p in path:
-        if sn == 0:
-            raise LogProofError("inclusion proof is longer than the tree is deep")
-        if fn % 2 == 1 or fn == sn:
-            r = merkle.node_hash(p, r)
-            if fn % 2 == 0:
-                while fn % 2 == 0 and fn != 0:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            r = merkle.node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
-    if sn != 0:
-        raise LogProofError("inclusion proof is shorter than the tree is deep")
-    return r
+    root = merkle.inclusion_root(leaf_hash, leaf_index, tree_size, path)
+    if root is None:
+        raise LogProofError(f"inclusion proof of {len(path)} nodes does not fit a tree of "
+                            f"size {tree_size}")
+    return root
 
 
 # ---------------------------------------------------------------- signed tree heads
