@@ -52,14 +52,8 @@ def _path(proof, name: str) -> list[bytes]:
 def check_inclusion(leaf_hash, leaf_index, tree_size, proof, root) -> None:
     """RFC 9162 §2.1.3.2: raise LogProofError unless ``proof`` shows ``leaf_hash`` at
     ``leaf_index`` in the tree of ``tree_size`` leaves with ``root``."""
-    leaf_hash = _digest(leaf_hash, "leaf_hash")
     root = _digest(root, "root_hash")
-    leaf_index = _size(leaf_index, "leaf_index")
-    tree_size = _size(tree_size, "tree_size")
-    path = _path(proof, "inclusion_proof")
-    if leaf_index >= tree_size:
-        raise LogProofError(f"leaf_index {leaf_index} is not below tree_size {tree_size}")
-    if not merkle.verify_inclusion(leaf_hash, leaf_index, tree_size, path, root):
+    if root_from_inclusion(leaf_hash, leaf_index, tree_size, proof) != root:
         raise LogProofError(f"inclusion proof for leaf {leaf_index} in tree of size "
                             f"{tree_size} does not lead to root {root.hex()}")
 
@@ -89,13 +83,13 @@ def check_consistency(size1, size2, proof, root1, root2) -> None:
 
 
 def root_from_inclusion(leaf_hash: bytes, leaf_index: int, tree_size: int,
-                        path: list[bytes]) -> bytes:
+                        proof: list[bytes]) -> bytes:
     """The root an inclusion path leads to, needed where the root itself is not
     transmitted (COSE Receipts detach it); malformed input raises LogProofError."""
     leaf_hash = _digest(leaf_hash, "leaf_hash")
     leaf_index = _size(leaf_index, "leaf_index")
     tree_size = _size(tree_size, "tree_size")
-    path = _path(path, "inclusion_proof")
+    path = _path(proof, "inclusion_proof")
     if leaf_index >= tree_size:
         raise LogProofError(f"leaf_index {leaf_index} is not below tree_size {tree_size}")
     root = merkle.inclusion_root(leaf_hash, leaf_index, tree_size, path)
