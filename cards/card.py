@@ -81,75 +81,78 @@ def open_card(data: bytes) -> Card:
                               f"algorithm {msg.alg} is not EdDSA (-8) or ES256 (-7)")
     if len(msg.kid) != 32:
         raise CardFormatError("card.protected.kid", f"expected 32 bytes, got {len(msg.kid)}")
-    built = []
-    payload = cbor.loads(msg.payload, deterministic=True, field="payload",
-                         shortcut=lambda value: _shortcut(value, built))
-    schema.validate_payload(payload, encoded=msg.payload)
-    if built and built[0][0] == msg.payload:
-        encoded = built[0][1]
+    payload = cbor.decode(msg.payload, definite=True, field="payload")
+    try:
+        settled = schema.validate_payload(payload, encoded=msg.payload)
+    except CardFormatError:  # an encoding error is the one to name first, as it was signed
+        cbor.require_deterministic(payload, msg.payload, field="payload")
+        raise
+    shared = _shortcut(payload, settled)
+    cbor.require_deterministic(payload, msg.payload, field="payload", settled=settled,
+                               candidate=shared and shared[0])
+    if shared and shared[0] == msg.payload:
+        encoded = shared[1]
     else:  # proved deterministic the long way; encode the parts as they are
-        encoded = _encode_parts(payload, share=False)
+        encoded = _encode_parts(payload, settled, share=False)
     return Card(payload, payload["claims"], payload["evidence"], msg, msg.kid, msg.alg, encoded)
 
 
-def _shortcut(payload, built: list) -> bytes | None:
-    """dcbor of a value that decodes like ``payload``, cheaper than re-encoding it: the
-    claims are encoded once, and an event whose data equals the claims it measures
-    reuses their encoding. (If equal in Python but not in type, 1 vs 1.0, the bytes
-    differ from the payload's and the caller re-encodes the payload itself.)"""
+def _shortcut(payload, settled) -> tuple[bytes, Encoded] | None:
+    """dcbor of a value that decodes like ``payload``, cheaper than re-encoding it, and
+    its parts: the claims are encoded once, and an event whose data equals the claims it
+    measures reuses their encoding. (If equal in Python but not in type, 1 vs 1.0, the
+    bytes differ from the payload's and the caller re-encodes the payload itself.)"""
     try:
-        parts = _encode_parts(payload, share=True)
+        parts = _encode_parts(payload, settled, share=True)
         evidence = payload["evidence"]
         skeleton = dict(payload, claims=_SLOT, evidence=dict(
             evidence, event_log=[dict(event, data=_SLOT) for event in evidence["event_log"]]))
     except (LookupError, TypeError, CardFormatError):
         return None
-    pieces = cbor.dumps(skeleton).split(cbor.dumps(_SLOT))
+    pieces = cbor.dumps(skeleton, settled=settled).split(cbor.dumps(_SLOT))
     fills = (parts.claims, *parts.event_data)
     if len(pieces) != len(fills) + 1:
         return None
     whole = b"".join(piece for pair in zip(pieces, fills) for piece in pair) + pieces[-1]
-    built.append((whole, parts))
-    return whole
+    return whole, parts
 
 
-def _encode_parts(payload, *, share: bool) -> Encoded:
+# The claims sections whose fields events measure on their own (FORMAT.md, "Events and
+# registers"): each field of these is encoded apart, the rest of the claims whole.
+_SPLIT = frozenset({"dataset", "training", "defenses"})
+
+
+def _encode_parts(payload, settled, *, share: bool) -> Encoded:
     """Each claims section encoded once; event data too, or with ``share`` the claims
-    section it equals. Raises LookupError or TypeError when the payload is no card."""
-    claims, memo = payload["claims"], {}
-    claims_bytes = _encode(claims, 2, memo)
-    claim_events = {spec.type: _claim_event(spec.data(claims), memo)
-                    for spec in schema.EVENT_CLAIMS.values()}
+    section it equals. Raises LookupError or TypeError when the payload is no card.
+    ``settled`` as for ``cbor.dumps``."""
+    claims, known = payload["claims"], {}
+
+    def encode(value) -> bytes:
+        encoded = cbor.dumps(value, settled=settled)
+        known[id(value)] = (value, encoded)  # holding the value keeps its id unique
+        return encoded
+
+    claims_bytes = cbor.encode_map({
+        key: cbor.encode_map({name: encode(item) for name, item in section.items()})
+        if key in _SPLIT and type(section) is dict else encode(section)
+        for key, section in claims.items()})
+    claim_events = {}
+    for spec in schema.EVENT_CLAIMS.values():
+        data = spec.data(claims)
+        part = known.get(id(data))
+        if part is None:  # a map of sections, as the config event's
+            part = data, cbor.encode_map({name: known[id(item)][1] if id(item) in known
+                                          else encode(item) for name, item in data.items()})
+        claim_events[spec.type] = part
     event_data = []
     for event in payload["evidence"]["event_log"]:
         data, expected = event["data"], claim_events.get(event["type"])
         shared = share and expected is not None and data == expected[0]
-        event_data.append(expected[1] if shared else cbor.dumps(data))
-    return Encoded(claims_bytes, _encode(claims["training"]["config"], 0, memo),
+        event_data.append(expected[1] if shared else cbor.dumps(data, settled=settled))
+    return Encoded(claims_bytes, known[id(claims["training"]["config"])][1],
                    {kind: encoded for kind, (_, encoded) in claim_events.items()},
                    tuple(event_data))
-
-
-def _claim_event(data, memo) -> tuple:
-    return data, _encode(data, 1, memo)
-
-
-def _encode(value, depth: int, memo: dict) -> bytes:
-    """dcbor(value). Down to ``depth``, a text-keyed map holding maps is encoded from its
-    parts, so each nested section gets an encoding of its own (a map of scalars is not
-    split: that buys nothing). Parts are remembered by identity; ``memo`` holds the value
-    too, so an identity cannot be reused while the memo lives."""
-    known = memo.get(id(value))
-    if known is not None:
-        return known[1]
-    if (depth and type(value) is dict and all(type(key) is str for key in value)
-            and any(type(item) is dict for item in value.values())):
-        encoded = cbor.encode_map({key: _encode(item, depth - 1, memo)
-                                   for key, item in value.items()})
-    else:
-        encoded = cbor.dumps(value)
-    memo[id(value)] = (value, encoded)
-    return encoded
 
 
 def release_key_matches(card: Card, public_key) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import struct
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import cbor2
 
@@ -45,23 +45,6 @@ def _tag_hook(tag, _immutable):
     return cbor2.CBORTag(tag.tag, _thaw(tag.value))
 
 
-def dumps(obj: Any) -> bytes:
-    """Deterministic encoding: shortest forms, definite lengths, keys in length-first
-    order (RFC 8949 §4.2.3; bytewise §4.2.1 order too when all keys share a major type)."""
-    encoded = _plain_dumps(obj)
-    if encoded is not None:
-        return encoded
-    try:
-        return cbor2.dumps(obj, canonical=True)
-    except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
-        raise CardFormatError("", f"cannot encode as CBOR: {exc}") from None
-
-
-_FLOAT32 = struct.Struct("f")
-_SCALARS = (str, bytes, int, bool, type(None))
-_NOT_PLAIN = object()
-
-
 class _Encoded:
     """A float's deterministic encoding, written as is where the float was."""
     __slots__ = ("data",)
@@ -70,18 +53,41 @@ class _Encoded:
         self.data = data
 
 
+_FLOAT32 = struct.Struct("f")
+_SCALARS = (str, bytes, int, bool, type(None))
+_NOT_PLAIN = object()
+
+
+def dumps(obj: Any, *, settled=frozenset()) -> bytes:
+    """Deterministic encoding: shortest forms, definite lengths, keys in length-first
+    order (RFC 8949 §4.2.3; bytewise §4.2.1 order too when all keys share a major type).
+
+    ``settled``: ids of maps and arrays inside ``obj`` known to be in deterministic form
+    already (text keys in order, every float 8 bytes wide), e.g. from schema validation;
+    they are encoded as they are, without walking them again."""
+    if type(obj) in _SCALARS or id(obj) in settled:
+        return cbor2.dumps(obj)
+    encoded = _plain_dumps(obj, settled)
+    if encoded is not None:
+        return encoded
+    try:
+        return cbor2.dumps(obj, canonical=True)
+    except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
+        raise CardFormatError("", f"cannot encode as CBOR: {exc}") from None
+
+
 def _write_encoded(encoder, value: _Encoded):
     encoder.write(value.data)
 
 
-def _plain_dumps(obj) -> bytes | None:
+def _plain_dumps(obj, settled=frozenset()) -> bytes | None:
     """The deterministic encoding of ``obj`` made by cbor2's plain encoder, several times
     faster than its canonical one; None where only the canonical one will do (it also
     names any encoding error). The two differ only in map key order and float width
     (plain writes every finite float in 8 bytes), so this needs every map's text keys in
     §4.2 order already, and writes each float that fits in 4 bytes deterministically."""
     try:
-        plain = _plain_form(obj)
+        plain = _plain_form(obj, settled)
         if plain is _NOT_PLAIN:
             return None
         return cbor2.dumps(plain, default=_write_encoded)
@@ -89,14 +95,16 @@ def _plain_dumps(obj) -> bytes | None:
         return None
 
 
-def _plain_form(value):
+def _plain_form(value, settled):
     """``value`` with narrow floats swapped for their encodings (containers copied only
     on the way to one), or _NOT_PLAIN for a misordered map or a type not plain data."""
     kind = type(value)
     if kind is float:
-        return value if _wide(value) else _Encoded(cbor2.dumps(value, canonical=True))
+        return value if wide_float(value) else _Encoded(cbor2.dumps(value, canonical=True))
+    if id(value) in settled:
+        return value
     if kind is dict:
-        if not _keys_in_order(tuple(value)):
+        if not keys_in_order(tuple(value)):
             return _NOT_PLAIN
         pairs = value.items()
     elif kind is list:
@@ -107,7 +115,7 @@ def _plain_form(value):
     for key, item in pairs:
         kind = type(item)
         if kind is dict or kind is list or kind is float:
-            form = _plain_form(item)
+            form = _plain_form(item, settled)
             if form is not item:
                 if form is _NOT_PLAIN:
                     return _NOT_PLAIN
@@ -119,7 +127,7 @@ def _plain_form(value):
     return value if copy is None else copy
 
 
-def _wide(value: float) -> bool:
+def wide_float(value: float) -> bool:
     """True iff the deterministic encoding of ``value`` takes 8 bytes, as the plain one
     does (NaN compares unequal to itself, and both modes write it alike)."""
     try:
@@ -133,7 +141,7 @@ def _wide(value: float) -> bool:
 _KEY_ORDER: dict[tuple, bool] = {}
 
 
-def _keys_in_order(keys: tuple) -> bool:
+def keys_in_order(keys: tuple) -> bool:
     """Whether these map keys are all text and in §4.2 order."""
     known = _KEY_ORDER.get(keys)
     if known is None:
@@ -164,9 +172,14 @@ def encode_map(encoded: dict) -> bytes:
     deterministically encoded: lets a caller encode a shared part once and reuse it."""
     parts = [_head(5, len(encoded))]
     keys = tuple(encoded)
-    for key in keys if _keys_in_order(keys) else sorted(keys, key=_text_order):
+    for key in keys if keys_in_order(keys) else sorted_keys(keys):
         parts += (_text_key(key), encoded[key])
     return b"".join(parts)
+
+
+def sorted_keys(keys) -> tuple:
+    """Text keys in §4.2 order."""
+    return tuple(sorted(keys, key=_text_order))
 
 
 def _head(major: int, n: int) -> bytes:
@@ -188,16 +201,20 @@ def _text_key(key: str) -> bytes:
     return dumps(key)
 
 
-def loads(data: bytes, *, deterministic: bool = False, field: str = "cbor",
-          shortcut: Callable[[Any], bytes | None] | None = None) -> Any:
+def loads(data: bytes, *, deterministic: bool = False, field: str = "cbor") -> Any:
     """Decode exactly one CBOR item, refusing duplicate map keys, trailing bytes,
     malformed input and semantic tags; with ``deterministic`` also any encoding that
-    is not the RFC 8949 §4.2 one. Errors are CardFormatError naming ``field``.
+    is not the RFC 8949 §4.2 one. Errors are CardFormatError naming ``field``."""
+    obj = decode(data, definite=deterministic, field=field)
+    if deterministic:
+        require_deterministic(obj, data, field=field)
+    return obj
 
-    ``shortcut(value)`` may return the deterministic encoding (built with ``dumps`` and
-    ``encode_map``) of a value that is cheaper to encode than the decoded one, e.g. one
-    sharing parts already encoded: if it equals ``data``, then ``data`` is the
-    deterministic encoding of what it decodes to, and the full re-encoding is skipped."""
+
+def decode(data: bytes, *, definite: bool, field: str) -> Any:
+    """``loads`` without the determinism proof, for a caller that proves it later with
+    ``require_deterministic`` (after schema validation has settled most of the value);
+    ``definite`` refuses indefinite lengths, which no deterministic encoding has."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CardFormatError(field, f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -206,7 +223,7 @@ def loads(data: bytes, *, deterministic: bool = False, field: str = "cbor",
     fp = io.BytesIO(data)
     try:
         decoder = cbor2.CBORDecoder(
-            fp, allow_duplicate_keys=False, allow_indefinite=not deterministic,
+            fp, allow_duplicate_keys=False, allow_indefinite=not definite,
             semantic_decoders=_STRICT_TAGS, tag_hook=_tag_hook, max_depth=MAX_DEPTH)
         obj = decoder.decode()
     except CardFormatError as exc:
@@ -226,16 +243,26 @@ def loads(data: bytes, *, deterministic: bool = False, field: str = "cbor",
         raise CardFormatError(field, reason) from None
     if fp.tell() != len(data):
         raise CardFormatError(field, f"{len(data) - fp.tell()} trailing bytes after the CBOR item")
-    if deterministic and not (shortcut is not None and shortcut(obj) == data):
-        try:
-            canonical = _plain_dumps(obj)
-            if canonical is None:
-                canonical = cbor2.dumps(obj, canonical=True)
-        except (cbor2.CBOREncodeError, TypeError, ValueError, RecursionError):
-            canonical = None
-        if canonical != data:
-            raise CardFormatError(field, "CBOR is not deterministically encoded (RFC 8949 §4.2)")
     return obj
+
+
+def require_deterministic(obj: Any, data: bytes, *, field: str, settled=frozenset(),
+                          candidate: bytes | None = None) -> None:
+    """Raise CardFormatError unless ``data`` (which decodes to ``obj``) is the RFC 8949
+    §4.2 encoding. ``candidate``: a deterministic encoding, built with ``dumps`` and
+    ``encode_map``, of a value that should decode like ``obj`` but is cheaper to encode
+    (e.g. one sharing parts already encoded): if it equals ``data``, then ``data`` is
+    deterministic, and ``obj`` is not encoded again. ``settled`` as for ``dumps``."""
+    if candidate is not None and candidate == data:
+        return
+    try:
+        canonical = _plain_dumps(obj, settled)
+        if canonical is None:
+            canonical = cbor2.dumps(obj, canonical=True)
+    except (cbor2.CBOREncodeError, TypeError, ValueError, RecursionError):
+        canonical = None
+    if canonical != data:
+        raise CardFormatError(field, "CBOR is not deterministically encoded (RFC 8949 §4.2)")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -4,6 +4,10 @@ Validation is structural: it guarantees every reader sees the same fields with t
 same types, so a check that reads ``claims.defenses.dp.epsilon`` can never be fooled
 by a string, a missing section or an extra field that one reader ignores. Whether the
 values are *true* is the verifier's job.
+
+The walk also notes which maps and arrays are *settled*: already in deterministic
+form (text keys in RFC 8949 §4.2 order, no float that encodes narrower than 8 bytes),
+so `cbor.dumps` need not walk them again to prove a card's encoding deterministic.
 """
 from __future__ import annotations
 
@@ -29,98 +33,150 @@ def _type_name(value) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _fail(path: str, reason: str):
-    raise CardFormatError(path, reason)
+class _Invalid(Exception):
+    """A value breaks the schema. Each map or array it sits in adds its step to ``trail``
+    as the error passes on its way out, so a valid card never formats a path, and a bad
+    one costs one walk however deep it nests."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+        self.trail = []   # innermost first: int index, str field, (key,) free-form map key
 
 
-# --- small declarative checkers: each is f(value, path) -> None -------------------------
+def _fail(reason: str):
+    raise _Invalid(reason)
 
-def text(value, path):
+
+def _path(trail) -> str:
+    """``a.b[2]`` for fields and indices, ``a['x/y']`` for free-form keys (file names, ...)."""
+    path = ""
+    for step in reversed(trail):
+        if type(step) is int:
+            path = f"{path}[{step}]"
+        elif type(step) is tuple:
+            path = f"{path}[{step[0]!r}]"
+        else:
+            path = path + _suffix(step) if path else step
+    return path
+
+
+# --- small declarative checkers: each is f(value, settled) -> bool ----------------------
+# Each raises _Invalid for a bad value, and returns whether the value is settled (see the
+# module docstring); a settled map or array is added to the ``settled`` set by its id.
+
+def text(value, settled):
     if type(value) is not str:
-        _fail(path, f"expected a string, got {_type_name(value)}")
+        _fail(f"expected a string, got {_type_name(value)}")
+    return True
 
 
-def non_empty_text(value, path):
-    text(value, path)
+def non_empty_text(value, settled):
+    text(value, settled)
     if not value:
-        _fail(path, "must not be empty")
+        _fail("must not be empty")
+    return True
 
 
 def integer(minimum=0, maximum=None):
-    def check(value, path):
+    def check(value, settled):
         if type(value) is not int:
-            _fail(path, f"expected an integer, got {_type_name(value)}")
+            _fail(f"expected an integer, got {_type_name(value)}")
         if value < minimum or (maximum is not None and value > maximum):
             bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-            _fail(path, f"must be {bound}, got {value}")
+            _fail(f"must be {bound}, got {value}")
+        return True
     return check
 
 
 def number(low=None, high=None, allow_infinity=False):
-    def check(value, path):
+    def check(value, settled):
         if type(value) not in (int, float):
-            _fail(path, f"expected a number, got {_type_name(value)}")
+            _fail(f"expected a number, got {_type_name(value)}")
         if math.isnan(value) or (math.isinf(value) and not allow_infinity):
-            _fail(path, f"must be a finite number, got {value}")
+            _fail(f"must be a finite number, got {value}")
         if (low is not None and value < low) or (high is not None and value > high):
-            _fail(path, f"must be between {low} and {high}, got {value}"
+            _fail(f"must be between {low} and {high}, got {value}"
                   if high is not None else f"must be >= {low}, got {value}")
+        return type(value) is int or cbor.wide_float(value)
     return check
 
 
-def hex_digest(value, path):
+def hex_digest(value, settled):
     if type(value) is not str or not _HEX64.match(value):
-        text(value, path)
-        _fail(path, "expected a SHA-256 digest as 64 lowercase hex digits")
+        text(value, settled)
+        _fail("expected a SHA-256 digest as 64 lowercase hex digits")
+    return True
 
 
 def byte_string(size=None, non_empty=False):
-    def check(value, path):
+    def check(value, settled):
         if type(value) is not bytes:
-            _fail(path, f"expected a byte string, got {_type_name(value)}")
+            _fail(f"expected a byte string, got {_type_name(value)}")
         if size is not None and len(value) != size:
-            _fail(path, f"expected {size} bytes, got {len(value)}")
+            _fail(f"expected {size} bytes, got {len(value)}")
         if non_empty and not value:
-            _fail(path, "must not be empty")
+            _fail("must not be empty")
+        return True
     return check
 
 
 def one_of(*choices):
-    def check(value, path):
+    def check(value, settled):
         if type(value) is not type(choices[0]) or value not in choices:
-            _fail(path, f"expected one of {', '.join(map(repr, choices))}, got {value!r}"[:200])
+            _fail(f"expected one of {', '.join(map(repr, choices))}, got {value!r}"[:200])
+        return True
     return check
 
 
 def nullable(inner):
-    def check(value, path):
-        if value is not None:
-            inner(value, path)
+    def check(value, settled):
+        return value is None or inner(value, settled)
     return check
 
 
 def array_of(item, min_items=0):
-    def check(value, path):
+    def check(value, settled):
         if type(value) is not list:
-            _fail(path, f"expected an array, got {_type_name(value)}")
+            _fail(f"expected an array, got {_type_name(value)}")
         if len(value) < min_items:
-            _fail(path, f"expected at least {min_items} item(s), got {len(value)}")
-        for i, element in enumerate(value):
-            item(element, f"{path}[{i}]")
+            _fail(f"expected at least {min_items} item(s), got {len(value)}")
+        done = True
+        try:
+            for i, element in enumerate(value):
+                if not item(element, settled):
+                    done = False
+        except _Invalid as exc:
+            exc.trail.append(i)
+            raise
+        if done:
+            settled.add(id(value))
+        return done
     return check
 
 
 def map_of(item):
     """A free-form map with string keys (file names, package names, config keys)."""
-    def check(value, path):
+    def check(value, settled):
         if type(value) is not dict:
-            _fail(path, f"expected a map, got {_type_name(value)}")
-        for key, element in value.items():
-            if type(key) is not str:
-                _fail(path, f"map keys must be strings, got {_type_name(key)}")
-            if key.startswith(CRITICAL_PREFIX):
-                _fail(f"{path}[{key!r}]", "unknown critical extension")
-            item(element, f"{path}[{key!r}]")
+            _fail(f"expected a map, got {_type_name(value)}")
+        done = True
+        try:
+            for key, element in value.items():
+                if type(key) is not str:
+                    _fail(f"map keys must be strings, got {_type_name(key)}")
+                if key.startswith(CRITICAL_PREFIX):
+                    raise _Invalid("unknown critical extension")
+                if not item(element, settled):
+                    done = False
+        except _Invalid as exc:
+            if type(key) is str:
+                exc.trail.append((key,))
+            raise
+        if done and cbor.keys_in_order(tuple(value)):
+            settled.add(id(value))
+            return True
+        return False
     return check
 
 
@@ -128,62 +184,92 @@ _MISSING = object()
 
 
 def record(fields: dict[str, Callable]):
-    """A closed map: exactly these keys, in any order."""
+    """A closed map: exactly these keys, in any order (settled only in §4.2 order).
+    Fields are checked in the order given here, so the first bad one is named."""
     names = fields.keys()
-    specs = tuple((key, spec, _suffix(key)) for key, spec in fields.items())
+    order = cbor.sorted_keys(fields)
+    specs = tuple(fields.items())
 
-    def check(value, path):
+    def check(value, settled):
         if type(value) is not dict:
-            _fail(path, f"expected a map, got {_type_name(value)}")
-        if value.keys() != names:  # some key is stray or missing: name the first stray
+            _fail(f"expected a map, got {_type_name(value)}")
+        done = tuple(value) == order
+        if not done and value.keys() != names:  # some key is stray or missing: name the first stray
             for key in value:
                 if type(key) is not str:
-                    _fail(path, f"map keys must be strings, got {_type_name(key)}")
+                    _fail(f"map keys must be strings, got {_type_name(key)}")
                 if key not in fields:
-                    if key.startswith(CRITICAL_PREFIX):
-                        _fail(_join(path, key), "unknown critical extension")
-                    _fail(_join(path, key), "unknown field")
-        for key, spec, suffix in specs:
-            item = value.get(key, _MISSING)
-            if item is _MISSING:
-                _fail(path + suffix if path else key, "missing")
-            spec(item, path + suffix if path else key)
+                    error = _Invalid("unknown critical extension" if key.startswith(CRITICAL_PREFIX)
+                                     else "unknown field")
+                    error.trail.append(key)
+                    raise error
+        try:
+            for key, spec in specs:
+                item = value.get(key, _MISSING)
+                if item is _MISSING:
+                    _fail("missing")
+                if not spec(item, settled):
+                    done = False
+        except _Invalid as exc:
+            exc.trail.append(key)
+            raise
+        if done:
+            settled.add(id(value))
+        return done
     return check
 
 
-def plain(value, path, _depth=0):
+def plain(value, settled, _depth=0):
     """Plain YAML-like data: null, bool, int, float, str, arrays and string-keyed maps."""
     if _depth > 32:
-        _fail(path, "nested too deeply")
-    if value is None or type(value) in (bool, int, str):
-        return
-    if type(value) is float:
+        _fail("nested too deeply")
+    kind = type(value)
+    if value is None or kind is bool or kind is int or kind is str:
+        return True
+    if kind is float:
         if math.isnan(value):
-            _fail(path, "NaN is not allowed")
-        return
-    if type(value) is list:
-        for i, element in enumerate(value):
-            plain(element, f"{path}[{i}]", _depth + 1)
-        return
-    if type(value) is dict:
-        for key, element in value.items():
-            if type(key) is not str:
-                _fail(path, f"map keys must be strings, got {_type_name(key)}")
-            if key.startswith(CRITICAL_PREFIX):
-                _fail(_join(path, key), "unknown critical extension")
-            plain(element, _join(path, key), _depth + 1)
-        return
-    _fail(path, f"expected plain data (null, bool, number, string, array, map), "
-                f"got {_type_name(value)}")
+            _fail("NaN is not allowed")
+        return cbor.wide_float(value)
+    done = True
+    if kind is list:
+        try:
+            for i, element in enumerate(value):
+                if not plain(element, settled, _depth + 1):
+                    done = False
+        except _Invalid as exc:
+            exc.trail.append(i)
+            raise
+    elif kind is dict:
+        try:
+            for key, element in value.items():
+                if type(key) is not str:
+                    _fail(f"map keys must be strings, got {_type_name(key)}")
+                if key.startswith(CRITICAL_PREFIX):
+                    raise _Invalid("unknown critical extension")
+                if not plain(element, settled, _depth + 1):
+                    done = False
+        except _Invalid as exc:
+            if type(key) is str:
+                exc.trail.append(key)
+            raise
+        done = done and cbor.keys_in_order(tuple(value))
+    else:
+        _fail(f"expected plain data (null, bool, number, string, array, map), "
+              f"got {_type_name(value)}")
+    if done:
+        settled.add(id(value))
+    return done
 
 
-def any_value(value, path):
-    """Backend-specific data: any CBOR, but still no unknown critical extensions."""
+def any_value(value, settled):
+    """Backend-specific data: any CBOR, but still no unknown critical extensions. Not
+    walked for settledness: event data is encoded from the claims it repeats."""
     trail = _find_critical(value)
     if trail is not None:
-        for step in trail:
-            path = f"{path}[{step}]" if type(step) is int else _join(path, step)
-        _fail(path, "unknown critical extension")
+        error = _Invalid("unknown critical extension")
+        error.trail = trail[::-1]
+        raise error
+    return False
 
 
 def _find_critical(value):
@@ -210,17 +296,14 @@ def _suffix(key: str) -> str:
     return f".{key}" if _IDENTIFIER.match(key) else f"[{key!r}]"
 
 
-def _join(path: str, key: str) -> str:
-    """``a.b`` for plain keys, ``a['x/y']`` for free-form ones (file names, ...)."""
-    return path + _suffix(key) if path else key
-
-
 # --- FORMAT.md, version 1 --------------------------------------------------------------
 
-def dimension(value, path):
-    """A tensor dimension: a size, or a name for a dynamic axis."""
-    if type(value) is not str:
-        integer(-1)(value, path)
+_size = integer(-1)
+
+
+def dimension(value, settled):
+    """A tensor dimension: a size, or -1 or a name for a dynamic axis."""
+    return type(value) is str or _size(value, settled)
 
 
 unit = number(0.0, 1.0)
@@ -270,30 +353,37 @@ def _payload(backend_data):
     return record({"schema_version": integer(), "claims": CLAIMS, "evidence": evidence})
 
 
-def _no_critical_key(value, path):
+def _no_critical_key(value, settled):
     """any_value where no "crit." key can occur: nothing left to check."""
+    return False
 
 
 PAYLOAD = _payload(any_value)
 _PAYLOAD_NO_CRITICAL = _payload(_no_critical_key)
 
 
-def validate_payload(payload: Any, *, encoded: bytes | None = None) -> None:
-    """Raise CardFormatError naming the first field that breaks FORMAT.md.
+def validate_payload(payload: Any, *, encoded: bytes | None = None) -> set:
+    """Raise CardFormatError naming the first field that breaks FORMAT.md; return the
+    ids of the payload's settled maps and arrays (valid while the payload lives unchanged).
 
     ``encoded``, the definite-length encoding ``payload`` was decoded from, lets a
     payload whose bytes hold no "crit." skip walking the free-form evidence data for
     critical keys: CBOR text is plain UTF-8, so no key there can start with it."""
     if type(payload) is not dict:
-        _fail("payload", f"expected a map, got {_type_name(payload)}")
+        raise CardFormatError("payload", f"expected a map, got {_type_name(payload)}")
     version = payload.get("schema_version")
     if "schema_version" not in payload:
-        _fail("schema_version", "missing")
+        raise CardFormatError("schema_version", "missing")
     if type(version) is not int or version != SCHEMA_VERSION:
-        _fail("schema_version", f"unsupported schema version {version!r} "
-                                f"(this laminate reads version {SCHEMA_VERSION})")
+        raise CardFormatError("schema_version", f"unsupported schema version {version!r} "
+                                                f"(this laminate reads version {SCHEMA_VERSION})")
     critical_free = encoded is not None and CRITICAL_PREFIX.encode() not in encoded
-    (_PAYLOAD_NO_CRITICAL if critical_free else PAYLOAD)(payload, "")
+    settled = set()
+    try:
+        (_PAYLOAD_NO_CRITICAL if critical_free else PAYLOAD)(payload, settled)
+    except _Invalid as exc:
+        raise CardFormatError(_path(exc.trail), exc.reason) from None
+    return settled
 
 
 # --- events -----------------------------------------------------------------------------

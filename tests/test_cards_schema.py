@@ -382,20 +382,58 @@ def test_envelope_must_be_exactly_alg_and_kid():
 
 
 def test_a_deeply_nested_bad_value_is_named_in_one_pass():
-    """Event data is open plain data: a bad value deep inside must be named with its
-    full path, and finding it must cost one walk (a hostile card nests up to the
-    decoder's depth limit)."""
-    from cards.errors import CardFormatError
-    from cards.schema import plain
-
+    """The training config is open plain data: a bad value deep inside must be named
+    with its full path, and finding it must cost one walk (a hostile card nests up to
+    the decoder's depth limit)."""
     value = object()
     for _ in range(30):
         value = [value]
+    payload = sample_payload()
+    payload["claims"]["training"]["config"]["deep"] = value
     with pytest.raises(CardFormatError) as err:
-        plain(value, "evidence.event_log[0].data")
-    assert err.value.field == "evidence.event_log[0].data" + "[0]" * 30
+        schema.validate_payload(payload)
+    assert err.value.field == "claims.training.config['deep']" + "[0]" * 30
     assert "expected plain data" in err.value.reason
     for _ in range(30):
         value = [value]
+    payload["claims"]["training"]["config"]["deep"] = value
     with pytest.raises(CardFormatError, match="nested too deeply"):
-        plain(value, "data")
+        schema.validate_payload(payload)
+
+
+def _containers(value):
+    if isinstance(value, (dict, list)):
+        yield value
+        for item in value.values() if isinstance(value, dict) else value:
+            yield from _containers(item)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_settled_containers_encode_plainly_as_deterministically(seed):
+    """`cbor.dumps` trusts the containers validation calls settled and skips its own
+    checks there: each must encode with cbor2's plain encoder exactly as with the
+    deterministic one, and one holding a narrow float or misordered keys must not be
+    settled."""
+    rng = random.Random(seed)
+    payload = cbor.loads(cbor.dumps(sample_payload()))  # keys in §4.2 order, as decoded
+    claims = payload["claims"]
+    spots = [(claims["evaluation"], "accuracy"), (claims["defenses"]["dp"], "epsilon"),
+             (claims["defenses"]["dp"], "max_grad_norm"), (claims["training"]["config"], "lr"),
+             (claims["evaluation"]["per_class_accuracy"], 0)]
+    for parent, key in rng.sample(spots, rng.randint(0, len(spots))):
+        parent[key] = rng.choice([0.5, 1.0, 0.25, 0.9, 0.123456789, 1e-5])
+    if rng.random() < 0.5:  # a map read in another order than §4.2
+        section = rng.choice([claims["model"], claims["training"]["config"],
+                              claims["dataset"]["train"]["schema"], claims["training"]])
+        items = list(section.items())
+        rng.shuffle(items)
+        section.clear()
+        section.update(items)
+    settled = schema.validate_payload(payload)
+    by_id = {id(c): c for c in _containers(payload)}
+    assert settled <= by_id.keys() and len(settled) >= 10
+    for container in by_id.values():
+        plain_ok = cbor2.dumps(container) == cbor2.dumps(container, canonical=True)
+        if id(container) in settled:
+            assert plain_ok, container
+    assert cbor.dumps(payload, settled=settled) == cbor2.dumps(payload, canonical=True)
