@@ -137,9 +137,16 @@ def _backend(backend, allowed, policy) -> Check:
                  f"backend {backend} allowed by policy {policy.policy_id}: {guarantee}")
 
 
+# dcbor({"data": d, "type": t}) is this head, d, then the "type" key and t: the two keys
+# have equal length and "data" sorts first (RFC 8949 §4.2.1).
+_EVENT_HEAD = cbor.encode_map({"data": b"", "type": b""})[:6]
+_TYPE_KEY = cbor.dumps("type")
+
+
 def _event_digests(card) -> list:
     """Each event's H(dcbor({type, data})), from the data's encoding open_card kept."""
-    return [hashlib.sha256(cbor.encode_map({"data": data, "type": _text(event["type"])})).digest()
+    sha256 = hashlib.sha256
+    return [sha256(b"".join((_EVENT_HEAD, data, _TYPE_KEY, _text(event["type"])))).digest()
             for data, event in zip(card.encoded.event_data, card.evidence["event_log"])]
 
 

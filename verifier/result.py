@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 AFFIRMING = "affirming"
 WARNING = "warning"
@@ -19,8 +20,8 @@ TIERS = {"none": 0, AFFIRMING: 2, WARNING: 32, CONTRAINDICATED: 96}
 _RANK = {SKIPPED: 0, AFFIRMING: 1, WARNING: 2, CONTRAINDICATED: 3}
 
 
-@dataclass(frozen=True)
-class Check:
+class Check(NamedTuple):
+    """One check's outcome (immutable; a tuple, as an appraisal makes a few dozen)."""
     check: str
     status: str
     field: str
