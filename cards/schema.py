@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import cbor2
+
 from . import cbor
 from .errors import CardFormatError
 
@@ -293,19 +295,29 @@ def any_value(value, settled):
     return False
 
 
+_NESTED = (dict, list, cbor2.CBORTag, cbor2.frozendict, tuple)
+
+
 def _find_critical(value):
-    """The key path to the first "crit." key inside ``value``, or None."""
-    if type(value) is dict:
+    """The key path to the first "crit." key anywhere inside ``value``: in maps and
+    arrays, tagged values, and maps or arrays used as map keys; None if there is none."""
+    kind = type(value)
+    if kind is cbor2.CBORTag:
+        return _find_critical(value.value)
+    if kind is dict or kind is cbor2.frozendict:
         for key, element in value.items():
+            step = key if type(key) is str else (key,)
             if type(key) is str and key.startswith(CRITICAL_PREFIX):
-                return [key]
-            if type(element) in (dict, list):
+                return [step]
+            if type(key) in _NESTED and _find_critical(key) is not None:
+                return [step]
+            if type(element) in _NESTED:
                 trail = _find_critical(element)
                 if trail is not None:
-                    return [key, *trail]
-    elif type(value) is list:
+                    return [step, *trail]
+    elif kind is list or kind is tuple:
         for i, element in enumerate(value):
-            if type(element) in (dict, list):
+            if type(element) in _NESTED:
                 trail = _find_critical(element)
                 if trail is not None:
                     return [i, *trail]

@@ -186,6 +186,25 @@ def test_critical_extension_inside_event_data_is_refused():
         schema.validate_payload(payload)
 
 
+@pytest.mark.parametrize("hidden,field", [
+    (cbor2.CBORTag(1234, {"crit.x": 1}), "evidence.extra['vendor']['crit.x']"),
+    ({cbor2.frozendict({"crit.x": 1}): 1}, "evidence.extra['vendor'][frozendict({'crit.x': 1})]"),
+    ({(cbor2.frozendict({"crit.x": 1}),): 1}, "evidence.extra['vendor'][(frozendict({'crit.x': 1}),)]"),
+    ({b"raw": [{"crit.x": 1}]}, "evidence.extra['vendor'][b'raw'][0]['crit.x']"),
+])
+def test_critical_extension_hidden_in_tags_or_map_keys_is_refused(hidden, field):
+    """FORMAT.md refuses an unknown `crit.` key anywhere, so also inside a tagged value
+    or a map or array used as a map key, as decoded from the card's own bytes."""
+    payload = sample_payload()
+    payload["evidence"]["extra"]["vendor"] = hidden
+    decoded = cbor.loads(cbor.dumps(payload))
+    for value in (payload, decoded):
+        with pytest.raises(CardFormatError) as err:
+            schema.validate_payload(value)
+        assert err.value.reason == "unknown critical extension"
+        assert err.value.field.replace(" ", "") == field.replace(" ", "")
+
+
 def test_not_a_map():
     for value in (None, [], "card", 1):
         with pytest.raises(CardFormatError, match="expected a map"):
