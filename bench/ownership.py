@@ -17,19 +17,17 @@ then computes one binomial p-value. Ratios are sequential / fixed.
 Writes bench/results/ownership.json.
 """
 import argparse
-import http.server
 import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 ALPHA = 1e-6
 
@@ -57,31 +55,6 @@ class DegradedCopy:
         wrong = self.rng.random(len(labels)) < self.flip
         labels[wrong] = (labels[wrong] + self.rng.integers(1, self.classes, wrong.sum())) % self.classes
         return labels
-
-
-def serve(model_path):
-    """A local HTTP prediction endpoint for the model (labels only)."""
-    from verifier.suspect import OnnxSuspect
-
-    model = OnnxSuspect(model_path)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            labels = model.predict(np.asarray(body["inputs"], np.float32)).tolist()
-            payload = json.dumps({"labels": labels}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/predict"
 
 
 def fixed_test(opening, claim, suspect):
@@ -120,6 +93,7 @@ def main() -> int:
     from cards.watermark import Opening
     from laminate.quickstart import train_plain
     from verifier.binomial import SequentialTest, false_positive_rate, queries_for_power
+    from predict_server import PredictEndpoint
     from verifier.suspect import HttpSuspect, OnnxSuspect
 
     epochs, independents, trials = (12, 3, 50) if args.quick else (30, 10, 500)
@@ -149,12 +123,8 @@ def main() -> int:
 
         copy = OnnxSuspect(owner.model_path)
         figures["stolen_copy_onnx"] = both(opening, claim, copy)
-        server, url = serve(owner.model_path)
-        try:
-            figures["stolen_copy_http"] = both(opening, claim, HttpSuspect(url))
-        finally:
-            server.shutdown()
-            server.server_close()
+        with PredictEndpoint(owner.model_path) as endpoint:
+            figures["stolen_copy_http"] = both(opening, claim, HttpSuspect(endpoint.url))
 
         # Degraded copies: match rate a(1 - f) + (1 - a) f / (C - 1) = 0.9 for owner accuracy a.
         flip = (wm_acc - 0.9) / (wm_acc - (1 - wm_acc) / (classes - 1)) if wm_acc > 0.9 else 0.0

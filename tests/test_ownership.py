@@ -5,12 +5,10 @@ each trigger with the owner's label (a nearest-trigger lookup, optionally with s
 labels wrong to set its watermark accuracy), an "independent" model is a random linear
 classifier that never saw the triggers.
 """
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cards.errors import LaminateError
+from predict_server import PredictEndpoint
 from verifier.ownership import OPENING_MISMATCH, ownership_test
 from verifier.suspect import HttpSuspect, OnnxSuspect, open_suspect
 
@@ -182,57 +181,9 @@ def test_onnx_suspect_input_errors(opening, tmp_path):
         ownership_test(opening, claim_for(opening), OnnxSuspect(wrong))
 
 
-class Endpoint:
-    """A real HTTP prediction endpoint on 127.0.0.1 serving an ONNX model (labels only).
-    ``mode`` switches it into the failures an arbiter meets in practice."""
-
-    def __init__(self, model_path):
-        self.model = OnnxSuspect(model_path)
-        self.mode = "ok"
-        self.batches = []
-        endpoint = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                x = np.asarray(body["inputs"], np.float32)
-                endpoint.batches.append(len(x))
-                labels = endpoint.model.predict(x).tolist()
-                status, payload = 200, json.dumps({"labels": labels}).encode()
-                if endpoint.mode == "500":
-                    status, payload = 500, b"boom"
-                elif endpoint.mode == "html":
-                    payload = b"<html>hello</html>"
-                elif endpoint.mode == "short":
-                    payload = json.dumps({"labels": labels[:-1]}).encode()
-                elif endpoint.mode == "strings":
-                    payload = json.dumps({"labels": [str(v) for v in labels]}).encode()
-                elif endpoint.mode == "huge":
-                    payload = b'{"labels": [' + b"0, " * (1 << 19) + b"0]}"
-                elif endpoint.mode == "nested":
-                    payload = b"[" * 100_000 + b"]" * 100_000
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/predict"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def endpoint(models):
-    server = Endpoint(models["copy90"])
+    server = PredictEndpoint(models["copy90"])
     yield server
     server.close()
 

@@ -98,33 +98,10 @@ def test_dispute_open_and_show(setup, capsys):
 
 def test_dispute_against_a_prediction_url(setup, tmp_path):
     """A suspect known only by its endpoint (labels over HTTP) and its claimed digest."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    import numpy as np
-
-    from verifier.suspect import OnnxSuspect
+    from predict_server import PredictEndpoint
 
     kit = setup["kit"]
-    model = OnnxSuspect(memorizing_model(tmp_path / "stolen.onnx", kit.opening, 10))
-
-    class Predict(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            labels = model.predict(np.asarray(body["inputs"], dtype=np.float32)).tolist()
-            answer = json.dumps({"labels": labels}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *_args):
-            pass
-
-    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), Predict)
-    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{endpoint.server_address[1]}/predict"
+    endpoint = PredictEndpoint(memorizing_model(tmp_path / "stolen.onnx", kit.opening, 10))
     policy = setup["dir"] / "policy.yaml"
     server = start_server(tmp_path / "svc", database_url=f"sqlite:///{tmp_path / 's.sqlite'}",
                           policy_path=policy, tokens=(TOKEN,), allow_prediction_urls=True)
@@ -132,8 +109,8 @@ def test_dispute_against_a_prediction_url(setup, tmp_path):
         assert run("log", "submit", kit.card_path, "--server", server.url, "--token", TOKEN) == 0
         card_id = hashlib.sha256(kit.card_bytes).hexdigest()
         assert run("dispute", "open", "--server", server.url, "--token", TOKEN,
-                   "--suspect-url", url, "--suspect-sha256", "ef" * 32,
+                   "--suspect-url", endpoint.url, "--suspect-sha256", "ef" * 32,
                    "--claim", f"{card_id}={kit.opening_path}") == 0
     finally:
         server.stop()
-        endpoint.shutdown()
+        endpoint.close()
