@@ -143,18 +143,23 @@ def array_of(item, min_items=0):
             _fail(f"expected an array, got {_type_name(value)}")
         if len(value) < min_items:
             _fail(f"expected at least {min_items} item(s), got {len(value)}")
-        done = True
-        try:
-            for i, element in enumerate(value):
-                if not item(element, settled):
-                    done = False
-        except _Invalid as exc:
-            exc.trail.append(i)
-            raise
-        if done:
-            settled.add(id(value))
-        return done
+        return _elements(value, item, settled)
     return check
+
+
+def _elements(value: list, item, settled) -> bool:
+    """Check each element with ``item``; the list is settled if they all are."""
+    done = True
+    try:
+        for i, element in enumerate(value):
+            if not item(element, settled):
+                done = False
+    except _Invalid as exc:
+        exc.trail.append(i)
+        raise
+    if done:
+        settled.add(id(value))
+    return done
 
 
 def map_of(item):
@@ -165,24 +170,31 @@ def map_of(item):
         if item is hex_digest and _digests_in_order(value):
             settled.add(id(value))
             return True
-        done = True
-        try:
-            for key, element in value.items():
-                if type(key) is not str:
-                    _fail(f"map keys must be strings, got {_type_name(key)}")
-                if key.startswith(CRITICAL_PREFIX):
-                    raise _Invalid("unknown critical extension")
-                if not item(element, settled):
-                    done = False
-        except _Invalid as exc:
-            if type(key) is str:
-                exc.trail.append((key,))
-            raise
-        if done and cbor.keys_in_order(tuple(value)):
-            settled.add(id(value))
-            return True
-        return False
+        return _entries(value, item, settled, bracketed=True)
     return check
+
+
+def _entries(value: dict, item, settled, *, bracketed: bool) -> bool:
+    """Check a free-form map: text keys, none critical, each value with ``item``; the
+    map is settled if its values are and its keys are in §4.2 order. An error path names
+    a key as ``['key']`` if ``bracketed``, else as a field."""
+    done = True
+    try:
+        for key, element in value.items():
+            if type(key) is not str:
+                _fail(f"map keys must be strings, got {_type_name(key)}")
+            if key.startswith(CRITICAL_PREFIX):
+                raise _Invalid("unknown critical extension")
+            if not item(element, settled):
+                done = False
+    except _Invalid as exc:
+        if type(key) is str:
+            exc.trail.append((key,) if bracketed else key)
+        raise
+    if done and cbor.keys_in_order(tuple(value)):
+        settled.add(id(value))
+        return True
+    return False
 
 
 _HEX_RUN = re.compile(r"[0-9a-f]*\Z")
@@ -253,35 +265,13 @@ def plain(value, settled, _depth=0):
         if math.isnan(value):
             _fail("NaN is not allowed")
         return cbor.wide_float(value)
-    done = True
+    inner = functools.partial(plain, _depth=_depth + 1)
     if kind is list:
-        try:
-            for i, element in enumerate(value):
-                if not plain(element, settled, _depth + 1):
-                    done = False
-        except _Invalid as exc:
-            exc.trail.append(i)
-            raise
-    elif kind is dict:
-        try:
-            for key, element in value.items():
-                if type(key) is not str:
-                    _fail(f"map keys must be strings, got {_type_name(key)}")
-                if key.startswith(CRITICAL_PREFIX):
-                    raise _Invalid("unknown critical extension")
-                if not plain(element, settled, _depth + 1):
-                    done = False
-        except _Invalid as exc:
-            if type(key) is str:
-                exc.trail.append(key)
-            raise
-        done = done and cbor.keys_in_order(tuple(value))
-    else:
-        _fail(f"expected plain data (null, bool, number, string, array, map), "
-              f"got {_type_name(value)}")
-    if done:
-        settled.add(id(value))
-    return done
+        return _elements(value, inner, settled)
+    if kind is dict:
+        return _entries(value, inner, settled, bracketed=False)
+    _fail(f"expected plain data (null, bool, number, string, array, map), "
+          f"got {_type_name(value)}")
 
 
 def any_value(value, settled):
