@@ -78,24 +78,31 @@ def rdp_epsilon(noise_multiplier, sample_rate, steps, delta) -> float:
 
 def make_onnx_model(path, *, features=FEATURES, classes=CLASSES, seed=0) -> Path:
     """A real one-layer classifier (Gemm) that onnxruntime can run."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     weight = numpy_helper.from_array(rng.normal(size=(features, classes)).astype(np.float32), "W")
     bias = numpy_helper.from_array(rng.normal(size=(classes,)).astype(np.float32), "b")
+    return save_onnx_classifier(path, [helper.make_node("Gemm", ["input", "W", "b"], ["logits"])],
+                                [weight, bias], input_shape=[features], classes=classes, name="kit")
+
+
+def save_onnx_classifier(path, nodes, inits, *, input_shape, classes, name) -> Path:
+    """Write a checked ONNX model (opset 17, IR 8) of ``nodes``, from float "input"
+    [batch, *input_shape] to float "logits" [batch, classes], as the wrapper exports."""
+    import onnx
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["input", "W", "b"], ["logits"])], "kit",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        nodes, name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *input_shape])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
-        [weight, bias])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="laminate-cardkit")
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    path = Path(path)
     onnx.save(model, str(path))
-    return path
+    return Path(path)
 
 
 def fake_records(count, *, seed):

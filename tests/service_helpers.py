@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cardkit import forge
+from cardkit import forge, save_onnx_classifier
 
 
 def sqlite_url(path) -> str:
@@ -85,24 +85,15 @@ def memorizing_model(path, opening, classes) -> Path:
     """An ONNX classifier that answers each trigger of ``opening`` with its label (nearest
     trigger wins): a stand-in for a stolen watermarked model. Anything else gets the
     label of its nearest trigger, so on another owner's triggers it is at chance."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     x, y = opening.triggers()
     t = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
     inits = [numpy_helper.from_array(t.T.copy(), "T"),
              numpy_helper.from_array((-0.5 * (t ** 2).sum(axis=1)).astype(np.float32), "B"),
              numpy_helper.from_array(np.eye(classes, dtype=np.float32)[np.asarray(y)], "E")]
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["input", "T", "B"], ["scores"]),
-         helper.make_node("ArgMax", ["scores"], ["nearest"], axis=1, keepdims=0),
-         helper.make_node("Gather", ["E", "nearest"], ["logits"], axis=0)],
-        "memorizer",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", t.shape[1]])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
-        inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return Path(path)
+    nodes = [helper.make_node("Gemm", ["input", "T", "B"], ["scores"]),
+             helper.make_node("ArgMax", ["scores"], ["nearest"], axis=1, keepdims=0),
+             helper.make_node("Gather", ["E", "nearest"], ["logits"], axis=0)]
+    return save_onnx_classifier(path, nodes, inits, input_shape=[t.shape[1]], classes=classes,
+                                name="memorizer")

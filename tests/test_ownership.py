@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
+import cardkit
 from cards.errors import LaminateError
 from predict_server import PredictEndpoint
 from verifier.ownership import OPENING_MISMATCH, ownership_test
@@ -46,16 +46,8 @@ def claim_for(opening, **overrides):
 
 
 def save(graph_nodes, inits, path, shape=SHAPE):
-    graph = helper.make_graph(
-        graph_nodes, "suspect",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *shape])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
-        inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return cardkit.save_onnx_classifier(path, graph_nodes, inits, input_shape=shape, classes=CLASSES,
+                                name="suspect")
 
 
 def copy_model(opening, path, accuracy=1.0, seed=0):
@@ -224,7 +216,6 @@ def laminate(*args):
 
 @pytest.fixture(scope="module")
 def sealed(opening, tmp_path_factory):
-    cardkit = pytest.importorskip("cardkit")
     d = tmp_path_factory.mktemp("card")
     kit = cardkit.make_card(d, watermark_claim=claim_for(opening))
     opening_path = d / "watermark.opening"
