@@ -88,11 +88,10 @@ def open_card(data: bytes) -> Card:
         cbor.require_deterministic(payload, msg.payload, field="payload")
         raise
     shared = _shortcut(payload, settled)
-    cbor.require_deterministic(payload, msg.payload, field="payload", settled=settled,
-                               candidate=shared and shared[0])
-    if shared and shared[0] == msg.payload:
+    if shared and shared[0] == msg.payload:  # the signed bytes are that deterministic encoding
         encoded = shared[1]
-    else:  # proved deterministic the long way; encode the parts as they are
+    else:  # prove it the long way; encode the parts as they are
+        cbor.require_deterministic(payload, msg.payload, field="payload", settled=settled)
         encoded = _encode_parts(payload, settled, share=False)
     return Card(payload, payload["claims"], payload["evidence"], msg, msg.kid, msg.alg, encoded)
 
@@ -100,8 +99,10 @@ def open_card(data: bytes) -> Card:
 def _shortcut(payload, settled) -> tuple[bytes, Encoded] | None:
     """dcbor of a value that decodes like ``payload``, cheaper than re-encoding it, and
     its parts: the claims are encoded once, and an event whose data equals the claims it
-    measures reuses their encoding. (If equal in Python but not in type, 1 vs 1.0, the
-    bytes differ from the payload's and the caller re-encodes the payload itself.)"""
+    measures reuses their encoding. Built with ``cbor.dumps`` and ``encode_map`` only, it
+    is a deterministic encoding, so signed bytes equal to it are one too. (If equal in
+    Python but not in type, 1 vs 1.0, the bytes differ from the payload's and the caller
+    re-encodes the payload itself.)"""
     try:
         parts = _encode_parts(payload, settled, share=True)
         evidence = payload["evidence"]

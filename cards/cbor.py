@@ -246,15 +246,9 @@ def decode(data: bytes, *, definite: bool, field: str) -> Any:
     return obj
 
 
-def require_deterministic(obj: Any, data: bytes, *, field: str, settled=frozenset(),
-                          candidate: bytes | None = None) -> None:
+def require_deterministic(obj: Any, data: bytes, *, field: str, settled=frozenset()) -> None:
     """Raise CardFormatError unless ``data`` (which decodes to ``obj``) is the RFC 8949
-    §4.2 encoding. ``candidate``: a deterministic encoding, built with ``dumps`` and
-    ``encode_map``, of a value that should decode like ``obj`` but is cheaper to encode
-    (e.g. one sharing parts already encoded): if it equals ``data``, then ``data`` is
-    deterministic, and ``obj`` is not encoded again. ``settled`` as for ``dumps``."""
-    if candidate is not None and candidate == data:
-        return
+    §4.2 encoding. ``settled`` as for ``dumps``."""
     try:
         canonical = _plain_dumps(obj, settled)
         if canonical is None:

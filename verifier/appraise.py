@@ -137,9 +137,9 @@ def _backend(backend, allowed, policy) -> Check:
                  f"backend {backend} allowed by policy {policy.policy_id}: {guarantee}")
 
 
-# dcbor({"data": d, "type": t}) is this head, d, then the "type" key and t: the two keys
-# have equal length and "data" sorts first (RFC 8949 §4.2.1).
-_EVENT_HEAD = cbor.encode_map({"data": b"", "type": b""})[:6]
+# dcbor({"data": d, "type": t}) is a map of two (0xa2), the "data" key, d, the "type" key,
+# t: the keys have equal length and "data" sorts first (RFC 8949 §4.2.1).
+_EVENT_HEAD = b"\xa2" + cbor.dumps("data")
 _TYPE_KEY = cbor.dumps("type")
 
 
