@@ -6,7 +6,9 @@ lets an attacker show different readers different claims under one signature.
 """
 from __future__ import annotations
 
+import array
 import io
+import operator
 import struct
 from functools import lru_cache
 from typing import Any
@@ -55,6 +57,8 @@ class _Encoded:
 
 _FLOAT32 = struct.Struct("f")
 _SCALARS = (str, bytes, int, bool, type(None))
+_SCALAR_TYPES = frozenset(_SCALARS)
+_INT_ONLY = frozenset({int})
 _NOT_PLAIN = object()
 
 
@@ -104,26 +108,28 @@ def _plain_form(value, settled):
     if id(value) in settled:
         return value
     if kind is dict:
-        if not keys_in_order(tuple(value)):
+        keys = tuple(value)
+        if not keys_in_order(keys) and not _unsigned_in_order(keys):
             return _NOT_PLAIN
-        pairs = value.items()
+        items, pairs = value.values(), value.items()
     elif kind is list:
-        pairs = enumerate(value)
+        items, pairs = value, enumerate(value)
     else:
         return value if kind in _SCALARS else _NOT_PLAIN
+    if _SCALAR_TYPES.issuperset(map(type, items)):  # nothing inside to walk
+        return value
     copy = None
     for key, item in pairs:
         kind = type(item)
-        if kind is dict or kind is list or kind is float:
-            form = _plain_form(item, settled)
-            if form is not item:
-                if form is _NOT_PLAIN:
-                    return _NOT_PLAIN
-                if copy is None:
-                    copy = value.copy()
-                copy[key] = form
-        elif kind not in _SCALARS:
+        if kind in _SCALAR_TYPES or id(item) in settled or kind is float and wide_float(item):
+            continue
+        form = _plain_form(item, settled)
+        if form is _NOT_PLAIN:
             return _NOT_PLAIN
+        if form is not item:
+            if copy is None:
+                copy = value.copy()
+            copy[key] = form
     return value if copy is None else copy
 
 
@@ -134,6 +140,23 @@ def wide_float(value: float) -> bool:
         return _FLOAT32.unpack(_FLOAT32.pack(value))[0] != value
     except OverflowError:
         return True
+
+
+def narrowing(value: float) -> int:
+    """How many bytes shorter the deterministic encoding of ``value`` is than the plain
+    one (0 for a wide float, and for infinities, which both write in 3 bytes)."""
+    return len(cbor2.dumps(value)) - len(cbor2.dumps(value, canonical=True))
+
+
+def plain_size(obj: Any) -> int:
+    """The size of ``obj``'s plain encoding: for plain data whose maps all have their
+    keys in §4.2 order, its deterministic size plus the narrowing of its floats."""
+    return len(cbor2.dumps(obj))
+
+
+def all_wide(values: list) -> bool:
+    """Whether ``wide_float`` holds for every float in ``values``, at C speed."""
+    return not any(map(operator.eq, array.array("f", values), values))
 
 
 # Key tuples already judged. A card's maps share a few shapes, so this saves ordering
@@ -167,10 +190,17 @@ def _text_in_order(keys: tuple) -> bool:
     return True
 
 
+def _unsigned_in_order(keys: tuple) -> bool:
+    """Whether these map keys are all integers >= 0 in ascending order, which is their
+    §4.2 order (COSE header labels)."""
+    return (_INT_ONLY.issuperset(map(type, keys)) and min(keys, default=0) >= 0
+            and all(map(operator.lt, keys, keys[1:])))
+
+
 def encode_map(encoded: dict) -> bytes:
     """Deterministic encoding of a map with text keys whose values are given already
     deterministically encoded: lets a caller encode a shared part once and reuse it."""
-    parts = [_head(5, len(encoded))]
+    parts = [head(5, len(encoded))]
     keys = tuple(encoded)
     for key in keys if keys_in_order(keys) else sorted_keys(keys):
         parts += (_text_key(key), encoded[key])
@@ -182,8 +212,8 @@ def sorted_keys(keys) -> tuple:
     return tuple(sorted(keys, key=_text_order))
 
 
-def _head(major: int, n: int) -> bytes:
-    """A data item head in its shortest form."""
+def head(major: int, n: int) -> bytes:
+    """A data item head in its shortest form: major type ``major``, argument ``n``."""
     if n < 24:
         return bytes((major << 5 | n,))
     size = 1 if n < 1 << 8 else 2 if n < 1 << 16 else 4 if n < 1 << 32 else 8
@@ -221,11 +251,37 @@ def decode(data: bytes, *, definite: bool, field: str) -> Any:
     if not data:
         raise CardFormatError(field, "empty input")
     fp = io.BytesIO(data)
+    obj = _read(_decoder(fp, definite), field)
+    if fp.tell() != len(data):
+        raise CardFormatError(field, f"{len(data) - fp.tell()} trailing bytes after the CBOR item")
+    return obj
+
+
+class Reader:
+    """Decodes, as ``decode`` does with definite lengths, the items of one encoding at
+    offsets the caller knows from its layout: it reads the parts of a larger encoding
+    it needs, one decoder for all of them, and learns where each ends."""
+
+    def __init__(self, data: bytes, *, field: str):
+        self.data, self.field = data, field
+        self._fp = io.BytesIO(data)
+        self._decoder = _decoder(self._fp, True)
+
+    def item(self, at: int) -> tuple[Any, int]:
+        """The item that starts at ``data[at]``, and the offset where it ends."""
+        self._fp.seek(at)
+        return _read(self._decoder, self.field), self._fp.tell()
+
+
+def _decoder(fp, definite: bool):
+    return cbor2.CBORDecoder(
+        fp, allow_duplicate_keys=False, allow_indefinite=not definite,
+        semantic_decoders=_STRICT_TAGS, tag_hook=_tag_hook, max_depth=MAX_DEPTH)
+
+
+def _read(decoder, field: str) -> Any:
     try:
-        decoder = cbor2.CBORDecoder(
-            fp, allow_duplicate_keys=False, allow_indefinite=not definite,
-            semantic_decoders=_STRICT_TAGS, tag_hook=_tag_hook, max_depth=MAX_DEPTH)
-        obj = decoder.decode()
+        return decoder.decode()
     except CardFormatError as exc:
         raise CardFormatError(field, exc.reason) from None
     except cbor2.CBORDecodeEOF:
@@ -241,9 +297,6 @@ def decode(data: bytes, *, definite: bool, field: str) -> Any:
         else:
             reason = f"malformed CBOR: {message}"
         raise CardFormatError(field, reason) from None
-    if fp.tell() != len(data):
-        raise CardFormatError(field, f"{len(data) - fp.tell()} trailing bytes after the CBOR item")
-    return obj
 
 
 def require_deterministic(obj: Any, data: bytes, *, field: str, settled=frozenset()) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import operator
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -63,9 +64,28 @@ def _path(trail) -> str:
     return path
 
 
+class Settled(set):
+    """The ids of the settled maps and arrays a validation walk met, and what a proof by
+    length needs to know of the others: whether some map has its keys out of §4.2
+    order, and by how many bytes the deterministic encoding of the floats is shorter
+    than the plain one, which writes them 8 bytes wide."""
+    misordered = False
+    narrowing = 0
+
+
 # --- small declarative checkers: each is f(value, settled) -> bool ----------------------
 # Each raises _Invalid for a bad value, and returns whether the value is settled (see the
 # module docstring); a settled map or array is added to the ``settled`` set by its id.
+# A checker may also carry ``all_fine(values)``: True if every one of a map's or an
+# array's values passes and is settled, decided in a few C calls; False leaves them to
+# the checker one by one, which names the bad one.
+
+_STR_ONLY = frozenset({str})
+_BYTES_ONLY = frozenset({bytes})
+_DICT_ONLY = frozenset({dict})
+_INT_ONLY = frozenset({int})
+_FLOAT_ONLY = frozenset({float})
+
 
 def text(value, settled):
     if type(value) is not str:
@@ -73,11 +93,17 @@ def text(value, settled):
     return True
 
 
+text.all_fine = lambda values: _STR_ONLY.issuperset(map(type, values))
+
+
 def non_empty_text(value, settled):
     text(value, settled)
     if not value:
         _fail("must not be empty")
     return True
+
+
+non_empty_text.all_fine = lambda values: _STR_ONLY.issuperset(map(type, values)) and all(values)
 
 
 def integer(minimum=0, maximum=None):
@@ -88,11 +114,21 @@ def integer(minimum=0, maximum=None):
             bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
             _fail(f"must be {bound}, got {value}")
         return True
+
+    def all_fine(values):
+        return _INT_ONLY.issuperset(map(type, values)) and (not values or (
+            min(values) >= minimum and (maximum is None or max(values) <= maximum)))
+    check.all_fine = all_fine
     return check
 
 
 def number(low=None, high=None, allow_infinity=False):
+    lowest = -math.inf if low is None else low
+    highest = math.inf if high is None else high
+
     def check(value, settled):
+        if type(value) is float and lowest <= value <= highest and not math.isinf(value):
+            return _wide(value, settled)  # the usual case, in one test
         if type(value) not in (int, float):
             _fail(f"expected a number, got {_type_name(value)}")
         if math.isnan(value) or (math.isinf(value) and not allow_infinity):
@@ -100,8 +136,23 @@ def number(low=None, high=None, allow_infinity=False):
         if (low is not None and value < low) or (high is not None and value > high):
             _fail(f"must be between {low} and {high}, got {value}"
                   if high is not None else f"must be >= {low}, got {value}")
-        return type(value) is int or cbor.wide_float(value)
+        return type(value) is int or _wide(value, settled)
+
+    def all_fine(values):  # floats only; an infinity is narrow, so it goes one by one
+        return (_FLOAT_ONLY.issuperset(map(type, values)) and not any(map(math.isnan, values))
+                and (not values or lowest <= min(values) and max(values) <= highest)
+                and cbor.all_wide(values))
+    check.all_fine = all_fine
     return check
+
+
+def _wide(value: float, settled) -> bool:
+    """Whether a float is settled (8 bytes wide in its deterministic encoding too); if
+    not, adds what its deterministic encoding saves to ``settled.narrowing``."""
+    if cbor.wide_float(value):
+        return True
+    settled.narrowing += cbor.narrowing(value)
+    return False
 
 
 def hex_digest(value, settled):
@@ -109,6 +160,22 @@ def hex_digest(value, settled):
         text(value, settled)
         _fail("expected a SHA-256 digest as 64 lowercase hex digits")
     return True
+
+
+_HEX_DIGITS = b"0123456789abcdef"
+
+
+def _all_digests(values) -> bool:
+    try:
+        digests = "".join(values)
+    except TypeError:
+        return False
+    return (len(digests) == 64 * len(values) and set(map(len, values)) <= {64}
+            and digests.isascii()  # and deleting the hex digits leaves nothing:
+            and not digests.encode("ascii").translate(None, _HEX_DIGITS))
+
+
+hex_digest.all_fine = _all_digests
 
 
 def byte_string(size=None, non_empty=False):
@@ -120,6 +187,11 @@ def byte_string(size=None, non_empty=False):
         if non_empty and not value:
             _fail("must not be empty")
         return True
+
+    def all_fine(values):
+        return _BYTES_ONLY.issuperset(map(type, values)) and (
+            size is None or set(map(len, values)) <= {size}) and (not non_empty or all(values))
+    check.all_fine = all_fine
     return check
 
 
@@ -138,11 +210,16 @@ def nullable(inner):
 
 
 def array_of(item, min_items=0):
+    all_fine = getattr(item, "all_fine", None)
+
     def check(value, settled):
         if type(value) is not list:
             _fail(f"expected an array, got {_type_name(value)}")
         if len(value) < min_items:
             _fail(f"expected at least {min_items} item(s), got {len(value)}")
+        if all_fine is not None and all_fine(value):
+            settled.add(id(value))
+            return True
         return _elements(value, item, settled)
     return check
 
@@ -164,14 +241,23 @@ def _elements(value: list, item, settled) -> bool:
 
 def map_of(item):
     """A free-form map with string keys (file names, package names, config keys)."""
+    all_fine = getattr(item, "all_fine", None)
+
     def check(value, settled):
         if type(value) is not dict:
             _fail(f"expected a map, got {_type_name(value)}")
-        if item is hex_digest and _digests_in_order(value):
+        if all_fine is not None and _keys_fine(value) and all_fine(value.values()):
             settled.add(id(value))
             return True
         return _entries(value, item, settled, bracketed=True)
     return check
+
+
+def _keys_fine(value: dict) -> bool:
+    """Text keys in §4.2 order, none critical (a code identity lists every wrapper file:
+    this checks them in a few C calls)."""
+    keys = tuple(value)
+    return cbor.keys_in_order(keys) and "\0" + CRITICAL_PREFIX not in "\0" + "\0".join(keys)
 
 
 def _entries(value: dict, item, settled, *, bracketed: bool) -> bool:
@@ -191,28 +277,12 @@ def _entries(value: dict, item, settled, *, bracketed: bool) -> bool:
         if type(key) is str:
             exc.trail.append((key,) if bracketed else key)
         raise
-    if done and cbor.keys_in_order(tuple(value)):
-        settled.add(id(value))
-        return True
-    return False
-
-
-_HEX_RUN = re.compile(r"[0-9a-f]*\Z")
-
-
-def _digests_in_order(value: dict) -> bool:
-    """True if ``value`` maps text keys in §4.2 order, none critical, to lowercase hex
-    SHA-256 digests: a code identity lists every wrapper file, so this checks them all
-    in a few C calls. False sends the map to the one-by-one check, which names the bad one."""
-    keys = tuple(value)
-    try:
-        digests = "".join(value.values())
-    except TypeError:
+    if not cbor.keys_in_order(tuple(value)):
+        settled.misordered = True
         return False
-    return (cbor.keys_in_order(keys) and len(digests) == 64 * len(keys)
-            and set(map(len, value.values())) <= {64}
-            and "\0" + CRITICAL_PREFIX not in "\0" + "\0".join(keys)
-            and _HEX_RUN.match(digests) is not None)
+    if done:
+        settled.add(id(value))
+    return done
 
 
 _MISSING = object()
@@ -224,12 +294,25 @@ def record(fields: dict[str, Callable]):
     names = fields.keys()
     order = cbor.sorted_keys(fields)
     specs = tuple(fields.items())
+    in_order = tuple(fields[key] for key in order)
 
     def check(value, settled):
         if type(value) is not dict:
             _fail(f"expected a map, got {_type_name(value)}")
         done = tuple(value) == order
-        if not done and value.keys() != names:  # some key is stray or missing: name the first stray
+        if not done:
+            settled.misordered = True
+        else:  # as a deterministic card has it: check the values as they come
+            try:
+                for item, spec in zip(value.values(), in_order):
+                    if not spec(item, settled):
+                        done = False
+                if done:
+                    settled.add(id(value))
+                return done
+            except _Invalid:
+                pass  # check again in the order given, to name the first bad field
+        if not done and value.keys() != names:  # a key is stray or missing: name the first stray
             for key in value:
                 if type(key) is not str:
                     _fail(f"map keys must be strings, got {_type_name(key)}")
@@ -251,38 +334,70 @@ def record(fields: dict[str, Callable]):
         if done:
             settled.add(id(value))
         return done
+
+    columns = tuple((operator.itemgetter(key), getattr(fields[key], "all_fine", None))
+                    for key in order)
+
+    def all_fine(rows):  # maps with exactly these keys in order, checked column by column
+        if not (_DICT_ONLY.issuperset(map(type, rows)) and all(map(order.__eq__, map(tuple, rows)))):
+            return False
+        for column, fine in columns:
+            if not fine(list(map(column, rows))):
+                return False
+        return True
+    check.fields = fields
+    if all(fine is not None for _, fine in columns):
+        check.all_fine = all_fine
     return check
 
 
-def plain(value, settled, _depth=0):
-    """Plain YAML-like data: null, bool, int, float, str, arrays and string-keyed maps."""
-    if _depth > 32:
-        _fail("nested too deeply")
-    kind = type(value)
-    if value is None or kind is bool or kind is int or kind is str:
-        return True
-    if kind is float:
-        if math.isnan(value):
-            _fail("NaN is not allowed")
-        return cbor.wide_float(value)
-    inner = functools.partial(plain, _depth=_depth + 1)
-    if kind is list:
-        return _elements(value, inner, settled)
-    if kind is dict:
-        return _entries(value, inner, settled, bracketed=False)
-    _fail(f"expected plain data (null, bool, number, string, array, map), "
-          f"got {_type_name(value)}")
+def _plain_at(depth: int):
+    """Plain YAML-like data (null, bool, int, float, str, arrays and string-keyed maps)
+    nested ``depth`` levels deep: each level's check holds the next one's."""
+    if depth > 32:
+        def too_deep(value, settled):
+            _fail("nested too deeply")
+        return too_deep
+    inner = _plain_at(depth + 1)
+
+    def check(value, settled):
+        kind = type(value)
+        if value is None or kind is bool or kind is int or kind is str:
+            return True
+        if kind is float:
+            if math.isnan(value):
+                _fail("NaN is not allowed")
+            return _wide(value, settled)
+        if kind is list:
+            return _elements(value, inner, settled)
+        if kind is dict:
+            return _entries(value, inner, settled, bracketed=False)
+        _fail(f"expected plain data (null, bool, number, string, array, map), "
+              f"got {_type_name(value)}")
+    return check
+
+
+plain = _plain_at(0)  # plain data as the values of a free-form map hold it
+
+
+# Scalars that encode alike in plain and deterministic CBOR (a float may not).
+_PLAIN_SCALARS = (str, bytes, int, bool, type(None))
+_PLAIN_SCALAR_TYPES = frozenset(_PLAIN_SCALARS)
 
 
 def any_value(value, settled):
-    """Backend-specific data: any CBOR, but still no unknown critical extensions. Not
-    walked for settledness: event data is encoded from the claims it repeats."""
+    """Backend-specific data: any CBOR, but still no unknown critical extensions.
+    Containers are not walked for settledness: event data is encoded from the claims
+    it repeats."""
     trail = _find_critical(value)
     if trail is not None:
         error = _Invalid("unknown critical extension")
         error.trail = trail[::-1]
         raise error
-    return False
+    return type(value) in _PLAIN_SCALARS
+
+
+any_value.all_fine = lambda values: _PLAIN_SCALAR_TYPES.issuperset(map(type, values))
 
 
 _NESTED = (dict, list, cbor2.CBORTag, cbor2.frozendict, tuple)
@@ -364,28 +479,33 @@ CLAIMS = record({
 })
 
 
-def _payload(backend_data):
-    """The payload schema, with ``backend_data`` checking the free-form evidence data."""
+def _evidence(backend_data):
+    """The evidence schema, with ``backend_data`` checking the free-form evidence data."""
     event = record({"register": integer(0, 23), "type": non_empty_text,
                     "digest": byte_string(32), "data": backend_data})
-    evidence = record({
+    return record({
         "backend": one_of("sim", "tpm"), "quote": byte_string(non_empty=True),
         "signature": byte_string(non_empty=True),
         "cert_chain": array_of(byte_string(non_empty=True), 1),
         "event_log": array_of(event, 1), "extra": map_of(backend_data)})
-    return record({"schema_version": integer(), "claims": CLAIMS, "evidence": evidence})
 
 
 def _no_critical_key(value, settled):
     """any_value where no "crit." key can occur: nothing left to check."""
-    return False
+    return type(value) in _PLAIN_SCALARS
 
 
-PAYLOAD = _payload(any_value)
-_PAYLOAD_NO_CRITICAL = _payload(_no_critical_key)
+_no_critical_key.all_fine = any_value.all_fine
 
 
-def validate_payload(payload: Any, *, encoded: bytes | None = None) -> set:
+EVIDENCE = _evidence(any_value)
+_EVIDENCE_NO_CRITICAL = _evidence(_no_critical_key)
+PAYLOAD = record({"schema_version": integer(), "claims": CLAIMS, "evidence": EVIDENCE})
+_PAYLOAD_NO_CRITICAL = record({"schema_version": integer(), "claims": CLAIMS,
+                               "evidence": _EVIDENCE_NO_CRITICAL})
+
+
+def validate_payload(payload: Any, *, encoded: bytes | None = None) -> Settled:
     """Raise CardFormatError naming the first field that breaks FORMAT.md; return the
     ids of the payload's settled maps and arrays (valid while the payload lives unchanged).
 
@@ -400,13 +520,36 @@ def validate_payload(payload: Any, *, encoded: bytes | None = None) -> set:
     if type(version) is not int or version != SCHEMA_VERSION:
         raise CardFormatError("schema_version", f"unsupported schema version {version!r} "
                                                 f"(this laminate reads version {SCHEMA_VERSION})")
-    critical_free = encoded is not None and CRITICAL_PREFIX.encode() not in encoded
-    settled = set()
-    try:
-        (_PAYLOAD_NO_CRITICAL if critical_free else PAYLOAD)(payload, settled)
-    except _Invalid as exc:
-        raise CardFormatError(_path(exc.trail), exc.reason) from None
+    settled = Settled()
+    _check(_PAYLOAD_NO_CRITICAL if _critical_free(encoded) else PAYLOAD, payload, settled)
     return settled
+
+
+def validate_claims(claims: Any) -> Settled:
+    """``validate_payload`` for the claims alone."""
+    settled = Settled()
+    _check(CLAIMS, claims, settled, "claims")
+    return settled
+
+
+def validate_evidence(evidence: Any, settled: Settled, *, encoded: bytes | None = None) -> None:
+    """``validate_payload`` for the evidence alone, adding its settled ids to ``settled``."""
+    _check(_EVIDENCE_NO_CRITICAL if _critical_free(encoded) else EVIDENCE, evidence, settled,
+           "evidence")
+
+
+_CRITICAL_BYTES = CRITICAL_PREFIX.encode()
+
+
+def _critical_free(encoded) -> bool:
+    return encoded is not None and _CRITICAL_BYTES not in encoded
+
+
+def _check(checker, value, settled, *outer):
+    try:
+        checker(value, settled)
+    except _Invalid as exc:
+        raise CardFormatError(_path([*exc.trail, *outer]), exc.reason) from None
 
 
 # --- events -----------------------------------------------------------------------------

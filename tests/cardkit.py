@@ -6,7 +6,6 @@ that trusts exactly this kit. `forge` then changes one thing at a time the way a
 attacker could: edit claims or log events, re-quote with the device it controls, re-sign
 with the release key (or another key), or leave a stale signature in place.
 """
-import copy
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +209,9 @@ def forge(kit: CardKit, *, mutate_claims=None, mutate_events=None, redigest=True
     release key); False keeps the original protected header and signature.
     mutate_evidence runs last, after any requote.
     """
-    payload = copy.deepcopy(kit.payload)
+    # A copy through CBOR, not copy.deepcopy: open_card gives each event's data as the
+    # very claims section it repeats, and a deep copy would keep them one object.
+    payload = cbor2.loads(cbor2.dumps(kit.payload))
     if mutate_claims is not None:
         payload["claims"] = _applied(mutate_claims, payload["claims"])
     evidence = payload["evidence"]

@@ -55,6 +55,9 @@ def test_strict_decoder_refuses(hex_data, reason):
     "9f01ff",               # indefinite array
     "5f4101ff",             # indefinite byte string
     "7800",                 # empty string with a long length
+    "a2040001f6",           # integer keys out of order (COSE headers have them)
+    "a21818f60af6",         # 24 before 10
+    "a2200001f6",           # a negative key first: the general check decides
 ])
 def test_deterministic_mode_refuses_other_encodings(hex_data):
     data = bytes.fromhex(hex_data)
@@ -93,3 +96,32 @@ def test_random_bytes_never_raise_anything_but_card_format_error():
 def test_non_bytes_input_is_refused():
     with pytest.raises(CardFormatError, match="expected bytes"):
         cbor.loads("a1")
+
+
+@pytest.mark.parametrize("value", [{1: -8, 4: b"k"}, {0: 1, 23: 2, 24: 3, 256: None},
+                                   {-1: 0, 10: 0}, {1: 1.5, 2: [1.0]}])
+def test_deterministic_mode_accepts_every_deterministic_encoding(value):
+    assert cbor.loads(cbor.dumps(value), deterministic=True) == value
+
+
+def test_reader_decodes_items_at_given_offsets_and_says_where_they_end():
+    parts = [cbor.dumps(value) for value in ({"a": [1, 2]}, "x" * 300, 7)]
+    data = b"".join(parts)
+    reader = cbor.Reader(data, field="seq")
+    for part in reversed(parts):  # in any order
+        at = data.index(part)
+        value, end = reader.item(at)
+        assert end == at + len(part) and cbor.dumps(value) == part
+    with pytest.raises(CardFormatError, match="^seq: truncated"):
+        cbor.Reader(data[:len(parts[0]) + 10], field="seq").item(len(parts[0]))
+    with pytest.raises(CardFormatError, match="^seq: .*indefinite"):
+        cbor.Reader(b"\x9f\x01\xff", field="seq").item(0)
+
+
+@pytest.mark.parametrize("value,saved", [(1.0, 6), (-0.0, 6), (0.5, 6), (1.1, 0),
+                                          (float("inf"), 0), (65504.0, 6), (1e-40, 0),
+                                          (3.4028234663852886e38, 4)])
+def test_narrowing_is_what_the_deterministic_float_saves(value, saved):
+    assert cbor.narrowing(value) == saved
+    assert cbor.plain_size([value]) - cbor.narrowing(value) == len(cbor.dumps([value]))
+    assert cbor.all_wide([value, 0.1]) == cbor.wide_float(value)

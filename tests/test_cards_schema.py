@@ -400,6 +400,57 @@ def test_envelope_must_be_exactly_alg_and_kid():
     _open_fails(untagged, "missing COSE_Sign1 tag 18")
 
 
+ENVELOPE_KEY = keys.generate_private_key("ed25519")
+
+
+def _envelope(tag=b"\xd2", array=b"\x84", unprotected=b"\xa0", wide=None):
+    """A card's COSE_Sign1 bytes written by hand, ``wide`` naming a byte string whose
+    length is written one size wider than it needs."""
+    payload = cbor.dumps(sample_payload())
+    protected = cbor.dumps({1: -8, 4: keys.key_id(ENVELOPE_KEY.public_key())})
+    parts = {"protected": protected, "payload": payload,
+             "signature": cose.sign_bytes(ENVELOPE_KEY, -8, cose.sig_structure(protected, payload))}
+
+    def bstr(name):
+        n = len(parts[name])
+        if name != wide:
+            return cbor.head(2, n) + parts[name]
+        shortest = len(cbor.head(2, n)) - 1  # bytes of the length: 0 (in the head), 1, 2, 4
+        size = {0: 1, 1: 2, 2: 4, 4: 8}[shortest]
+        return bytes([0x57 + size.bit_length()]) + n.to_bytes(size, "big") + parts[name]
+    return tag + array + bstr("protected") + unprotected + bstr("payload") + bstr("signature")
+
+
+def test_envelope_in_deterministic_form_opens():
+    assert card.open_card(_envelope()).claims == sample_claims()
+
+
+@pytest.mark.parametrize("bent", [dict(tag=b"\xd8\x12"), dict(array=b"\x98\x04"),
+                                  dict(unprotected=b"\xb8\x00"), dict(wide="protected"),
+                                  dict(wide="payload"), dict(wide="signature")])
+def test_envelope_in_other_bytes_is_refused(bent):
+    data = _envelope(**bent)
+    assert cbor.loads(data) == cbor.loads(_envelope())
+    _open_fails(data, "card: CBOR is not deterministically encoded")
+
+
+def test_protected_headers_are_decoded_once_and_never_shared():
+    key = keys.generate_private_key("ed25519")
+    data = _seal(key)
+    first = cose.parse_sign1(data, require_tag=True, deterministic=True)
+    first.protected[99] = "changed by one reader"
+    second = cose.parse_sign1(data, require_tag=True, deterministic=True)
+    assert second.protected == {1: -8, 4: keys.key_id(key.public_key())}
+    # what is kept is bounded: no long header, and at most 256 of them
+    payload = cbor.dumps(sample_payload())
+    long_header = cbor.dumps({1: -8, 4: keys.key_id(key.public_key()), 5: bytes(100)})
+    for header in [long_header] + [cbor.dumps({1: -8, 4: i.to_bytes(32, "big")})
+                                   for i in range(300)]:
+        assert cose.parse_sign1(_resign(key, payload, protected=header)).alg == -8
+    assert len(cose._HEADERS) == 256
+    assert (long_header, False) not in cose._HEADERS
+
+
 def test_a_deeply_nested_bad_value_is_named_in_one_pass():
     """The training config is open plain data: a bad value deep inside must be named
     with its full path, and finding it must cost one walk (a hostile card nests up to
@@ -440,7 +491,8 @@ def test_settled_containers_encode_plainly_as_deterministically(seed):
              (claims["defenses"]["dp"], "max_grad_norm"), (claims["training"]["config"], "lr"),
              (claims["evaluation"]["per_class_accuracy"], 0)]
     for parent, key in rng.sample(spots, rng.randint(0, len(spots))):
-        parent[key] = rng.choice([0.5, 1.0, 0.25, 0.9, 0.123456789, 1e-5])
+        parent[key] = rng.choice([0.5, 1.0, 0.25, 0.9, 0.123456789, 1e-5, -0.0,
+                                  0.10000000149011612])  # the last: 4 bytes wide
     if rng.random() < 0.5:  # a map read in another order than §4.2
         section = rng.choice([claims["model"], claims["training"]["config"],
                               claims["dataset"]["train"]["schema"], claims["training"]])
@@ -456,3 +508,10 @@ def test_settled_containers_encode_plainly_as_deterministically(seed):
         if id(container) in settled:
             assert plain_ok, container
     assert cbor.dumps(payload, settled=settled) == cbor2.dumps(payload, canonical=True)
+    # and what the proof by length (cards.layout) needs of the claims
+    claims_walk = schema.validate_claims(claims)
+    misordered = any(list(c) != sorted(c, key=lambda k: (len(k.encode()), k.encode()))
+                     for c in _containers(claims) if isinstance(c, dict))
+    assert claims_walk.misordered == misordered
+    if not misordered:
+        assert len(cbor2.dumps(claims)) - claims_walk.narrowing == len(cbor.dumps(claims))
