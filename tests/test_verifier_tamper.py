@@ -292,7 +292,7 @@ def test_encodings_kept_by_open_card_equal_fresh_encodings(kit):
     must be exactly the deterministic encodings FORMAT.md defines."""
     from cards import schema
     from cards.card import open_card
-    from verifier.appraise import _event_digests
+    from verifier.appraise import _event_digest
     card = open_card(kit.card_bytes)
     log = card.evidence["event_log"]
     assert card.encoded.claims == cbor.dumps(card.claims)
@@ -300,8 +300,9 @@ def test_encodings_kept_by_open_card_equal_fresh_encodings(kit):
     assert list(card.encoded.event_data) == [cbor.dumps(e["data"]) for e in log]
     assert card.encoded.claim_events == {t: cbor.dumps(schema.claim_for_event(card.claims, t))
                                          for t in schema.EVENT_CLAIMS}
-    assert _event_digests(card) == [schema.event_digest(e["type"], e["data"]) for e in log]
-    assert _event_digests(card) == [e["digest"] for e in log]
+    digests = [_event_digest(e, data) for e, data in zip(log, card.encoded.event_data)]
+    assert digests == [schema.event_digest(e["type"], e["data"]) for e in log]
+    assert digests == [e["digest"] for e in log]
 
 
 def test_event_in_a_register_format_does_not_assign(kit, policy):
@@ -347,3 +348,47 @@ def test_unreadable_ak_certificate_is_a_check_not_an_exception(kit, policy, old,
     result = appraise(cardkit.forge(kit, mutate_evidence=edit), policy=policy)
     failed = _rejected_by(result, "cert_chain", why)
     assert failed["cert_chain"].field == "evidence.cert_chain[0]"
+
+
+def _quote_edit(**changes):
+    def edit(info):
+        for key, value in changes.items():
+            if value is None:
+                del info[key]
+            else:
+                info[key] = value
+        return cbor.dumps(info)
+    return edit
+
+
+@pytest.mark.parametrize("edit,field,reason", [
+    (_quote_edit(counter=True), "evidence.quote.counter", "expected int, got bool"),
+    (_quote_edit(version=None), "evidence.quote.version", "expected int, got NoneType"),
+    (_quote_edit(zone="x"), "evidence.quote", "unknown field zone"),
+    (_quote_edit(version=2), "evidence.quote", "not a version 1 sim quote"),
+    (_quote_edit(registers=[23, 16]), "evidence.quote.registers", "distinct register indices"),
+    (_quote_edit(registers=[16, 16]), "evidence.quote.registers", "distinct register indices"),
+    (_quote_edit(registers=[16, 24]), "evidence.quote.registers", "distinct register indices"),
+    (_quote_edit(registers=[-1, 16]), "evidence.quote.registers", "distinct register indices"),
+    (_quote_edit(registers=[True, 16]), "evidence.quote.registers", "distinct register indices"),
+    (_quote_edit(registers=[]), "evidence.quote.registers", "distinct register indices"),
+    (_quote_edit(register_digest=bytes(31)), "evidence.quote.register_digest", "32 bytes"),
+    (lambda info: b"\xb9\x00\x09" + cbor.dumps(info)[1:], "evidence.quote",
+     "not deterministically encoded"),
+])
+def test_quote_signed_by_the_device_but_malformed(kit, policy, edit, field, reason):
+    """A device that signs what it is given (the attacker runs software on it) cannot
+    pass a quote that is not a well-formed version 1 QuoteInfo."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    quote = edit(cardkit.quote_info(kit.card_bytes))
+    r, s = decode_dss_signature(kit.device._ak_key.sign(quote, ec.ECDSA(hashes.SHA256())))
+
+    def requote(evidence):
+        evidence["quote"], evidence["signature"] = quote, r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    result = appraise(cardkit.forge(kit, mutate_evidence=requote), policy=policy)
+    failed = _rejected_by(result, "quote_signature", reason)
+    assert failed["quote_signature"].field == field
+    assert result.get("log_replay").status == SKIPPED

@@ -59,7 +59,7 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None) -
         checks.append(Check("claims_in_log", SKIPPED, "claims", why))
     else:
         checks.append(_qualifying_data(card.encoded.claims, quoted))
-        replay = _log_replay(evidence["event_log"], _event_digests(card), quoted)
+        replay = _log_replay(evidence["event_log"], card.encoded.event_data, quoted)
         checks.append(replay)
         if replay.status == AFFIRMING:
             checks.append(_claims_in_log(claims, evidence["event_log"], card.encoded))
@@ -141,13 +141,7 @@ def _backend(backend, allowed, policy) -> Check:
 # t: the keys have equal length and "data" sorts first (RFC 8949 §4.2.1).
 _EVENT_HEAD = b"\xa2" + cbor.dumps("data")
 _TYPE_KEY = cbor.dumps("type")
-
-
-def _event_digests(card) -> list:
-    """Each event's H(dcbor({type, data})), from the data's encoding open_card kept."""
-    sha256 = hashlib.sha256
-    return [sha256(b"".join((_EVENT_HEAD, data, _TYPE_KEY, _text(event["type"])))).digest()
-            for data, event in zip(card.encoded.event_data, card.evidence["event_log"])]
+_EVENT_HASH = hashlib.sha256(_EVENT_HEAD)
 
 
 @lru_cache(maxsize=64)
@@ -164,10 +158,21 @@ def _qualifying_data(claims_bytes, quoted) -> Check:
                  "quote binds H(claims)")
 
 
-def _log_replay(log, digests, quoted) -> Check:
+def _event_digest(event, data: bytes) -> bytes:
+    """The event's H(dcbor({type, data})), from the encoding of its data open_card kept,
+    hashed in place."""
+    digest = _EVENT_HASH.copy()
+    digest.update(data)
+    digest.update(_TYPE_KEY)
+    digest.update(_text(event["type"]))
+    return digest.digest()
+
+
+def _log_replay(log, event_data, quoted) -> Check:
     registers = {}
     covered = set(quoted.registers)
-    for i, (event, digest) in enumerate(zip(log, digests)):
+    for i, (event, data) in enumerate(zip(log, event_data)):
+        digest = _event_digest(event, data)
         if digest != event["digest"]:
             return Check("log_replay", CONTRAINDICATED, f"evidence.event_log[{i}].digest",
                          f"event {event['type']!r} digest does not match its type and data")

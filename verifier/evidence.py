@@ -9,7 +9,7 @@ malformed quote); checks that depend on it are then reported as not checked.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -24,13 +24,12 @@ CERTIFICATE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidV
                       x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 
 
-@dataclass(frozen=True)
-class Quoted:
+class Quoted(NamedTuple):
     registers: list            # register (PCR) indices the quote covers, ascending
     register_digest: bytes     # H(concatenation of those registers' values, ascending)
     qualifying_data: bytes     # the nonce the prover bound: H(dcbor(claims))
     device: str                # device identity as the evidence names it
-    clock: dict = field(default_factory=dict)
+    clock: dict                # the device's counters at quote time, as it names them
 
 
 def check_evidence(evidence: dict, policy) -> tuple[list, Quoted | None]:

@@ -11,6 +11,7 @@ Python's eval would hand that file code execution. The grammar is deliberately t
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ class Predicate:
     op: str
     value: object
 
-    @property
+    @functools.cached_property  # read on every appraisal, as the check's field
     def field(self) -> str:
         return "claims." + ".".join(str(p) for p in self.path)
 

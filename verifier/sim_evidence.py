@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import operator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -26,6 +27,8 @@ from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, Check
 _QUOTE_FIELDS = {"version": int, "backend": str, "device_id": str, "registers": list,
                  "register_digest": bytes, "qualifying_data": bytes, "counter": int,
                  "reset_count": int, "clock_ms": int}
+_QUOTE_TYPES = tuple(_QUOTE_FIELDS.values())
+_INT_ONLY = frozenset({int})
 _REGISTER_COUNT = 24
 
 
@@ -143,19 +146,20 @@ def _parse_quote(quote: bytes) -> Quoted:
     info = cbor.loads(quote, deterministic=True, field="evidence.quote")
     if not isinstance(info, dict):
         raise CardFormatError("evidence.quote", "signed quote is not a map")
-    for key, kind in _QUOTE_FIELDS.items():
-        value = info.get(key)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise CardFormatError(f"evidence.quote.{key}",
-                                  f"expected {kind.__name__}, got {type(value).__name__}")
-    extra = set(info) - set(_QUOTE_FIELDS)
-    if extra:
+    if tuple(map(type, map(info.get, _QUOTE_FIELDS))) != _QUOTE_TYPES:  # name the first
+        for key, kind in _QUOTE_FIELDS.items():
+            value = info.get(key)
+            if type(value) is not kind:
+                raise CardFormatError(f"evidence.quote.{key}",
+                                      f"expected {kind.__name__}, got {type(value).__name__}")
+    if len(info) != len(_QUOTE_FIELDS):
+        extra = set(info) - set(_QUOTE_FIELDS)
         raise CardFormatError("evidence.quote", f"unknown field {sorted(map(str, extra))[0]}")
     if info["version"] != 1 or info["backend"] != "sim":
         raise CardFormatError("evidence.quote", "not a version 1 sim quote")
     regs = info["registers"]
-    if (not regs or any(not isinstance(r, int) or isinstance(r, bool) or not 0 <= r < _REGISTER_COUNT
-                        for r in regs) or regs != sorted(set(regs))):
+    if not (regs and _INT_ONLY.issuperset(map(type, regs)) and 0 <= regs[0]
+            and regs[-1] < _REGISTER_COUNT and all(map(operator.lt, regs, regs[1:]))):
         raise CardFormatError("evidence.quote.registers",
                               "must be distinct register indices 0-23 in ascending order")
     for key in ("register_digest", "qualifying_data"):
