@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from . import cbor, cose, keys, schema
-from .layout import Encoded, open_by_layout
 from .errors import CardFormatError, LaminateError
+from .layout import Encoded, open_by_layout
 
 MAX_CARD_BYTES = 8 * 1024 * 1024
 _ALGS_BY_KIND = {"ed25519": cose.ALG_EDDSA, "p256": cose.ALG_ES256}

@@ -30,6 +30,7 @@ _QUOTE_FIELDS = {"version": int, "backend": str, "device_id": str, "registers": 
 _QUOTE_TYPES = tuple(_QUOTE_FIELDS.values())
 _INT_ONLY = frozenset({int})
 _REGISTER_COUNT = 24
+_ES256 = ec.ECDSA(hashes.SHA256())
 
 
 def check_evidence(evidence: dict, policy) -> tuple[list, Quoted | None]:
@@ -136,7 +137,7 @@ def _verify_quote_signature(ak_key, quote, signature) -> str | None:
     der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
                                int.from_bytes(signature[32:], "big"))
     try:
-        ak_key.verify(der, quote, ec.ECDSA(hashes.SHA256()))
+        ak_key.verify(der, quote, _ES256)
     except InvalidSignature:
         return "quote signature does not verify with the attestation key"
     return None
