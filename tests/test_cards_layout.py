@@ -1,11 +1,13 @@
 """Opening a card along its layout (cards.layout) must decide exactly as the general
 reading does: a payload that bends the layout is refused for the same reason, or read
 to the same payload and the same encodings as FORMAT.md defines them."""
+import hashlib
+
 import cbor2
 import pytest
 
 from cards import card, cbor, keys, layout, schema
-from test_cards_schema import _open_fails, _resign, sample_payload
+from test_cards_schema import _open_fails, _resign, sample_evidence, sample_payload
 
 KEY = keys.generate_private_key("ed25519")
 
@@ -30,14 +32,10 @@ def _config(key, value):
     def edit(payload):
         training = payload["claims"]["training"]
         training["config"][key] = value
-        training["config_sha256"] = schema.hashlib.sha256(cbor.dumps(training["config"])).hexdigest()
-        payload["evidence"] = _evidence_for(payload)
+        training["config_sha256"] = hashlib.sha256(cbor.dumps(training["config"])).hexdigest()
+        payload["evidence"] = dict(sample_evidence(payload["claims"]),
+                                   extra=payload["evidence"]["extra"])
     return edit
-
-
-def _evidence_for(payload):
-    from test_cards_schema import sample_evidence
-    return dict(sample_evidence(payload["claims"]), extra=payload["evidence"]["extra"])
 
 
 def _extra(value):
