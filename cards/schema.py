@@ -386,13 +386,14 @@ _PLAIN_SCALAR_TYPES = frozenset(_PLAIN_SCALARS)
 
 
 def any_value(value, settled):
-    """Backend-specific data: any CBOR, but still no unknown critical extensions.
-    Containers are not walked for settledness: event data is encoded from the claims
-    it repeats."""
-    trail = _find_critical(value)
-    if trail is not None:
-        error = _Invalid("unknown critical extension")
-        error.trail = trail[::-1]
+    """Backend-specific data: any CBOR, but no unknown critical extension and no NaN as
+    a map key (two NaN keys are one key twice in CBOR, yet two keys to a decoder that
+    compares them as floats). Containers are not walked for settledness: event data is
+    encoded from the claims it repeats."""
+    found = _refused_key(value)
+    if found is not None:
+        error = _Invalid(found[1])
+        error.trail = found[0][::-1]
         raise error
     return type(value) in _PLAIN_SCALARS
 
@@ -403,29 +404,33 @@ any_value.all_fine = lambda values: _PLAIN_SCALAR_TYPES.issuperset(map(type, val
 _NESTED = (dict, list, cbor2.CBORTag, cbor2.frozendict, tuple)
 
 
-def _find_critical(value):
-    """The key path to the first "crit." key anywhere inside ``value``: in maps and
-    arrays, tagged values, and maps or arrays used as map keys; None if there is none."""
+def _refused_key(value):
+    """(key path, reason) for the first "crit." or NaN key anywhere inside ``value``: in
+    maps and arrays, tagged values, and maps or arrays used as map keys; or None."""
     kind = type(value)
     if kind is cbor2.CBORTag:
-        return _find_critical(value.value)
+        return _refused_key(value.value)
     if kind is dict or kind is cbor2.frozendict:
         for key, element in value.items():
             step = key if type(key) is str else (key,)
             if type(key) is str and key.startswith(CRITICAL_PREFIX):
-                return [step]
-            if type(key) in _NESTED and _find_critical(key) is not None:
-                return [step]
+                return [step], "unknown critical extension"
+            if type(key) is float and math.isnan(key):
+                return [step], "NaN is not allowed as a map key"
+            if type(key) in _NESTED:
+                found = _refused_key(key)
+                if found is not None:
+                    return [step], found[1]
             if type(element) in _NESTED:
-                trail = _find_critical(element)
-                if trail is not None:
-                    return [step, *trail]
+                found = _refused_key(element)
+                if found is not None:
+                    return [step, *found[0]], found[1]
     elif kind is list or kind is tuple:
         for i, element in enumerate(value):
             if type(element) in _NESTED:
-                trail = _find_critical(element)
-                if trail is not None:
-                    return [i, *trail]
+                found = _refused_key(element)
+                if found is not None:
+                    return [i, *found[0]], found[1]
     return None
 
 
@@ -490,19 +495,19 @@ def _evidence(backend_data):
         "event_log": array_of(event, 1), "extra": map_of(backend_data)})
 
 
-def _no_critical_key(value, settled):
-    """any_value where no "crit." key can occur: nothing left to check."""
+def _no_refused_key(value, settled):
+    """any_value where no "crit." or NaN key can occur: nothing left to check."""
     return type(value) in _PLAIN_SCALARS
 
 
-_no_critical_key.all_fine = any_value.all_fine
+_no_refused_key.all_fine = any_value.all_fine
 
 
 EVIDENCE = _evidence(any_value)
-_EVIDENCE_NO_CRITICAL = _evidence(_no_critical_key)
+_EVIDENCE_NO_REFUSED_KEY = _evidence(_no_refused_key)
 PAYLOAD = record({"schema_version": integer(), "claims": CLAIMS, "evidence": EVIDENCE})
-_PAYLOAD_NO_CRITICAL = record({"schema_version": integer(), "claims": CLAIMS,
-                               "evidence": _EVIDENCE_NO_CRITICAL})
+_PAYLOAD_NO_REFUSED_KEY = record({"schema_version": integer(), "claims": CLAIMS,
+                                  "evidence": _EVIDENCE_NO_REFUSED_KEY})
 
 
 def validate_payload(payload: Any, *, encoded: bytes | None = None) -> Settled:
@@ -510,8 +515,10 @@ def validate_payload(payload: Any, *, encoded: bytes | None = None) -> Settled:
     ids of the payload's settled maps and arrays (valid while the payload lives unchanged).
 
     ``encoded``, the definite-length encoding ``payload`` was decoded from, lets a
-    payload whose bytes hold no "crit." skip walking the free-form evidence data for
-    critical keys: CBOR text is plain UTF-8, so no key there can start with it."""
+    payload whose bytes hold neither "crit." nor f9 7e00 skip walking the free-form
+    evidence data for refused keys: CBOR text is plain UTF-8, so no key there can start
+    with "crit.", and f9 7e00 is the one encoding of NaN a deterministic payload holds
+    (any other is refused as not deterministic)."""
     if type(payload) is not dict:
         raise CardFormatError("payload", f"expected a map, got {_type_name(payload)}")
     version = payload.get("schema_version")
@@ -521,7 +528,7 @@ def validate_payload(payload: Any, *, encoded: bytes | None = None) -> Settled:
         raise CardFormatError("schema_version", f"unsupported schema version {version!r} "
                                                 f"(this laminate reads version {SCHEMA_VERSION})")
     settled = Settled()
-    _check(_PAYLOAD_NO_CRITICAL if _critical_free(encoded) else PAYLOAD, payload, settled)
+    _check(_PAYLOAD_NO_REFUSED_KEY if _no_refused_keys(encoded) else PAYLOAD, payload, settled)
     return settled
 
 
@@ -534,15 +541,16 @@ def validate_claims(claims: Any) -> Settled:
 
 def validate_evidence(evidence: Any, settled: Settled, *, encoded: bytes | None = None) -> None:
     """``validate_payload`` for the evidence alone, adding its settled ids to ``settled``."""
-    _check(_EVIDENCE_NO_CRITICAL if _critical_free(encoded) else EVIDENCE, evidence, settled,
-           "evidence")
+    _check(_EVIDENCE_NO_REFUSED_KEY if _no_refused_keys(encoded) else EVIDENCE, evidence,
+           settled, "evidence")
 
 
 _CRITICAL_BYTES = CRITICAL_PREFIX.encode()
+_NAN_BYTES = cbor.dumps(math.nan)
 
 
-def _critical_free(encoded) -> bool:
-    return encoded is not None and _CRITICAL_BYTES not in encoded
+def _no_refused_keys(encoded) -> bool:
+    return encoded is not None and _CRITICAL_BYTES not in encoded and _NAN_BYTES not in encoded
 
 
 def _check(checker, value, settled, *outer):

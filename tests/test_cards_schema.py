@@ -205,6 +205,25 @@ def test_critical_extension_hidden_in_tags_or_map_keys_is_refused(hidden, field)
         assert err.value.field.replace(" ", "") == field.replace(" ", "")
 
 
+@pytest.mark.parametrize("vendor,field", [
+    ({float("nan"): 1, float("nan"): 2}, "evidence.extra['vendor'][nan]"),
+    ({"a": [{float("nan"): "x"}]}, "evidence.extra['vendor'].a[0][nan]"),
+    ({cbor2.frozendict({float("nan"): 1}): 2}, "evidence.extra['vendor'][frozendict({nan: 1})]"),
+])
+def test_nan_map_keys_are_refused_in_open_data(vendor, field):
+    """Two NaN keys encode as the same key twice (f9 7e00), which the decoder's duplicate
+    check, comparing floats, lets through: the schema refuses NaN keys where data is open."""
+    key = keys.generate_private_key("ed25519")
+    payload = sample_payload()
+    payload["evidence"]["extra"]["vendor"] = vendor
+    data = cbor.dumps(payload)
+    assert cbor.loads(data, deterministic=True)["evidence"]["extra"]["vendor"]  # decodes
+    err = _open_fails(_resign(key, data), "NaN is not allowed as a map key")
+    assert err.field.replace(" ", "") == field.replace(" ", "")
+    payload["evidence"]["extra"]["vendor"] = {"nan value": float("nan")}  # values stay open
+    assert card.open_card(_resign(key, cbor.dumps(payload))).evidence["extra"]["vendor"]
+
+
 def test_not_a_map():
     for value in (None, [], "card", 1):
         with pytest.raises(CardFormatError, match="expected a map"):
