@@ -68,7 +68,7 @@ class Settled(set):
     """The ids of the settled maps and arrays a validation walk met, and what a proof by
     length needs to know of the others: whether some map has its keys out of §4.2
     order, and by how many bytes the deterministic encoding of the floats is shorter
-    than the plain one, which writes them 8 bytes wide."""
+    than the plain one, which writes all but infinities 8 bytes wide."""
     misordered = False
     narrowing = 0
 
