@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from laminate import redteam  # noqa: E402
+from redteam import run as redteam  # noqa: E402
 from verifier.binomial import false_positive_rate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -70,7 +70,7 @@ def in_process_verifications(card, policy, digest, count):
 
 
 def in_process_registrations(cards, policy_path, workdir):
-    from verifier.service.app import Service, ServiceConfig
+    from registry.app import Service, ServiceConfig
 
     service = Service(ServiceConfig(database_url=f"sqlite:///{workdir / 'inproc.sqlite'}",
                                     policy_path=str(policy_path),

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     composed.register(sub)
     prover.register(sub)
     appraiser.register(sub)
+    composed.register_service(sub)
     return parser
 
 

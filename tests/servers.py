@@ -72,7 +72,7 @@ def start_server(workdir, *, database_url, policy_path=None, tokens=("test-token
         cmd = [sys.executable, "-m", "laminate", "serve", "--host", "127.0.0.1",
                "--port", str(port), "--workers", str(workers)]
     else:
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "verifier.service.app:app_from_env",
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "registry.app:app_from_env",
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     log_path = workdir / f"server-{port}-{uuid.uuid4().hex[:6]}.log"
     log_file = open(log_path, "wb")

@@ -5,12 +5,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = {"attest", "cards", "verifier", "enclave_sim", "laminate"}
+PROJECT = {"attest", "cards", "verifier", "enclave_sim", "registry", "redteam", "laminate"}
 ALLOWED = {
     "cards": set(),
     "enclave_sim": set(),
     "attest": {"cards", "enclave_sim"},
     "verifier": {"cards"},
+    "registry": {"cards", "verifier"},
+    "redteam": {"attest", "cards", "enclave_sim", "verifier"},
 }
 NEVER_IN_VERIFIER = {"torch", "opacus", "onnx", "onnxscript", "tpm2_pytss"}
 

@@ -9,10 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from laminate import redteam  # noqa: E402
-from laminate import redteam_accusers as acc  # noqa: E402
-from laminate import redteam_independent as ind  # noqa: E402
-from laminate import redteam_suspects as sus  # noqa: E402
+from redteam import accusers as acc  # noqa: E402
+from redteam import independent as ind  # noqa: E402
+from redteam import run as redteam  # noqa: E402
+from redteam import suspects as sus  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ from cards import keys, merkle, watermark
 from servers import start_server
 from service_helpers import (combined_policy, database_urls, make_database,
                              memorizing_model)
-from verifier.service import disputes, receipts, tlog
+from registry import disputes
+from verifier import logproof, receipts
 
 TOKEN = "test-token"
 
@@ -56,9 +57,9 @@ def _check_registration(body, card_bytes, public_key):
     leaf = merkle.leaf_hash(card_bytes)
     assert body["leaf_hash"] == leaf.hex()
     root = bytes.fromhex(body["root_hash"])
-    tlog.check_inclusion(leaf, body["leaf_index"], body["tree_size"],
+    logproof.check_inclusion(leaf, body["leaf_index"], body["tree_size"],
                          [bytes.fromhex(p) for p in body["inclusion_proof"]], root)
-    head = tlog.verify_tree_head(base64.b64decode(body["tree_head"]["signed"]), public_key)
+    head = logproof.verify_tree_head(base64.b64decode(body["tree_head"]["signed"]), public_key)
     assert (head.tree_size, head.root_hash) == (body["tree_size"], root)
     check = receipts.verify_receipt(base64.b64decode(body["receipt"]), card_bytes, public_key)
     assert (check.leaf_index, check.root_hash) == (body["leaf_index"], root)
@@ -133,9 +134,9 @@ def test_register_fetch_verify(service, kits):
 
     # The log only grew: consistency from the head before registration to now.
     proof = anon.get("/v1/log/consistency", params={"first": first_head["tree_size"]}).json()
-    new_head = tlog.verify_tree_head(base64.b64decode(proof["tree_head"]["signed"]), key)
-    old_head = tlog.verify_tree_head(base64.b64decode(first_head["signed"]), key)
-    tlog.check_consistency(old_head.tree_size, new_head.tree_size,
+    new_head = logproof.verify_tree_head(base64.b64decode(proof["tree_head"]["signed"]), key)
+    old_head = logproof.verify_tree_head(base64.b64decode(first_head["signed"]), key)
+    logproof.check_consistency(old_head.tree_size, new_head.tree_size,
                            [bytes.fromhex(p) for p in proof["consistency_proof"]],
                            old_head.root_hash, new_head.root_hash)
 
@@ -211,7 +212,7 @@ def test_ownership_and_disputes(service, kits):
     owner_claim = verdict["claims"][4]
     for index in (suspect_index, owner_claim["commitment_leaf_index"]):
         entry = service["anon"].get(f"/v1/log/entries/{index}").json()
-        tlog.check_inclusion(bytes.fromhex(entry["leaf_hash"]), index, head["tree_size"],
+        logproof.check_inclusion(bytes.fromhex(entry["leaf_hash"]), index, head["tree_size"],
                              [bytes.fromhex(p) for p in verdict["inclusion_proofs"][str(index)]],
                              bytes.fromhex(head["root_hash"]))
     fetched = service["anon"].get(f"/v1/disputes/{view['dispute_id']}").json()

@@ -11,7 +11,7 @@ from cardkit import make_card
 from cards.errors import LaminateError
 from servers import start_server
 from service_helpers import card_variant, combined_policy, memorizing_model
-from verifier import cli_service
+from registry import cli as cli_service
 
 TOKEN = "cli-token"
 

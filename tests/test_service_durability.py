@@ -12,7 +12,7 @@ from cardkit import make_card
 from cards import keys, merkle
 from servers import start_server
 from service_helpers import card_variant, combined_policy, database_urls, make_database
-from verifier.service import tlog
+from verifier import logproof
 
 TOKEN = "durable-token"
 
@@ -42,13 +42,13 @@ def _post(client, card):
 
 def _head(client, public_key):
     raw = client.get("/v1/log/tree-head").json()
-    return tlog.verify_tree_head(base64.b64decode(raw["signed"]), public_key)
+    return logproof.verify_tree_head(base64.b64decode(raw["signed"]), public_key)
 
 
 def _check_consistent(client, old, new):
     proof = client.get("/v1/log/consistency",
                        params={"first": old.tree_size, "second": new.tree_size}).json()
-    tlog.check_consistency(old.tree_size, new.tree_size,
+    logproof.check_consistency(old.tree_size, new.tree_size,
                            [bytes.fromhex(p) for p in proof["consistency_proof"]],
                            old.root_hash, new.root_hash)
 
@@ -60,7 +60,7 @@ def _check_included(client, card_bytes, head):
     index = row.json()["leaf_index"]
     proof = client.get("/v1/log/inclusion",
                        params={"leaf_index": index, "tree_size": head.tree_size}).json()
-    tlog.check_inclusion(merkle.leaf_hash(card_bytes), index, head.tree_size,
+    logproof.check_inclusion(merkle.leaf_hash(card_bytes), index, head.tree_size,
                          [bytes.fromhex(p) for p in proof["inclusion_proof"]], head.root_hash)
 
 

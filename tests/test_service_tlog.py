@@ -8,8 +8,9 @@ import cbor2
 import pytest
 
 from cards import cbor, keys, merkle
-from verifier.service import db as dbmod
-from verifier.service import receipts, tlog
+from registry import db as dbmod
+from registry import tlog
+from verifier import logproof, receipts
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "testvectors" / "merkle"
 
@@ -34,7 +35,7 @@ def _accepts(fn, *args):
     try:
         fn(*args)
         return True
-    except tlog.LogProofError:
+    except logproof.LogProofError:
         return False
 
 
@@ -43,7 +44,7 @@ def test_every_inclusion_vector():
     accepted = rejected = 0
     for path in files:
         case = json.loads(path.read_text())
-        ok = _accepts(tlog.check_inclusion, _b64(case["leafHash"]), case["leafIdx"],
+        ok = _accepts(logproof.check_inclusion, _b64(case["leafHash"]), case["leafIdx"],
                       case["treeSize"], _b64_list(case["proof"]), _b64(case["root"]))
         assert ok == (not case["wantErr"]), f"{path.relative_to(VECTORS)}: {case['desc']}"
         accepted += ok
@@ -58,9 +59,9 @@ def test_inclusion_vectors_through_receipt_root_computation():
     for path in _vector_files("inclusion"):
         case = json.loads(path.read_text())
         try:
-            root = tlog.root_from_inclusion(_b64(case["leafHash"]), case["leafIdx"],
+            root = logproof.root_from_inclusion(_b64(case["leafHash"]), case["leafIdx"],
                                             case["treeSize"], _b64_list(case["proof"]))
-        except tlog.LogProofError:
+        except logproof.LogProofError:
             root = None
         if not case["wantErr"]:
             assert root == _b64(case["root"]), f"{path.relative_to(VECTORS)}"
@@ -71,7 +72,7 @@ def test_every_consistency_vector():
     accepted = rejected = 0
     for path in files:
         case = json.loads(path.read_text())
-        ok = _accepts(tlog.check_consistency, case["size1"], case["size2"],
+        ok = _accepts(logproof.check_consistency, case["size1"], case["size2"],
                       _b64_list(case["proof"]), _b64(case["root1"]), _b64(case["root2"]))
         assert ok == (not case["wantErr"]), f"{path.relative_to(VECTORS)}: {case['desc']}"
         accepted += ok
@@ -104,15 +105,15 @@ def test_log_proofs_match_an_independent_tree(log):
         root = merkle.root_of(hashes[:size])
         assert tl.root(size) == root
         for index in range(size):
-            tlog.check_inclusion(hashes[index], index, size, tl.inclusion_proof(index, size), root)
+            logproof.check_inclusion(hashes[index], index, size, tl.inclusion_proof(index, size), root)
     for first in range(1, 14):
         proof = tl.consistency_proof(first, 13)
-        tlog.check_consistency(first, 13, proof, merkle.root_of(hashes[:first]), tl.root(13))
+        logproof.check_consistency(first, 13, proof, merkle.root_of(hashes[:first]), tl.root(13))
     # A forked history (one entry rewritten) is caught by the consistency check.
     forked = list(hashes)
     forked[3] = merkle.leaf_hash(b"rewritten")
-    with pytest.raises(tlog.LogProofError, match="append-only"):
-        tlog.check_consistency(5, 13, tl.consistency_proof(5, 13), merkle.root_of(forked[:5]),
+    with pytest.raises(logproof.LogProofError, match="append-only"):
+        logproof.check_consistency(5, 13, tl.consistency_proof(5, 13), merkle.root_of(forked[:5]),
                                tl.root(13))
 
 
@@ -142,15 +143,15 @@ def test_signed_tree_head_round_trip_and_tampering(log):
     tl, db, key = log
     _append(db, tl, [b"a", b"b", b"c"])
     sth = tl.tree_head()
-    got = tlog.verify_tree_head(sth.signed, key.public_key())
+    got = logproof.verify_tree_head(sth.signed, key.public_key())
     assert (got.tree_size, got.root_hash) == (3, tl.root(3))
     other = keys.generate_private_key("ed25519")
-    with pytest.raises(tlog.LogProofError, match="signature"):
-        tlog.verify_tree_head(sth.signed, other.public_key())
+    with pytest.raises(logproof.LogProofError, match="signature"):
+        logproof.verify_tree_head(sth.signed, other.public_key())
     forged = bytearray(sth.signed)
     forged[-70] ^= 1  # inside the payload
-    with pytest.raises(tlog.LogProofError):
-        tlog.verify_tree_head(bytes(forged), key.public_key())
+    with pytest.raises(logproof.LogProofError):
+        logproof.verify_tree_head(bytes(forged), key.public_key())
 
 
 @pytest.mark.parametrize("kind", ["ed25519", "p256"])
@@ -175,29 +176,29 @@ def test_receipt_layout_and_verification(tmp_path, kind):
     check = receipts.verify_receipt(receipt, statements[index], key.public_key())
     assert (check.tree_size, check.leaf_index, check.root_hash) == (size, index, tl.root(size))
 
-    with pytest.raises(tlog.LogProofError):  # a different statement
+    with pytest.raises(logproof.LogProofError):  # a different statement
         receipts.verify_receipt(receipt, statements[3], key.public_key())
-    with pytest.raises(tlog.LogProofError, match="different key"):
+    with pytest.raises(logproof.LogProofError, match="different key"):
         receipts.verify_receipt(receipt, statements[index],
                                 keys.generate_private_key(kind).public_key())
     # Claim another position for the same path: the recomputed root is not the signed one.
     moved = cbor2.CBORTag(18, [protected, {396: {-1: [cbor.dumps([size, 5, proof[2]])]}},
                               None, _sig])
-    with pytest.raises(tlog.LogProofError):
+    with pytest.raises(logproof.LogProofError):
         receipts.verify_receipt(cbor.dumps(moved), statements[index], key.public_key())
     # Altered path element.
     bad_path = [bytes(32)] + proof[2][1:]
     altered = cbor2.CBORTag(18, [protected, {396: {-1: [cbor.dumps([size, index, bad_path])]}},
                                 None, _sig])
-    with pytest.raises(tlog.LogProofError, match="signature"):
+    with pytest.raises(logproof.LogProofError, match="signature"):
         receipts.verify_receipt(cbor.dumps(altered), statements[index], key.public_key())
     # Attached payload is refused (the root must be recomputed, never trusted).
     attached = cbor2.CBORTag(18, [protected, unprotected, tl.root(size), _sig])
-    with pytest.raises(tlog.LogProofError, match="detached"):
+    with pytest.raises(logproof.LogProofError, match="detached"):
         receipts.verify_receipt(cbor.dumps(attached), statements[index], key.public_key())
     # Wrong vds.
     wrong_vds = cbor.dumps({1: cbor2.loads(protected)[1], 395: 2})
-    with pytest.raises(tlog.LogProofError, match="vds"):
+    with pytest.raises(logproof.LogProofError, match="vds"):
         receipts.verify_receipt(cbor.dumps(cbor2.CBORTag(18, [wrong_vds, unprotected, None, _sig])),
                                 statements[index], key.public_key())
     db.dispose()

@@ -14,12 +14,10 @@ from functools import lru_cache
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from cards import cbor
+from cards import cbor, cose
 from cards.errors import CardFormatError
 from verifier.evidence import CERTIFICATE_ERRORS, Quoted
 from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, Check
@@ -30,7 +28,6 @@ _QUOTE_FIELDS = {"version": int, "backend": str, "device_id": str, "registers": 
 _QUOTE_TYPES = tuple(_QUOTE_FIELDS.values())
 _INT_ONLY = frozenset({int})
 _REGISTER_COUNT = 24
-_ES256 = ec.ECDSA(hashes.SHA256())
 
 
 def check_evidence(evidence: dict, policy) -> tuple[list, Quoted | None]:
@@ -134,11 +131,7 @@ def _verify_quote_signature(ak_key, quote, signature) -> str | None:
         return "quote and signature must be byte strings"
     if len(signature) != 64:
         return f"ES256 signature must be 64 bytes (raw r||s), got {len(signature)}"
-    der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
-                               int.from_bytes(signature[32:], "big"))
-    try:
-        ak_key.verify(der, quote, _ES256)
-    except InvalidSignature:
+    if not cose.verify_bytes(ak_key, cose.ALG_ES256, quote, signature):
         return "quote signature does not verify with the attestation key"
     return None
 

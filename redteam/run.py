@@ -87,9 +87,9 @@ def run(out: Path, *, schedules, sizes: Sizes, seed: int = 0, progress=print) ->
     import torch
 
     from attest.session import make_out_dir
-    from laminate import redteam_accusers as acc
-    from laminate import redteam_independent as ind
-    from laminate import redteam_suspects as sus
+    from redteam import accusers as acc
+    from redteam import independent as ind
+    from redteam import suspects as sus
 
     torch.set_num_threads(1)
     started = time.monotonic()
@@ -118,8 +118,8 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
     from cards import keys
     from cards.watermark import Opening
     from enclave_sim.device import SeededRandom, SimDevice
-    from laminate import redteam_accusers as acc
-    from laminate import redteam_suspects as sus
+    from redteam import accusers as acc
+    from redteam import suspects as sus
     from verifier.appraise import appraise
     from verifier.binomial import power
     from verifier.policy import Policy
@@ -298,7 +298,7 @@ def _check_same(model, onnx_path, x) -> None:
     """The torch victim the attackers copy must be the released ONNX model."""
     import numpy as np
 
-    from laminate.redteam_suspects import probabilities
+    from redteam.suspects import probabilities
     from verifier.suspect import OnnxSuspect
 
     if not np.array_equal(probabilities(model, x).argmax(1), OnnxSuspect(onnx_path).predict(x)):

@@ -19,7 +19,7 @@ import cbor2
 from cards import cbor, cose, keys, merkle
 from cards.errors import LaminateError
 
-from .tlog import LogProofError, check_inclusion, root_from_inclusion
+from .logproof import LogProofError, check_inclusion, root_from_inclusion
 
 HDR_VDS = 395
 HDR_VDP = 396

@@ -1,14 +1,12 @@
-"""Ownership disputes: which claimant, if any, owns a suspect model.
+"""Ownership disputes over HTTP: the claims' input, the verdict and its signature.
 
-A claim wins only if (1) its card is registered here and still verifies under the
-service's policy, (2) the card's watermark commitment entered the log at an index before
-the suspect model's first appearance (its first registration in a card, or its first
-submission, which is logged the moment the service first sees the digest), (3) the
-opening matches that commitment, and (4) the ownership test on the suspect is positive.
-Order is decided by log indices inside a signed tree head, never by a clock, so the
-service cannot backdate a claim without forking its own log. Among several winning
-claims the earliest commitment wins. The verdict lists every claim with its reason, is
-signed by the service and is itself appended to the log.
+The rule itself is ``verifier.disputes``; here a claim's card must also be registered
+with this service, and the suspect's first appearance is its first log index (its first
+registration in a card, or its first submission, logged the moment the service first
+sees the file). Order is decided by log indices inside a signed tree head, never by a
+clock, so the service cannot backdate a claim without forking its own log. The verdict
+lists every claim with its reason, is signed by the service and is itself appended to
+the log.
 """
 from __future__ import annotations
 
@@ -17,6 +15,8 @@ from dataclasses import dataclass
 
 from cards import cbor, cose, keys
 from cards.errors import LaminateError
+from verifier import disputes as rule
+from verifier.disputes import Judgement
 
 VERDICT_TYPE = "laminate-dispute-verdict/1"
 MAX_CLAIMS = 16
@@ -64,74 +64,67 @@ def parse_opening(raw):
         raise LaminateError("opening: JSON nested too deeply") from None
 
 
-def judge_claim(service, claim: ClaimInput, suspect_index: int, suspect) -> dict:
-    """One claim's outcome with the first reason it fails, or why it wins."""
-    from verifier.ownership import ownership_test
-
+def judge_claim(service, claim: ClaimInput, suspect_index: int, suspect) -> Judgement:
+    """One claim judged by the dispute rule (``verifier.disputes``), stopping at the first
+    check that fails; the card's standing comes from this service's registry and policy."""
     row = service.find_card(claim.card_id)
-    out = {"card_id": claim.card_id, "commitment": None, "commitment_leaf_index": None,
-           "won": False, "reason": "", "ownership": None}
+    watermark = commitment = commitment_index = None
     if row is None:
-        out["reason"] = "card is not registered with this service"
-        return out
-    result = service.appraise(row.card_bytes)
-    if result.status == "contraindicated":
-        failed = "; ".join(f"{c.check}: {c.reason}" for c in result.failed())
-        out["reason"] = f"card does not verify under policy {result.policy_id!r} ({failed})"
-        return out
-    watermark = service.watermark_claim(row)
-    if watermark is None or row.commitment is None:
-        out["reason"] = "card carries no watermark commitment"
-        return out
-    out["commitment"] = row.commitment
-    commitment_index = service.commitment_index(row.commitment)
-    out["commitment_leaf_index"] = commitment_index
-    if commitment_index is None or commitment_index >= suspect_index:
-        out["reason"] = (f"commitment logged at index {commitment_index}, not before the "
-                         f"suspect model first appeared at index {suspect_index}")
-        return out
+        problem = "card is not registered with this service"
+    else:
+        result = service.appraise(row.card_bytes)
+        watermark = service.watermark_claim(row)
+        commitment = row.commitment
+        if result.status == "contraindicated":
+            failed = "; ".join(f"{c.check}: {c.reason}" for c in result.failed())
+            problem = f"card does not verify under policy {result.policy_id!r} ({failed})"
+        elif watermark is None or commitment is None:
+            problem = "card carries no watermark commitment"
+        else:
+            problem = None
+            commitment_index = service.commitment_index(commitment)
     try:
         opening = parse_opening(claim.opening)
     except LaminateError as exc:
-        out["reason"] = f"opening is malformed ({exc})"
-        return out
-    if not opening.matches(row.commitment):
-        out["reason"] = "opening does not match the card's watermark commitment"
-        return out
-    try:
-        test = ownership_test(opening, watermark, suspect,
-                              alpha=service.policy.ownership.alpha)
-    except LaminateError as exc:
-        out["reason"] = f"ownership test could not run ({exc})"
-        return out
-    out["ownership"] = test.to_dict()
-    out["won"] = test.shown
-    out["reason"] = (f"commitment at index {commitment_index} precedes the suspect "
-                     f"(index {suspect_index}), opening matches, ownership shown: "
-                     f"{test.reason}") if test.shown else f"ownership not shown: {test.reason}"
-    return out
+        opening = str(exc)
+    return rule.judge_claim(card_problem=problem, commitment=commitment,
+                            commitment_index=commitment_index, suspect_index=suspect_index,
+                            opening=opening, watermark=watermark, suspect=suspect,
+                            alpha=service.policy.ownership.alpha)
+
+
+def _claim_view(claim: ClaimInput, judged: Judgement) -> dict:
+    commitment = None
+    if judged.checks["card"][0]:
+        commitment = judged.commitment
+    return {"card_id": claim.card_id, "commitment": commitment,
+            "commitment_leaf_index": judged.commitment_index, "won": judged.won,
+            "reason": (f"ownership shown: {judged.reason}" if judged.won else judged.reason),
+            "ownership": judged.ownership.to_dict() if judged.ownership else None}
 
 
 def resolve(service, suspect_record: dict, suspect, claims: list[ClaimInput]) -> dict:
     """Judge every claim against a suspect whose first log index is already committed."""
     suspect_index = suspect_record["leaf_index"]
     judged = [judge_claim(service, c, suspect_index, suspect) for c in claims]
-    winners = sorted((c for c in judged if c["won"]), key=lambda c: c["commitment_leaf_index"])
+    winner = rule.rank(judged)
+    views = [_claim_view(c, j) for c, j in zip(claims, judged)]
     head = service.log.tree_head()
-    indices = [suspect_index] + [c["commitment_leaf_index"] for c in judged
-                                 if c["commitment_leaf_index"] is not None]
+    indices = [suspect_index] + [j.commitment_index for j in judged
+                                 if j.commitment_index is not None]
     proofs = {str(i): [p.hex() for p in service.log.inclusion_proof(i, head.tree_size)]
               for i in sorted(set(indices))}
+    won = views[judged.index(winner)] if winner is not None else None
     return {
         "type": VERDICT_TYPE,
         "policy_id": service.policy.policy_id,
         "suspect": suspect_record,
         "tree_head": {"tree_size": head.tree_size, "root_hash": head.root_hash.hex()},
         "inclusion_proofs": proofs,
-        "claims": judged,
-        "winner": winners[0]["card_id"] if winners else None,
-        "reason": (f"claim for card {winners[0]['card_id']} has the earliest winning "
-                   f"commitment (index {winners[0]['commitment_leaf_index']})" if winners
+        "claims": views,
+        "winner": won["card_id"] if won else None,
+        "reason": (f"claim for card {won['card_id']} has the earliest winning "
+                   f"commitment (index {won['commitment_leaf_index']})" if won
                    else "no claim established ownership"),
     }
 

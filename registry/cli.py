@@ -121,7 +121,7 @@ def _server_args(parser, *, token=False) -> None:
 # ---------------------------------------------------------------- serve
 
 def cmd_serve(args) -> int:
-    from verifier.service.app import Service, ServiceConfig
+    from registry.app import Service, ServiceConfig
 
     config = ServiceConfig.from_env()
     if args.database:
@@ -193,7 +193,7 @@ def _serve_one(host: str, port: int) -> None:
 
     sock = _listening_socket(host, port)
     # No access log: at log level warning it prints nothing, yet costs every request.
-    config = uvicorn.Config("verifier.service.app:app_from_env", factory=True,
+    config = uvicorn.Config("registry.app:app_from_env", factory=True,
                             log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -292,8 +292,8 @@ def _fail(status, answer, what) -> LaminateError:
 
 def cmd_log_verify(args) -> int:
     from cards import keys
-    from verifier.service.receipts import verify_receipt
-    from verifier.service.tlog import LogProofError
+    from verifier.receipts import verify_receipt
+    from verifier.logproof import LogProofError
 
     card = _read(args.card, "card")
     raw = _read(args.receipt, "receipt")
@@ -343,7 +343,7 @@ def _service_key(server, pinned):
 
 
 def _fetch_head(server, public_key):
-    from verifier.service.tlog import verify_tree_head
+    from verifier.logproof import verify_tree_head
 
     status, answer = _request("GET", f"{server.rstrip('/')}/v1/log/tree-head")
     if status != 200:
@@ -362,7 +362,7 @@ def cmd_log_tree_head(args) -> int:
 
 def cmd_log_consistency(args) -> int:
     from cards import keys
-    from verifier.service.tlog import LogProofError, check_consistency, verify_tree_head
+    from verifier.logproof import LogProofError, check_consistency, verify_tree_head
 
     public_key = keys.load_public_key(args.service_key)
     try:
@@ -395,7 +395,7 @@ def cmd_log_consistency(args) -> int:
 # ---------------------------------------------------------------- disputes
 
 def _print_verdict(view, public_key) -> None:
-    from verifier.service.disputes import verify_verdict
+    from registry.disputes import verify_verdict
 
     verdict = view["verdict"]
     if public_key is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from laminate.redteam_suspects import ARCHS, build_arch, fit
+from redteam.suspects import ARCHS, build_arch, fit
 
 
 @dataclass

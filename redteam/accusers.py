@@ -12,9 +12,9 @@ Every check runs and is reported, so the table says which ones stop each attack.
 the verdict we report what the ownership test *alone* would conclude on the triggers the
 accuser presents: the attacks of "False Claims against Model Ownership Resolution" pass
 that test, which is why the other three checks exist. With rival claims (``dispute``) the
-earliest passing commitment wins. The conditions are those of the
-service's dispute judge (verifier.service.disputes), which stops at the first failure and
-needs a running registry; here the log is an explicit list so the run stays offline.
+earliest passing commitment wins. The rule is the
+one the registry applies (``verifier.disputes``), with every check run instead of
+stopping at the first failure; here the log is an explicit list so the run stays offline.
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from laminate.redteam_suspects import build_arch, fit
-
-CHECKS = ("card", "order", "opening", "ownership")
+from redteam.suspects import build_arch, fit
+from verifier import disputes as rule
+from verifier.disputes import CHECKS
 
 
 # ---------------------------------------------------------------- the dispute log
@@ -87,18 +87,14 @@ class Claim:
 
 
 @dataclass
-class Judgement:
-    checks: dict               # check -> (passed: bool, reason: str)
-    verdict: str               # "shown" only if every check passed (and, in a dispute
-                               # with rivals, this claim has the earliest commitment)
-    ownership: object          # OwnershipResult on the regenerated triggers (None: no card)
-    alone: object              # OwnershipResult of the test alone on the presented triggers
-    commitment_index: int | None = None
-    outranked_by: int | None = None   # an earlier winning commitment's log index
+class Judgement(rule.Judgement):
+    """The dispute rule's judgement, with what the ownership test alone concludes."""
+
+    alone: object = None       # OwnershipResult of the test alone on the presented triggers
 
     @property
-    def passed(self) -> bool:
-        return all(ok for ok, _ in self.checks.values())
+    def verdict(self) -> str:
+        return "shown" if self.won else "not shown"
 
     @property
     def stopped_by(self) -> str:
@@ -116,64 +112,42 @@ def watermark_claim_of(card_bytes: bytes) -> dict | None:
 
 def judge(claim: Claim, suspect_path, suspect_sha256: str, log: DisputeLog, policy,
           *, alpha: float) -> Judgement:
-    """Judge ``claim`` against the suspect ONNX file the way a dispute does."""
+    """Judge ``claim`` against the suspect ONNX file by the dispute rule, every check run."""
     from verifier.appraise import appraise
     from verifier.ownership import ownership_test
     from verifier.suspect import OnnxSuspect
 
     suspect = OnnxSuspect(suspect_path)
     opening = claim.opening
-    checks = {}
-    wm = None
-    if claim.card_bytes is None:
-        checks["card"] = (False, "no card: a bare commitment")
-    else:
+    wm, problem = None, "no card: a bare commitment"
+    if claim.card_bytes is not None:
         result = appraise(claim.card_bytes, policy=policy)
-        wm = watermark_claim_of(claim.card_bytes) if result.status != "contraindicated" else None
         if result.status == "contraindicated":
             failed = [c.check for c in result.checks if c.status == "contraindicated"]
-            checks["card"] = (False, f"card does not verify ({', '.join(failed)})")
-        elif wm is None:
-            checks["card"] = (False, "the card carries no watermark commitment")
+            problem = f"card does not verify ({', '.join(failed)})"
         else:
-            checks["card"] = (True, f"card {result.status}, commitment sealed in it")
+            wm = watermark_claim_of(claim.card_bytes)
+            problem = None if wm is not None else "the card carries no watermark commitment"
     sealed = wm["commitment"] if wm else opening.commitment
-    committed = log.first("commitment", sealed)
     seen = log.observe(suspect_sha256)
-    if committed is None:
-        checks["order"] = (False, "commitment never logged")
-    elif committed < seen:
-        checks["order"] = (True, f"commitment #{committed} before suspect #{seen}")
-    else:
-        checks["order"] = (False, f"commitment #{committed} not before suspect #{seen}")
-    checks["opening"] = ((True, "opening matches") if opening.matches(sealed)
-                         else (False, "opening does not match the commitment"))
-    ownership = None
-    if wm is not None:
-        ownership = ownership_test(opening, wm, suspect, alpha=alpha)
-        checks["ownership"] = (ownership.shown, ownership.reason)
-    else:
-        checks["ownership"] = (False, "no verified card to test against")
+    judged = rule.judge_claim(card_problem=problem, commitment=sealed,
+                              commitment_index=log.first("commitment", sealed),
+                              suspect_index=seen, opening=opening, watermark=wm,
+                              suspect=suspect, alpha=alpha, run_all=True)
     presented = claim.presented or opening
     alone_claim = {"scheme": presented.parameters["scheme"], "commitment": presented.commitment,
                    "trigger_count": presented.parameters["trigger_count"],
                    "classes": presented.parameters["classes"]}
     alone = ownership_test(presented, alone_claim, suspect, alpha=alpha)
-    verdict = "shown" if all(ok for ok, _ in checks.values()) else "not shown"
-    return Judgement(checks, verdict, ownership, alone, committed)
+    return Judgement(**vars(judged), alone=alone)
 
 
 def dispute(claims: list[Claim], suspect_path, suspect_sha256: str, log: DisputeLog, policy,
             *, alpha: float) -> list[Judgement]:
-    """Several claims over one suspect: among those passing every check, the earliest
-    commitment wins (as the service resolves disputes); the others are outranked."""
+    """Several claims over one suspect: the earliest passing commitment wins, the other
+    passing claims are outranked (the rule's ``rank``)."""
     judged = [judge(c, suspect_path, suspect_sha256, log, policy, alpha=alpha) for c in claims]
-    passing = [j for j in judged if j.passed]
-    if passing:
-        first = min(j.commitment_index for j in passing)
-        for j in passing:
-            if j.commitment_index != first:
-                j.verdict, j.outranked_by = "not shown", first
+    rule.rank(judged)
     return judged
 
 

@@ -37,7 +37,7 @@ from cards.errors import LaminateError
 from . import disputes
 from .db import (DEFAULT_DATABASE_URL, ApiToken, CardRow, CommitmentRow, DisputeRow, ModelRow,
                  now_ms, open_database, token_digest)
-from .receipts import make_receipt
+from verifier.receipts import make_receipt
 from .tlog import TransparencyLog
 
 GENESIS_TYPE = "laminate-log-genesis/1"

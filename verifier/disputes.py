@@ -1,0 +1,119 @@
+"""The dispute rule: when a claim of ownership over a suspect model wins.
+
+A claim wins only if
+  card       its card verifies under the arbiter's policy and seals a watermark commitment;
+  order      that commitment entered the log at an index before the suspect model's first
+             appearance (first registration in a card, or first observation);
+  opening    the revealed opening matches that commitment, so the triggers were fixed by
+             the attested session before the suspect existed;
+  ownership  the sequential ownership test on the regenerated triggers shows ownership.
+Among several winning claims over one suspect, the earliest commitment wins.
+
+This is the one implementation of the rule: the registry's disputes and the red team's
+table both call it, so the table measures the rule the service applies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cards.errors import LaminateError
+
+CHECKS = ("card", "order", "opening", "ownership")
+
+
+@dataclass
+class Judgement:
+    """Each check's (passed, reason), in ``CHECKS`` order; checks not run are absent."""
+
+    checks: dict
+    ownership: object = None          # verifier.ownership.OwnershipResult, when the test ran
+    commitment_index: int | None = None
+    commitment: str | None = None
+    outranked_by: int | None = None   # an earlier winning commitment's log index
+
+    @property
+    def passed(self) -> bool:
+        return all(self.checks.get(c, (False, ""))[0] for c in CHECKS)
+
+    @property
+    def won(self) -> bool:
+        return self.passed and self.outranked_by is None
+
+    @property
+    def reason(self) -> str:
+        """Why the claim wins, or the first check that stops it and why."""
+        for name in CHECKS:
+            ok, why = self.checks.get(name, (False, "not run"))
+            if not ok:
+                return f"{name}: {why}"
+        if self.outranked_by is not None:
+            return f"an earlier winning commitment (index {self.outranked_by}) outranks it"
+        return "; ".join(self.checks[c][1] for c in CHECKS)
+
+
+def judge_claim(*, card_problem: str | None, commitment: str | None,
+                commitment_index: int | None, suspect_index: int, opening, watermark,
+                suspect, alpha: float, run_all: bool = False) -> Judgement:
+    """Apply the rule to one claim.
+
+    ``card_problem`` is None when the card verified and seals ``commitment`` (its
+    ``watermark`` claim is then tested), else why not; a claim without a card still
+    names the ``commitment`` it argues from. ``opening`` is a ``cards.watermark.Opening``
+    or, when it could not be parsed, the parse error's text. With ``run_all`` every check
+    runs (the red team reports which checks stop each attack); otherwise the rule stops
+    at the first failure, so a suspect is queried only for a claim that could win.
+    """
+    from verifier.ownership import ownership_test
+
+    checks: dict = {}
+
+    def done() -> bool:
+        return not run_all and not all(ok for ok, _ in checks.values())
+
+    checks["card"] = ((True, "card verifies and seals a watermark commitment")
+                      if card_problem is None else (False, card_problem))
+    if done():
+        return Judgement(checks, None, commitment_index, commitment)
+    if commitment_index is None:
+        checks["order"] = (False, "commitment never logged")
+    elif commitment_index < suspect_index:
+        checks["order"] = (True, f"commitment at index {commitment_index} precedes the "
+                                 f"suspect's first appearance at index {suspect_index}")
+    else:
+        checks["order"] = (False, f"commitment logged at index {commitment_index}, not before "
+                                  f"the suspect model first appeared at index {suspect_index}")
+    if done():
+        return Judgement(checks, None, commitment_index, commitment)
+    if isinstance(opening, str):
+        checks["opening"] = (False, f"opening is malformed ({opening})")
+    elif commitment is None or not opening.matches(commitment):
+        checks["opening"] = (False, "opening does not match the watermark commitment")
+    else:
+        checks["opening"] = (True, "opening matches the commitment")
+    if done():
+        return Judgement(checks, None, commitment_index, commitment)
+    result = None
+    if card_problem is not None or watermark is None or isinstance(opening, str):
+        checks["ownership"] = (False, "no verified card to test against")
+    else:
+        try:
+            result = ownership_test(opening, watermark, suspect, alpha=alpha)
+            checks["ownership"] = (result.shown, result.reason)
+        except LaminateError as exc:
+            checks["ownership"] = (False, f"ownership test could not run ({exc})")
+    return Judgement(checks, result, commitment_index, commitment)
+
+
+def rank(judged: list[Judgement]) -> Judgement | None:
+    """Mark every passing claim but the earliest commitment as outranked; the winner."""
+    passing = [j for j in judged if j.passed]
+    if not passing:
+        return None
+    first = min(j.commitment_index for j in passing)
+    winner = None
+    for j in passing:
+        if j.commitment_index != first or winner is not None:
+            j.outranked_by = first
+        else:
+            winner = j
+    return winner
