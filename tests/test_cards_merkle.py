@@ -2,56 +2,87 @@
 (index, size) pairs, and the streaming root against the recursive definition."""
 import base64
 import hashlib
-import json
-from pathlib import Path
 
 import pytest
+from vectors import b64, b64_list, merkle_cases
 
 from cards import merkle
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "testvectors" / "merkle"
-needs_vectors = pytest.mark.skipif(not VECTORS.is_dir(),
-                                   reason=f"public Merkle vectors absent ({VECTORS})")
+
+def _params(kind, applies=lambda case: True):
+    return [pytest.param(case, id=name) for name, case in merkle_cases(kind) if applies(case)]
 
 
-def _cases(kind):
-    return sorted((VECTORS / kind).rglob("*.json")) if VECTORS.is_dir() else []
+def _bit_ceil(n):
+    return 1 << (n - 1).bit_length()
 
 
-def _b64(text):
-    return base64.b64decode(text) if text is not None else None
-
-
-def _ids(path):
-    return f"{path.parent.name}/{path.stem}"
-
-
-@needs_vectors
-@pytest.mark.parametrize("path", _cases("inclusion"), ids=_ids)
-def test_inclusion_vector(path):
-    case = json.loads(path.read_text())
-    ok = merkle.verify_inclusion(_b64(case["leafHash"]), case["leafIdx"], case["treeSize"],
-                                 [_b64(p) for p in case["proof"] or []], _b64(case["root"]))
+@pytest.mark.parametrize("case", _params("inclusion"))
+def test_inclusion_vector(case):
+    ok = merkle.verify_inclusion(b64(case["leafHash"]), case["leafIdx"], case["treeSize"],
+                                 b64_list(case["proof"]), b64(case["root"]))
     assert ok is (not case["wantErr"]), case["desc"]
 
 
-@needs_vectors
-@pytest.mark.parametrize("path", _cases("consistency"), ids=_ids)
-def test_consistency_vector(path):
-    case = json.loads(path.read_text())
-    ok = merkle.verify_consistency(case["size1"], case["size2"],
-                                   [_b64(p) for p in case["proof"] or []],
-                                   _b64(case["root1"]), _b64(case["root2"]))
+@pytest.mark.parametrize("case", _params("consistency"))
+def test_consistency_vector(case):
+    ok = merkle.verify_consistency(case["size1"], case["size2"], b64_list(case["proof"]),
+                                   b64(case["root1"]), b64(case["root2"]))
     assert ok is (not case["wantErr"]), case["desc"]
 
 
-@needs_vectors
+# The subtree vectors (Merkle Tree Certificates) prove statements about the leaves
+# [start, end) of a tree. Two kinds are plain RFC 9162 statements, so they check the
+# same functions at other sizes and offsets:
+# - a leaf's path inside a well-formed subtree (start a multiple of bit_ceil(end - start))
+#   is its RFC 9162 path at index leafIdx - start in the tree of end - start leaves;
+# - the subtree [0, end) inside a tree of size leaves is the RFC 9162 consistency of the
+#   tree of end leaves with it.
+# The rest (ill-formed subtrees, subtrees not starting at 0, the empty subtree) are rules
+# of an API laminate does not have.
+
+def _subtree_inclusion_applies(case):
+    start, end = case["start"], case["end"]
+    return start == 0 or start >= end or start % _bit_ceil(end - start) == 0
+
+
+def _subtree_consistency_applies(case):
+    return case["start"] == 0 < case["end"]
+
+
+@pytest.mark.parametrize("case", _params("subtreeinclusion", _subtree_inclusion_applies))
+def test_subtree_inclusion_vector(case):
+    start, end = case["start"], case["end"]
+    ok = merkle.verify_inclusion(b64(case["leafHash"]), case["leafIdx"] - start, end - start,
+                                 b64_list(case["proof"]), b64(case["root"]))
+    assert ok is (not case["wantErr"]), case["desc"]
+
+
+@pytest.mark.parametrize("case", _params("subtreeconsistency", _subtree_consistency_applies))
+def test_subtree_consistency_vector(case):
+    ok = merkle.verify_consistency(case["end"], case["size"], b64_list(case["proof"]),
+                                   b64(case["root1"]), b64(case["root2"]))
+    assert ok is (not case["wantErr"]), case["desc"]
+
+
 def test_vector_sets_are_complete():
-    inclusion, consistency = _cases("inclusion"), _cases("consistency")
-    assert len(inclusion) >= 90 and len(consistency) >= 90
-    for cases in (inclusion, consistency):
-        assert any(not json.loads(p.read_text())["wantErr"] for p in cases)
-        assert sum(json.loads(p.read_text())["wantErr"] for p in cases) > 80
+    """Guards against a silently emptied or filtered vector set: each kind must keep
+    both accepted and rejected cases, and the subtree cases left out must all be ones
+    upstream rejects or ones that need the empty-subtree rule."""
+    for kind in ("inclusion", "consistency"):
+        cases = [c for _, c in merkle_cases(kind)]
+        assert len(cases) >= 90
+        assert sum(not c["wantErr"] for c in cases) >= 5
+        assert sum(c["wantErr"] for c in cases) > 80
+    inclusion = [c for _, c in merkle_cases("subtreeinclusion")]
+    used = [c for c in inclusion if _subtree_inclusion_applies(c)]
+    assert len(used) >= 190 and sum(not c["wantErr"] for c in used) >= 10
+    assert all(c["wantErr"] for c in inclusion if not _subtree_inclusion_applies(c))
+    consistency = [c for _, c in merkle_cases("subtreeconsistency")]
+    used = [c for c in consistency if _subtree_consistency_applies(c)]
+    assert len(used) >= 90 and sum(not c["wantErr"] for c in used) >= 5
+    assert all(c["start"] > 0 or c["start"] == c["end"]
+               for c in consistency if not _subtree_consistency_applies(c))
 
 
 def _mth(leaves):

@@ -1,34 +1,13 @@
 """The service log's verification path against public RFC 6962/9162 vectors, plus its
 own proofs, signed tree heads and COSE Receipts, checked adversarially."""
-import base64
-import json
-from pathlib import Path
-
 import cbor2
 import pytest
+from vectors import b64, b64_list, merkle_cases
 
 from cards import cbor, keys, merkle
 from registry import db as dbmod
 from registry import tlog
 from verifier import logproof, receipts
-
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "testvectors" / "merkle"
-
-
-def _vector_files(kind):
-    if not VECTORS.is_dir():
-        pytest.skip(f"public Merkle vectors not found at {VECTORS}")
-    files = sorted((VECTORS / kind).rglob("*.json"))
-    assert files, f"no {kind} vectors"
-    return files
-
-
-def _b64(value):
-    return base64.b64decode(value) if value is not None else None
-
-
-def _b64_list(values):
-    return [base64.b64decode(v) for v in values] if values else []
 
 
 def _accepts(fn, *args):
@@ -40,13 +19,11 @@ def _accepts(fn, *args):
 
 
 def test_every_inclusion_vector():
-    files = _vector_files("inclusion")
     accepted = rejected = 0
-    for path in files:
-        case = json.loads(path.read_text())
-        ok = _accepts(logproof.check_inclusion, _b64(case["leafHash"]), case["leafIdx"],
-                      case["treeSize"], _b64_list(case["proof"]), _b64(case["root"]))
-        assert ok == (not case["wantErr"]), f"{path.relative_to(VECTORS)}: {case['desc']}"
+    for name, case in merkle_cases("inclusion"):
+        ok = _accepts(logproof.check_inclusion, b64(case["leafHash"]), case["leafIdx"],
+                      case["treeSize"], b64_list(case["proof"]), b64(case["root"]))
+        assert ok == (not case["wantErr"]), f"{name}: {case['desc']}"
         accepted += ok
         rejected += not ok
     assert accepted >= 5 and rejected >= 50
@@ -56,25 +33,22 @@ def test_inclusion_vectors_through_receipt_root_computation():
     """The receipt path recomputes the root from the path; for every valid vector it
     must find exactly the published root, for every invalid one a different root or an
     error."""
-    for path in _vector_files("inclusion"):
-        case = json.loads(path.read_text())
+    for name, case in merkle_cases("inclusion"):
         try:
-            root = logproof.root_from_inclusion(_b64(case["leafHash"]), case["leafIdx"],
-                                            case["treeSize"], _b64_list(case["proof"]))
+            root = logproof.root_from_inclusion(b64(case["leafHash"]), case["leafIdx"],
+                                                case["treeSize"], b64_list(case["proof"]))
         except logproof.LogProofError:
             root = None
         if not case["wantErr"]:
-            assert root == _b64(case["root"]), f"{path.relative_to(VECTORS)}"
+            assert root == b64(case["root"]), name
 
 
 def test_every_consistency_vector():
-    files = _vector_files("consistency")
     accepted = rejected = 0
-    for path in files:
-        case = json.loads(path.read_text())
+    for name, case in merkle_cases("consistency"):
         ok = _accepts(logproof.check_consistency, case["size1"], case["size2"],
-                      _b64_list(case["proof"]), _b64(case["root1"]), _b64(case["root2"]))
-        assert ok == (not case["wantErr"]), f"{path.relative_to(VECTORS)}: {case['desc']}"
+                      b64_list(case["proof"]), b64(case["root1"]), b64(case["root2"]))
+        assert ok == (not case["wantErr"]), f"{name}: {case['desc']}"
         accepted += ok
         rejected += not ok
     assert accepted >= 5 and rejected >= 50
