@@ -198,7 +198,7 @@ class TrainConfig:
             return path if path.is_absolute() else self.base_dir / path
         return default_release_key_path()
 
-    def with_overrides(self, **overrides) -> "TrainConfig":
+    def with_overrides(self, **overrides) -> TrainConfig:
         """A copy with dotted-key overrides (e.g. {"training.epochs": 2}), re-validated."""
         raw = copy.deepcopy(self.data)
         for dotted, value in overrides.items():

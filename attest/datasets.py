@@ -39,7 +39,7 @@ class ArrayData:
         for i in range(len(self)):
             yield self.x[i], int(self.y[i])
 
-    def subset(self, name: str, index: np.ndarray) -> "ArrayData":
+    def subset(self, name: str, index: np.ndarray) -> ArrayData:
         return ArrayData(name, self.x[index], self.y[index], self.classes)
 
     def to_torch(self):

@@ -92,8 +92,8 @@ def main() -> int:
     from attest.train import train_from_config
     from cards.watermark import Opening
     from laminate.quickstart import train_plain
-    from verifier.binomial import SequentialTest, false_positive_rate, queries_for_power
     from predict_server import PredictEndpoint
+    from verifier.binomial import SequentialTest, false_positive_rate, queries_for_power
     from verifier.suspect import HttpSuspect, OnnxSuspect
 
     epochs, independents, trials = (12, 3, 50) if args.quick else (30, 10, 500)

@@ -196,7 +196,7 @@ def main(argv=None) -> int:
                 card_id = json.loads(body)["card_id"]
                 form = urllib.parse.urlencode({"card_id": card_id, "model_sha256": digest}).encode()
 
-                def verify(conn, _job):
+                def verify(conn, _job, form=form):
                     status, body = _call(conn, "/v1/verify", form,
                                          "application/x-www-form-urlencoded")
                     if status != 200 or json.loads(body)["result"]["status"] == "contraindicated":

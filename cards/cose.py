@@ -12,8 +12,10 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import (decode_dss_signature,
-                                                             encode_dss_signature)
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 from . import cbor
 from .errors import CardFormatError
@@ -25,7 +27,7 @@ ALG_ES512 = -36
 TAG_SIGN1 = 18
 HDR_ALG, HDR_CRIT, HDR_CONTENT_TYPE, HDR_KID = 1, 2, 3, 4
 
-_ECDSA_HASH = {ALG_ES256: hashes.SHA256, ALG_ES384: hashes.SHA384, ALG_ES512: hashes.SHA512}
+_ECDSA_HASH: dict[int, type[hashes.HashAlgorithm]] = {ALG_ES256: hashes.SHA256, ALG_ES384: hashes.SHA384, ALG_ES512: hashes.SHA512}
 SUPPORTED_ALGS = (ALG_EDDSA, *_ECDSA_HASH)
 _UNDERSTOOD_HEADERS = {HDR_ALG, HDR_CRIT, HDR_CONTENT_TYPE, HDR_KID}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Union
+from typing import cast
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -17,8 +17,8 @@ from .errors import LaminateError
 from .files import write_atomic
 
 KINDS = ("ed25519", "p256")
-PrivateKey = Union[ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey]
-PublicKey = Union[ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey]
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 
 def generate_private_key(kind: str = "ed25519") -> PrivateKey:
@@ -56,7 +56,7 @@ def load_private_key(path) -> PrivateKey:
         raise LaminateError(f"{path}: not an unencrypted PEM private key ({_first_line(exc)})") \
             from None
     _check_kind(key, path)
-    return key
+    return cast(PrivateKey, key)  # _check_kind admits Ed25519 and P-256 only
 
 
 def load_public_key(path_or_pem) -> PublicKey:

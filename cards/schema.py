@@ -16,8 +16,9 @@ import hashlib
 import math
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import cbor2
 
@@ -228,7 +229,7 @@ def _elements(value: list, item, settled) -> bool:
     """Check each element with ``item``; the list is settled if they all are."""
     done = True
     try:
-        for i, element in enumerate(value):
+        for i, element in enumerate(value):  # noqa: B007 (i names the element on error)
             if not item(element, settled):
                 done = False
     except _Invalid as exc:
@@ -341,10 +342,7 @@ def record(fields: dict[str, Callable]):
     def all_fine(rows):  # maps with exactly these keys in order, checked column by column
         if not (_DICT_ONLY.issuperset(map(type, rows)) and all(map(order.__eq__, map(tuple, rows)))):
             return False
-        for column, fine in columns:
-            if not fine(list(map(column, rows))):
-                return False
-        return True
+        return all(fine(list(map(column, rows))) for column, fine in columns)
     check.fields = fields
     if all(fine is not None for _, fine in columns):
         check.all_fine = all_fine

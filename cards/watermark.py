@@ -117,7 +117,7 @@ class Opening:
     commitment: str
 
     @classmethod
-    def create(cls, seed: bytes, parameters: dict, salt: bytes | None = None) -> "Opening":
+    def create(cls, seed: bytes, parameters: dict, salt: bytes | None = None) -> Opening:
         salt = os.urandom(SALT_BYTES) if salt is None else bytes(salt)
         return cls(bytes(seed), salt, parameters, commit(seed, salt, parameters))
 
@@ -137,7 +137,7 @@ class Opening:
                            "commitment": self.commitment}, indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, *, source: str = "opening") -> "Opening":
+    def from_json(cls, text: str, *, source: str = "opening") -> Opening:
         try:
             doc = json.loads(text)
         except (ValueError, TypeError) as exc:
@@ -166,7 +166,7 @@ class Opening:
         return write_atomic(path, self.to_json().encode(), mode=0o600)
 
     @classmethod
-    def load(cls, path) -> "Opening":
+    def load(cls, path) -> Opening:
         try:
             text = Path(path).read_text()
         except (OSError, UnicodeDecodeError) as exc:

@@ -102,7 +102,8 @@ class SimDevice:
         try:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise SimDeviceError(f"{self.state_dir}: cannot create simulator state: {exc.strerror}")
+            raise SimDeviceError(f"{self.state_dir}: cannot create simulator state: {exc.strerror}") \
+                from None
 
     @contextmanager
     def _locked(self):
@@ -110,7 +111,8 @@ class SimDevice:
         try:
             fd = os.open(self.state_dir / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise SimDeviceError(f"{self.state_dir}: cannot lock simulator state: {exc.strerror}")
+            raise SimDeviceError(f"{self.state_dir}: cannot lock simulator state: {exc.strerror}") \
+                from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -192,7 +194,7 @@ class SimDevice:
                 (self.state_dir / _ROOT_CERT).read_bytes())
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SimDeviceError(f"{self.state_dir}: simulator state is damaged ({exc}); "
-                                 "move it away to provision a new device")
+                                 "move it away to provision a new device") from None
         if not isinstance(self._ak_key, ec.EllipticCurvePrivateKey):
             raise SimDeviceError(f"{self.state_dir / _AK_KEY}: attestation key is not P-256")
 
@@ -201,7 +203,7 @@ class SimDevice:
             state = json.loads((self.state_dir / _STATE).read_bytes())
             return {k: int(state[k]) for k in ("counter", "reset_count", "clock_ms")}
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SimDeviceError(f"{self.state_dir / _STATE}: simulator state is damaged ({exc})")
+            raise SimDeviceError(f"{self.state_dir / _STATE}: simulator state is damaged ({exc})") from None
 
     # -- registers --------------------------------------------------------------
 

@@ -19,8 +19,8 @@ EXTRAS = {
 
 def build_parser() -> argparse.ArgumentParser:
     from attest import commands as prover
-    from verifier import commands as appraiser
     from laminate import commands as composed
+    from verifier import commands as appraiser
 
     parser = argparse.ArgumentParser(
         prog="laminate",

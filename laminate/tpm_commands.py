@@ -118,6 +118,7 @@ def _open_tpm(tcti: str):
 def run_tpm_enroll(args) -> int:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
+
     from attest.tpm_backend import enroll
     from verifier.tpm_trust import verify_chain
 

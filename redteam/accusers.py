@@ -30,7 +30,6 @@ from redteam.suspects import build_arch, fit
 from verifier import disputes as rule
 from verifier.disputes import CHECKS
 
-
 # ---------------------------------------------------------------- the dispute log
 
 @dataclass

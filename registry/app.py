@@ -27,17 +27,33 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request,
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.datastructures import UploadFile as StarletteUpload
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from sqlalchemy import select
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from cards import cbor, keys
 from cards.errors import LaminateError
+from verifier.receipts import make_receipt
 
 from . import disputes
-from .db import (DEFAULT_DATABASE_URL, ApiToken, CardRow, CommitmentRow, DisputeRow, ModelRow,
-                 now_ms, open_database, token_digest)
-from verifier.receipts import make_receipt
+from .db import (
+    DEFAULT_DATABASE_URL,
+    ApiToken,
+    CardRow,
+    CommitmentRow,
+    DisputeRow,
+    ModelRow,
+    now_ms,
+    open_database,
+    token_digest,
+)
 from .tlog import TransparencyLog
 
 GENESIS_TYPE = "laminate-log-genesis/1"
@@ -72,7 +88,7 @@ class ServiceConfig:
     allow_prediction_urls: bool = False
 
     @classmethod
-    def from_env(cls, env=None) -> "ServiceConfig":
+    def from_env(cls, env=None) -> ServiceConfig:
         env = os.environ if env is None else env
         tokens = [t.strip() for t in env.get("LAMINATE_API_TOKEN", "").split(",") if t.strip()]
         try:

@@ -292,8 +292,8 @@ def _fail(status, answer, what) -> LaminateError:
 
 def cmd_log_verify(args) -> int:
     from cards import keys
-    from verifier.receipts import verify_receipt
     from verifier.logproof import LogProofError
+    from verifier.receipts import verify_receipt
 
     card = _read(args.card, "card")
     raw = _read(args.receipt, "receipt")

@@ -14,8 +14,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import (BigInteger, ForeignKey, Integer, LargeBinary, String, Text,
-                        create_engine, event, select, text)
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    text,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column

@@ -17,8 +17,8 @@ import yaml
 from attest import measure
 from attest.backend import open_backend
 from attest.session import REGISTERS, AttestedSession, write_card
-from cards import cbor, cose, keys, schema, watermark
 from cards import card as cardlib
+from cards import cbor, cose, keys, schema, watermark
 
 FEATURES = 64
 CLASSES = 10

@@ -75,9 +75,9 @@ def start_server(workdir, *, database_url, policy_path=None, tokens=("test-token
         cmd = [sys.executable, "-m", "uvicorn", "--factory", "registry.app:app_from_env",
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     log_path = workdir / f"server-{port}-{uuid.uuid4().hex[:6]}.log"
-    log_file = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    log_file.close()
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log_file,
+                                stderr=subprocess.STDOUT)
     server = Server(proc, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -11,9 +11,9 @@ import onnxruntime
 import pytest
 
 from attest import measure
+from cardkit import make_onnx_model
 from cards import cbor, merkle
 from cards.errors import LaminateError
-from cardkit import make_onnx_model
 
 REPO = Path(__file__).resolve().parents[1]
 

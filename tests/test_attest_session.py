@@ -12,11 +12,19 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from attest import measure
 from attest.backend import Backend, open_backend
 from attest.session import AttestedSession
+from cardkit import (
+    CLASSES,
+    EVALUATION,
+    dp_claim,
+    fake_records,
+    forge,
+    make_card,
+    make_onnx_model,
+    quote_info,
+)
 from cards import card as cardlib
 from cards import keys, schema
 from cards.errors import LaminateError
-from cardkit import CLASSES, EVALUATION, dp_claim, fake_records, forge, make_card, \
-    make_onnx_model, quote_info
 
 TABLE = [("code", 16), ("config", 23), ("dataset.train", 23), ("dataset.test", 23),
          ("defense.dp", 23), ("defense.watermark", 23), ("evaluation", 23), ("model", 23)]

@@ -7,10 +7,10 @@ import json
 import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
-from vectors import cose_files
 
 from cards import cbor, cose, keys
 from cards.errors import CardFormatError
+from vectors import cose_files
 
 _CURVES = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}
 
@@ -173,6 +173,7 @@ def test_keys_save_load_round_trip_with_owner_only_mode(tmp_path):
 
 def test_keys_public_key_from_certificate(tmp_path):
     import datetime
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import NameOID

@@ -4,9 +4,9 @@ import base64
 import hashlib
 
 import pytest
-from vectors import b64, b64_list, merkle_cases
 
 from cards import merkle
+from vectors import b64, b64_list, merkle_cases
 
 
 def _params(kind, applies=lambda case: True):

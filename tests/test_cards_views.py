@@ -5,7 +5,7 @@ import html.parser
 import yaml
 
 from cards import card, keys, views
-from test_cards_schema import sample_evidence, sample_claims, sample_payload
+from test_cards_schema import sample_claims, sample_evidence, sample_payload
 
 HOSTILE = 'evil<script>alert("x")</script>|\n# heading & more'
 VERIFICATION = {

@@ -6,8 +6,17 @@ from fractions import Fraction
 
 import pytest
 
-from verifier.binomial import (CONTINUE, NOT_SHOWN, SHOWN, SequentialTest, false_positive_rate,
-                               log_tail, power, queries_for_power, tail)
+from verifier.binomial import (
+    CONTINUE,
+    NOT_SHOWN,
+    SHOWN,
+    SequentialTest,
+    false_positive_rate,
+    log_tail,
+    power,
+    queries_for_power,
+    tail,
+)
 
 
 def exact_tail(k, n, p: Fraction) -> Fraction:

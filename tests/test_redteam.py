@@ -1,7 +1,6 @@
 """Red-team builders on a tiny configuration: each suspect, independent and accuser builder
 does what its row claims, and the dispute judge stops each false claim for its reason."""
 import hashlib
-import json
 
 import numpy as np
 import pytest

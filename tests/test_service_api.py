@@ -9,10 +9,9 @@ import pytest
 
 from cardkit import make_card
 from cards import keys, merkle, watermark
-from servers import start_server
-from service_helpers import (combined_policy, database_urls, make_database,
-                             memorizing_model)
 from registry import disputes
+from servers import start_server
+from service_helpers import combined_policy, database_urls, make_database, memorizing_model
 from verifier import logproof, receipts
 
 TOKEN = "test-token"

@@ -9,9 +9,9 @@ import pytest
 
 from cardkit import make_card
 from cards.errors import LaminateError
+from registry import cli as cli_service
 from servers import start_server
 from service_helpers import card_variant, combined_policy, memorizing_model
-from registry import cli as cli_service
 
 TOKEN = "cli-token"
 

@@ -2,11 +2,11 @@
 own proofs, signed tree heads and COSE Receipts, checked adversarially."""
 import cbor2
 import pytest
-from vectors import b64, b64_list, merkle_cases
 
 from cards import cbor, keys, merkle
 from registry import db as dbmod
 from registry import tlog
+from vectors import b64, b64_list, merkle_cases
 from verifier import logproof, receipts
 
 

@@ -10,7 +10,8 @@ require_swtpm()
 
 from attest.tpm_backend import TpmBackend  # noqa: E402
 from cards.errors import LaminateError  # noqa: E402
-from verifier import tpm_evidence, tpm_structs as ts  # noqa: E402
+from verifier import tpm_evidence  # noqa: E402
+from verifier import tpm_structs as ts
 from verifier.policy import Policy  # noqa: E402
 from verifier.tpm_trust import Registrar  # noqa: E402
 

@@ -16,14 +16,13 @@ from swtpm import Swtpm, require_swtpm
 
 require_swtpm()
 
-from test_tpm_train import CONFIG, run  # noqa: E402  (the same tiny training, same runner)
-
 from attest import measure  # noqa: E402
 from attest.backend import open_backend  # noqa: E402
 from attest.config import from_dict  # noqa: E402
 from cards import cbor  # noqa: E402
 from cards.card import open_card  # noqa: E402
 from cards.errors import LaminateError  # noqa: E402
+from test_tpm_train import CONFIG, run  # noqa: E402  (the same tiny training, same runner)
 from verifier.tpm_trust import Registrar  # noqa: E402
 
 

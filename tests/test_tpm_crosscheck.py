@@ -24,7 +24,8 @@ if any(shutil.which(t) is None for t in TOOLS):
     pytest.skip("tpm2-tools not installed (apt-get install tpm2-tools)", allow_module_level=True)
 
 from attest.tpm_backend import TpmBackend  # noqa: E402
-from verifier import tpm_evidence, tpm_structs as ts  # noqa: E402
+from verifier import tpm_evidence  # noqa: E402
+from verifier import tpm_structs as ts
 from verifier.tpm_trust import Registrar  # noqa: E402
 
 NONCE = hashlib.sha256(b"claims digest").digest()

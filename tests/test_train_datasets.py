@@ -77,9 +77,9 @@ def test_split_is_deterministic_disjoint_and_complete():
     assert len(test) == 359 and len(train) + len(test) == len(data)
     assert np.array_equal(train.x, again_train.x)
     assert not np.array_equal(train.y, other_train.y)
-    rows = {r.tobytes() + bytes([l]) for r, l in zip(data.x, data.y)}
-    assert {r.tobytes() + bytes([l]) for r, l in zip(np.concatenate([train.x, test.x]),
-                                                    np.concatenate([train.y, test.y]))} == rows
+    rows = {r.tobytes() + bytes([label]) for r, label in zip(data.x, data.y)}
+    assert {r.tobytes() + bytes([label]) for r, label in zip(np.concatenate([train.x, test.x]),
+                                                            np.concatenate([train.y, test.y]))} == rows
     assert train.classes == test.classes == 10
 
 

@@ -76,8 +76,8 @@ def test_outputs_and_progress(trained):
         assert (out / name).is_file(), name
     assert (out / "watermark.opening").stat().st_mode & 0o777 == 0o600
     assert "SIMULATED HARDWARE" in (out / "card.md").read_text()
-    assert [l for l in lines if l.startswith("[dp] epoch")][-1].count("epsilon") == 1
-    assert any(l.startswith("[watermark] epoch 2/2") for l in lines)
+    assert [line for line in lines if line.startswith("[dp] epoch")][-1].count("epsilon") == 1
+    assert any(line.startswith("[watermark] epoch 2/2") for line in lines)
     assert (out / "card.cbor").read_bytes() == result.card_bytes
 
 

@@ -88,7 +88,7 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None) -
 
 def _model_digests(model_path, model_sha256) -> list:
     """Digests the caller expects the card's model to have: [(source, hex, size|None)]."""
-    expected = []
+    expected: list[tuple[str, str, int | None]] = []
     if model_path is not None:
         path = Path(model_path)
         if not path.is_file():
@@ -169,7 +169,7 @@ def _event_digest(event, data: bytes) -> bytes:
 
 
 def _log_replay(log, event_data, quoted) -> Check:
-    registers = {}
+    registers: dict = {}
     covered = set(quoted.registers)
     for i, (event, data) in enumerate(zip(log, event_data)):
         digest = _event_digest(event, data)

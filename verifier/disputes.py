@@ -15,6 +15,7 @@ table both call it, so the table measures the rule the service applies.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from cards.errors import LaminateError
 
@@ -109,7 +110,7 @@ def rank(judged: list[Judgement]) -> Judgement | None:
     passing = [j for j in judged if j.passed]
     if not passing:
         return None
-    first = min(j.commitment_index for j in passing)
+    first = min(cast(int, j.commitment_index) for j in passing)  # a passing claim is logged
     winner = None
     for j in passing:
         if j.commitment_index != first or winner is not None:

@@ -34,7 +34,7 @@ class Quoted(NamedTuple):
 
 def check_evidence(evidence: dict, policy) -> tuple[list, Quoted | None]:
     backend = evidence.get("backend")
-    name = _BACKEND_MODULES.get(backend)
+    name = _BACKEND_MODULES.get(backend) if isinstance(backend, str) else None
     if name is None:
         return [Check("quote_signature", CONTRAINDICATED, "evidence.backend",
                       f"no verifier for backend {backend!r}")], None

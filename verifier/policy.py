@@ -59,11 +59,11 @@ class Policy:
     source: str = "built-in default policy"
 
     @classmethod
-    def default(cls) -> "Policy":
+    def default(cls) -> Policy:
         return cls()
 
     @classmethod
-    def load(cls, path) -> "Policy":
+    def load(cls, path) -> Policy:
         path = Path(path)
         if not path.is_file():
             raise LaminateError(f"{path}: policy file not found" if not path.exists()
@@ -79,7 +79,7 @@ class Policy:
         return cls.from_mapping(doc, base_dir=path.parent, source=str(path))
 
     @classmethod
-    def from_mapping(cls, doc, *, base_dir=".", source="policy") -> "Policy":
+    def from_mapping(cls, doc, *, base_dir=".", source="policy") -> Policy:
         """Build a policy from a parsed mapping; relative key/cert paths use base_dir."""
         base_dir = Path(base_dir)
 

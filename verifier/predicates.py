@@ -15,6 +15,7 @@ import functools
 import math
 import re
 from dataclasses import dataclass
+from typing import cast
 
 from cards.errors import LaminateError
 
@@ -138,7 +139,7 @@ def _tokenize(text: str) -> list:
         m = _TOKEN.match(stripped, pos)
         if not m or m.end() == pos:
             raise PredicateError(f"{text!r}: cannot read {stripped[pos:].strip()[:20]!r}")
-        kind = m.lastgroup
+        kind = cast(str, m.lastgroup)  # every alternative of _TOKEN is a named group
         tokens.append((kind, m.group(kind)))
         pos = m.end()
     return tokens

@@ -14,8 +14,8 @@ from functools import lru_cache
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cards import cbor, cose
 from cards.errors import CardFormatError
@@ -152,7 +152,7 @@ def _parse_quote(quote: bytes) -> Quoted:
     if info["version"] != 1 or info["backend"] != "sim":
         raise CardFormatError("evidence.quote", "not a version 1 sim quote")
     regs = info["registers"]
-    if not (regs and _INT_ONLY.issuperset(map(type, regs)) and 0 <= regs[0]
+    if not (regs and _INT_ONLY.issuperset(map(type, regs)) and regs[0] >= 0
             and regs[-1] < _REGISTER_COUNT and all(map(operator.lt, regs, regs[1:]))):
         raise CardFormatError("evidence.quote.registers",
                               "must be distinct register indices 0-23 in ascending order")

@@ -29,7 +29,7 @@ from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, Check
 
 
 def check_evidence(evidence: dict, policy) -> tuple[list, Quoted | None]:
-    checks = []
+    checks: list[Check] = []
     ek_cert = _check_ek_chain(evidence.get("cert_chain"), policy, checks)
     extra = evidence.get("extra")
     try:
@@ -167,7 +167,8 @@ def check_clock_sequence(quotes: list[Quoted]) -> list[Check]:
     Per device: resetCount never decreases; within one resetCount, restartCount never
     decreases; the clock never goes back. One check per quote after the first of its device.
     """
-    last, checks = {}, []
+    last: dict[str, dict] = {}
+    checks: list[Check] = []
     for i, q in enumerate(quotes):
         field = f"quotes[{i}].clock"
         c = q.clock

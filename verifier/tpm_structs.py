@@ -52,7 +52,7 @@ CURVES = {0x0003: ec.SECP256R1, 0x0004: ec.SECP384R1, 0x0005: ec.SECP521R1}
 class _Reader:
     """Big-endian cursor over one structure; errors name `field` plus the member read."""
 
-    def __init__(self, data: bytes, field: str):
+    def __init__(self, data: object, field: str):
         if not isinstance(data, (bytes, bytearray)):
             raise CardFormatError(field, f"expected bytes, got {type(data).__name__}")
         self.data, self.pos, self.field = bytes(data), 0, field
@@ -117,7 +117,7 @@ def _pcr_selection(r: _Reader) -> tuple[PcrSelection, ...]:
     return tuple(banks)
 
 
-def parse_attest(data: bytes, field: str = "evidence.quote") -> Attest:
+def parse_attest(data: object, field: str = "evidence.quote") -> Attest:
     """Unmarshal a TPMS_ATTEST that must be a quote; magic and type are returned, not judged."""
     r = _Reader(data, field)
     magic = r.u32("magic")
@@ -146,7 +146,7 @@ class Signature:
     s: bytes = b""
 
 
-def parse_signature(data: bytes, field: str = "evidence.signature") -> Signature:
+def parse_signature(data: object, field: str = "evidence.signature") -> Signature:
     r = _Reader(data, field)
     alg = r.u16("sigAlg")
     if alg in (ALG_RSASSA, ALG_RSAPSS):
@@ -213,7 +213,7 @@ def _scheme(r: _Reader) -> tuple[int, int]:
     return scheme, hash_alg
 
 
-def parse_public(data: bytes, field: str = "evidence.extra.ak_public") -> Public:
+def parse_public(data: object, field: str = "evidence.extra.ak_public") -> Public:
     """Unmarshal a TPM2B_PUBLIC (size-prefixed TPMT_PUBLIC) of an RSA or ECC key."""
     outer = _Reader(data, field)
     raw = outer.tpm2b("size")

@@ -173,7 +173,7 @@ class Registrar:
         self.validity = dt.timedelta(days=validity_days)
 
     @classmethod
-    def create(cls, ek_roots, name: str = "laminate registrar CA") -> "Registrar":
+    def create(cls, ek_roots, name: str = "laminate registrar CA") -> Registrar:
         """A fresh registrar CA (P-256, self-signed)."""
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])

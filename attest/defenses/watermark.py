@@ -48,7 +48,7 @@ class Watermark:
         """Trigger samples mixed into each batch: `weight` x batch size, at least one."""
         return max(1, round(self.weight * batch_size))
 
-    def sampler(self, seed: int) -> "CyclingSampler":
+    def sampler(self, seed: int) -> CyclingSampler:
         return CyclingSampler(len(self.y), seed)
 
     def accuracy(self, predict) -> float:
