@@ -27,12 +27,16 @@ ALG_ES512 = -36
 TAG_SIGN1 = 18
 HDR_ALG, HDR_CRIT, HDR_CONTENT_TYPE, HDR_KID = 1, 2, 3, 4
 
-_ECDSA_HASH: dict[int, type[hashes.HashAlgorithm]] = {ALG_ES256: hashes.SHA256, ALG_ES384: hashes.SHA384, ALG_ES512: hashes.SHA512}
+_ECDSA_HASH: dict[int, type[hashes.HashAlgorithm]] = {
+    ALG_ES256: hashes.SHA256, ALG_ES384: hashes.SHA384, ALG_ES512: hashes.SHA512}
 SUPPORTED_ALGS = (ALG_EDDSA, *_ECDSA_HASH)
 _UNDERSTOOD_HEADERS = {HDR_ALG, HDR_CRIT, HDR_CONTENT_TYPE, HDR_KID}
 
 
 class Sign1(NamedTuple):
+    """A parsed COSE_Sign1: the decoded and the raw protected header (the signature
+    covers the raw bytes), the unprotected header, payload, signature, and the alg and kid
+    read from the headers."""
     protected: dict
     protected_bytes: bytes
     unprotected: dict

@@ -22,6 +22,8 @@ PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 
 def generate_private_key(kind: str = "ed25519") -> PrivateKey:
+    """A fresh release key of ``kind`` ('ed25519' or 'p256'); any other kind
+    raises LaminateError."""
     if kind == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
     if kind == "p256":
@@ -49,6 +51,8 @@ def save_private_key(key: PrivateKey, path) -> Path:
 
 
 def load_private_key(path) -> PrivateKey:
+    """The unencrypted PEM private key at ``path``; raises LaminateError naming the
+    file when it cannot be read, is not such a key, or is not Ed25519 or P-256."""
     data = _read(path, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
@@ -74,15 +78,18 @@ def load_public_key(path_or_pem) -> PublicKey:
 
 
 def public_key_of(key) -> PublicKey:
+    """The public half of a private key; a public key is returned as it is."""
     return key.public_key() if hasattr(key, "private_bytes") else key
 
 
 def public_pem(key) -> bytes:
+    """The SubjectPublicKeyInfo PEM of a private or public key."""
     return public_key_of(key).public_bytes(serialization.Encoding.PEM,
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def spki_der(key) -> bytes:
+    """The SubjectPublicKeyInfo DER of a private or public key (what key_id hashes)."""
     return public_key_of(key).public_bytes(serialization.Encoding.DER,
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
 

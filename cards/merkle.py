@@ -18,6 +18,7 @@ _CONCAT_LIMIT = 4096
 
 
 def leaf_hash(data: bytes) -> bytes:
+    """RFC 9162 leaf hash H(0x00 || data) of one record's bytes."""
     if len(data) < _CONCAT_LIMIT:
         return _sha256(b"\x00" + data).digest()
     h = _sha256(b"\x00")
@@ -26,6 +27,7 @@ def leaf_hash(data: bytes) -> bytes:
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
+    """RFC 9162 interior node hash H(0x01 || left || right) of two 32-byte hashes."""
     return _sha256(b"\x01" + left + right).digest()
 
 
@@ -40,9 +42,11 @@ class MerkleTree:
         self.size = 0
 
     def add(self, data: bytes) -> None:
+        """Append one record (its bytes, hashed here as a leaf)."""
         self.add_leaf_hash(leaf_hash(data))
 
     def add_leaf_hash(self, h: bytes) -> None:
+        """Append a leaf already hashed with leaf_hash()."""
         stack = self._stack
         n = self.size
         while n & 1:
@@ -74,6 +78,7 @@ class MerkleTree:
         self.size = n
 
     def root(self) -> bytes:
+        """The RFC 9162 root of the records added so far (EMPTY_ROOT if none)."""
         stack = self._stack
         if not stack:
             return EMPTY_ROOT
@@ -84,6 +89,7 @@ class MerkleTree:
 
 
 def root_of(leaf_hashes: Sequence[bytes]) -> bytes:
+    """The RFC 9162 root of a list of leaf hashes (EMPTY_ROOT for none)."""
     tree = MerkleTree()
     for h in leaf_hashes:
         tree.add_leaf_hash(h)

@@ -43,6 +43,8 @@ def _section(payload, *path):
 
 
 def to_yaml(payload: dict) -> str:
+    """The payload as YAML (byte strings as hex) under a comment that it is a view,
+    with the simulated-hardware banner first when the evidence is from the simulator."""
     header = [f"# laminate property card. {VIEW_NOTE}"]
     if _simulated(payload):
         header.append(f"# {SIM_BANNER}")
@@ -159,6 +161,9 @@ def _checks(verification) -> list[dict]:
 
 
 def to_markdown(payload: dict, verification: dict | None = None) -> str:
+    """The payload as a Markdown page: the banner for simulated evidence, the
+    verification result when ``verification`` (a Result.to_dict()) is given, the claims
+    and the event log. No card value can break a table cell or inject markup."""
     name = _section(payload, "claims", "model", "name") or "model"
     lines = [f"# Property card: {_md(name)}", ""]
     if _simulated(payload):
@@ -224,6 +229,8 @@ def _html_table(rows, headers=("field", "value"), badge_column=None) -> str:
 
 
 def to_html(payload: dict, verification: dict | None = None) -> str:
+    """A standalone HTML page of the payload (and of ``verification`` when given),
+    every card value HTML-escaped; simulated evidence gets a banner at the top."""
     name = _section(payload, "claims", "model", "name") or "model"
     simulated = _simulated(payload) or bool(isinstance(verification, dict)
                                             and verification.get("simulated"))

@@ -31,6 +31,9 @@ _INPUT_BITS = 24            # float32 has a 24-bit significand: every draw is ex
 
 
 def make_parameters(trigger_count: int, classes: int, input_shape, value_range) -> dict:
+    """The generator parameters map for a trigger set, in the types the commitment
+    hashes; raises CardFormatError when a value is out of range, TypeError when a count
+    is not an integer."""
     params = {"scheme": SCHEME, "trigger_count": operator.index(trigger_count),
               "classes": operator.index(classes),
               "input_shape": [operator.index(d) for d in input_shape],
@@ -40,6 +43,9 @@ def make_parameters(trigger_count: int, classes: int, input_shape, value_range) 
 
 
 def validate_parameters(params) -> None:
+    """Raise CardFormatError, naming the field, unless ``params`` is exactly the
+    parameters map of this scheme: known keys only, integers in range, a non-empty shape,
+    and a finite range with low < high."""
     where = "watermark.parameters"
     if type(params) is not dict:
         raise CardFormatError(where, "expected a map")
@@ -118,6 +124,8 @@ class Opening:
 
     @classmethod
     def create(cls, seed: bytes, parameters: dict, salt: bytes | None = None) -> Opening:
+        """An opening of ``seed`` and ``parameters`` with a fresh random salt (or the
+        given one) and the commitment they make."""
         salt = os.urandom(SALT_BYTES) if salt is None else bytes(salt)
         return cls(bytes(seed), salt, parameters, commit(seed, salt, parameters))
 
@@ -129,15 +137,21 @@ class Opening:
         return hmac.compare_digest(ours, commitment_hex.strip().lower())
 
     def triggers(self) -> tuple[np.ndarray, np.ndarray]:
+        """The trigger inputs and labels this opening's seed generates."""
         return generate_triggers(self.seed, self.parameters)
 
     def to_json(self) -> str:
+        """The opening file's text: format tag, seed and salt as hex, parameters,
+        commitment."""
         return json.dumps({"format": OPENING_FORMAT, "seed": self.seed.hex(),
                            "salt": self.salt.hex(), "parameters": self.parameters,
                            "commitment": self.commitment}, indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "opening") -> Opening:
+        """Parse an opening file's text; raises LaminateError naming ``source`` and the
+        field when it is not JSON, has an unknown or malformed field, or its seed, salt and
+        parameters do not open its commitment."""
         try:
             doc = json.loads(text)
         except (ValueError, TypeError) as exc:
@@ -167,6 +181,8 @@ class Opening:
 
     @classmethod
     def load(cls, path) -> Opening:
+        """Read and parse the opening file at ``path``; raises LaminateError naming the
+        file when it cannot be read or is not a valid opening."""
         try:
             text = Path(path).read_text()
         except (OSError, UnicodeDecodeError) as exc:

@@ -128,6 +128,7 @@ class SequentialTest:
 
     @property
     def p0(self) -> float:
+        """The chance an independent model matches one trigger: 1 / classes."""
         return 1.0 / self.classes
 
     def adjusted_p_value(self, matches: int, queries: int) -> float:

@@ -24,6 +24,7 @@ commitment; 2 usage or input error."""
 
 
 def register(sub) -> None:
+    """Add the `ownership` subcommand to an argparse subparsers object."""
     parser = sub.add_parser(
         "ownership", help="test a suspect model for a card's watermark (labels only)",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,6 +44,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    """Run `laminate ownership` for parsed ``args``; returns the exit status (0 shown,
+    1 not shown). Input problems (unreadable card or opening, a card without a watermark, an
+    alpha outside (0, 1), an unusable suspect) raise LaminateError, which the CLI prints as
+    one line with exit 2."""
     from cards.card import open_card
     from cards.watermark import Opening
     from verifier.ownership import ownership_test

@@ -15,6 +15,7 @@ FORMATS = ("yaml", "md", "json", "html")
 
 
 def register(sub) -> None:
+    """Add the `verify` and `show` subcommands to an argparse subparsers object."""
     verify = sub.add_parser(
         "verify", help="verify a card (and the model file it describes) against a policy",
         description="Check a card's signatures, hardware evidence, measured event log, code "
@@ -60,11 +61,15 @@ def read_card_file(path) -> bytes:
 
 
 def load_policy(path):
+    """The policy file at ``path``, or the built-in default when ``path`` is empty;
+    raises LaminateError naming the file and field when the policy is unusable."""
     from verifier.policy import Policy
     return Policy.load(path) if path else Policy.default()
 
 
 def run_verify(args) -> int:
+    """Run `laminate verify` for parsed ``args``: print the result and return its
+    exit status (0 accepted, 1 a check failed); unreadable input raises LaminateError."""
     from verifier.appraise import appraise
     if args.model_sha256 is not None and not args.model_sha256.strip():
         raise LaminateError("--model-sha256: empty digest")
@@ -77,6 +82,9 @@ def run_verify(args) -> int:
 
 
 def run_show(args) -> int:
+    """Run `laminate show` for parsed ``args``: print a view of the card (with the
+    verification result when --policy is given) and return 0; a card that does not parse,
+    or --model without --policy, raises LaminateError."""
     from cards import views
     from cards.card import open_card
     if args.model and not args.policy:

@@ -34,10 +34,12 @@ class Judgement:
 
     @property
     def passed(self) -> bool:
+        """Every check of the rule ran and passed."""
         return all(self.checks.get(c, (False, ""))[0] for c in CHECKS)
 
     @property
     def won(self) -> bool:
+        """Passed and no earlier commitment outranks it."""
         return self.passed and self.outranked_by is None
 
     @property

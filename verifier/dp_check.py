@@ -82,4 +82,6 @@ def check_parameters(dp: dict) -> str | None:
 
 
 def within(claimed: float, recomputed: float, tolerance: float) -> bool:
+    """True iff ``claimed`` is within ``tolerance`` of ``recomputed``: relative to it,
+    or absolute when |recomputed| < 1."""
     return abs(claimed - recomputed) <= tolerance * max(1.0, abs(recomputed))

@@ -25,6 +25,7 @@ CERTIFICATE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidV
 
 
 class Quoted(NamedTuple):
+    """What a verified quote says, the same for every backend."""
     registers: list            # register (PCR) indices the quote covers, ascending
     register_digest: bytes     # H(concatenation of those registers' values, ascending)
     qualifying_data: bytes     # the nonce the prover bound: H(dcbor(claims))
@@ -33,6 +34,9 @@ class Quoted(NamedTuple):
 
 
 def check_evidence(evidence: dict, policy) -> tuple[list, Quoted | None]:
+    """Dispatch ``evidence`` (a card's evidence map) to its backend's verifier and
+    return (checks, Quoted or None). An unknown backend, or one this installation cannot
+    load, is a contraindicated quote_signature check, never an exception."""
     backend = evidence.get("backend")
     name = _BACKEND_MODULES.get(backend) if isinstance(backend, str) else None
     if name is None:

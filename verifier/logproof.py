@@ -96,18 +96,23 @@ def root_from_inclusion(leaf_hash: bytes, leaf_index: int, tree_size: int,
 
 @dataclass(frozen=True)
 class TreeHead:
+    """A signed tree head: the log's size and root at a time, and the service's
+    COSE_Sign1 over them."""
     tree_size: int
     root_hash: bytes
     timestamp_ms: int
     signed: bytes          # COSE_Sign1 by the service key over dcbor(payload)
 
     def to_dict(self) -> dict:
+        """JSON-ready fields: root as hex, the signed bytes as base64."""
         return {"tree_size": self.tree_size, "root_hash": self.root_hash.hex(),
                 "timestamp_ms": self.timestamp_ms,
                 "signed": base64.b64encode(self.signed).decode("ascii")}
 
 
 def sign_tree_head(tree_size: int, root_hash: bytes, private_key) -> TreeHead:
+    """Sign the head of a log of ``tree_size`` leaves with root ``root_hash``,
+    stamped with the current time, with the service's ``private_key`` (Ed25519 or P-256)."""
     stamp = int(time.time() * 1000)
     payload = {"type": TREE_HEAD_TYPE, "tree_size": tree_size, "root_hash": root_hash,
                "timestamp_ms": stamp}

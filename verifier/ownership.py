@@ -22,6 +22,7 @@ OPENING_MISMATCH = "opening does not match the commitment"
 
 @dataclass
 class OwnershipResult:
+    """The outcome of one ownership test, with the figures that justify it."""
     verdict: str          # "shown" | "not shown"
     p_value: float        # Bonferroni-adjusted over the looks (see verifier.binomial)
     queries: int
@@ -35,16 +36,21 @@ class OwnershipResult:
 
     @property
     def shown(self) -> bool:
+        """The test showed ownership at ``alpha``."""
         return self.verdict == SHOWN
 
     @property
     def exit_code(self) -> int:
+        """0 when ownership is shown, else 1 (the CLI's exit status)."""
         return 0 if self.shown else 1
 
     def to_dict(self) -> dict:
+        """Every field, for JSON."""
         return asdict(self)
 
     def to_text(self) -> str:
+        """The verdict and its reason, then the counts and p-value when the suspect
+        was queried."""
         head = "OWNERSHIP SHOWN" if self.shown else "ownership NOT shown"
         lines = [f"{head}: {self.reason}"]
         if self.queries:

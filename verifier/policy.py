@@ -30,6 +30,7 @@ _SECTION_KEYS = {"reference_values": {"code"}, "ownership": {"alpha", "min_power
 
 @dataclass(frozen=True)
 class Ownership:
+    """The ownership test's false-positive bound and the power a watermark needs."""
     alpha: float = 1e-6
     min_power: float = 0.9
 
@@ -38,16 +39,20 @@ class Ownership:
 class DPSettings:
     # Relative tolerance (absolute below epsilon 1) between the claimed epsilon and the
     # one the verifier recomputes; both run the same accountant, so only float noise.
+    """How closely a claimed epsilon must match the recomputed one."""
     epsilon_tolerance: float = 1e-3
 
 
 @dataclass(frozen=True)
 class ReferenceValues:
+    """Code identities (wrapper SHA-256 hex digests) the policy accepts."""
     code: tuple = ()
 
 
 @dataclass(frozen=True, eq=False)
 class Policy:
+    """What a verifier trusts and requires; load() reads it from YAML, default() is
+    the built-in policy (TPM evidence only, no trusted root, key or code)."""
     policy_id: str = "default"
     allow_backends: tuple = ("tpm",)
     trusted_roots: tuple = ()            # PEM bytes of trusted root certificates
@@ -60,10 +65,14 @@ class Policy:
 
     @classmethod
     def default(cls) -> Policy:
+        """The built-in policy: TPM evidence only, trusting no root, release key or code."""
         return cls()
 
     @classmethod
     def load(cls, path) -> Policy:
+        """The policy YAML at ``path``, relative paths in it taken from its folder.
+        Raises LaminateError naming the file and field when the file is missing, too large,
+        not YAML, or has an unknown key, a bad value or an unreadable certificate or key."""
         path = Path(path)
         if not path.is_file():
             raise LaminateError(f"{path}: policy file not found" if not path.exists()
@@ -162,6 +171,7 @@ class Policy:
 
     @cached_property
     def predicates(self) -> tuple:
+        """The parsed ``require`` predicates, in the order written."""
         return tuple(predicates.parse(text) for text in self.require)
 
     @cached_property

@@ -46,6 +46,7 @@ class _Missing:
 
 @dataclass(frozen=True)
 class Predicate:
+    """One parsed policy predicate: ``[func(]path[)] op value`` over the claims."""
     text: str
     func: str | None
     path: tuple
@@ -54,6 +55,7 @@ class Predicate:
 
     @functools.cached_property  # read on every appraisal, as the check's field
     def field(self) -> str:
+        """The claims path as a check's field name, e.g. ``claims.evaluation.accuracy``."""
         return "claims." + ".".join(str(p) for p in self.path)
 
     def evaluate(self, claims: dict) -> tuple[bool, str]:

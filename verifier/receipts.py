@@ -41,6 +41,7 @@ def make_receipt(private_key, tree_size: int, leaf_index: int, path: list[bytes]
 
 @dataclass(frozen=True)
 class Receipt:
+    """A parsed COSE Receipt: its header fields and the RFC 9162 inclusion proof."""
     alg: int
     kid: bytes | None
     protected_bytes: bytes
@@ -108,6 +109,8 @@ def parse_receipt(data: bytes) -> Receipt:
 
 @dataclass(frozen=True)
 class ReceiptCheck:
+    """What a verified receipt proves: the statement is leaf ``leaf_index`` of the
+    tree of ``tree_size`` leaves with root ``root_hash``."""
     tree_size: int
     leaf_index: int
     root_hash: bytes

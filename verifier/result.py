@@ -28,12 +28,14 @@ class Check(NamedTuple):
     reason: str
 
     def to_dict(self) -> dict:
+        """The check as a JSON object."""
         return {"check": self.check, "status": self.status, "field": self.field,
                 "reason": self.reason}
 
 
 @dataclass
 class Result:
+    """All checks of one appraisal; the card's status is the worst of them."""
     checks: list = field(default_factory=list)
     policy_id: str = ""
     backend: str = "unknown"
@@ -41,6 +43,7 @@ class Result:
 
     @property
     def status(self) -> str:
+        """The worst status among the checks that ran; 'none' when none ran."""
         ranked = [c.status for c in self.checks if c.status != SKIPPED]
         if not ranked:
             return "none"
@@ -48,10 +51,12 @@ class Result:
 
     @property
     def tier(self) -> int:
+        """The EAR tier of the status (0, 2, 32 or 96)."""
         return TIERS[self.status]
 
     @property
     def exit_code(self) -> int:
+        """1 when the card is contraindicated (or nothing was checked), else 0."""
         return 1 if self.status in (CONTRAINDICATED, "none") else 0
 
     def failed(self) -> list:
@@ -59,17 +64,22 @@ class Result:
         return [c for c in self.checks if c.status == CONTRAINDICATED]
 
     def get(self, name: str) -> Check | None:
+        """The check named ``name``, or None if it was not reported."""
         return next((c for c in self.checks if c.check == name), None)
 
     def to_dict(self) -> dict:
+        """Status, tier, policy, backend and every check, for JSON."""
         return {"status": self.status, "tier": self.tier, "policy_id": self.policy_id,
                 "backend": self.backend, "simulated": self.simulated,
                 "checks": [c.to_dict() for c in self.checks]}
 
     def to_json(self) -> str:
+        """to_dict() as indented JSON."""
         return json.dumps(self.to_dict(), indent=2)
 
     def to_table(self) -> str:
+        """A plain-text table, one check per line, under a status line (and the
+        simulated-hardware warning when it applies)."""
         lines = [f"card verification: {self.status.upper()} "
                  f"(backend {self.backend}, policy {self.policy_id})"]
         if self.simulated:

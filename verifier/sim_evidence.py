@@ -31,6 +31,10 @@ _REGISTER_COUNT = 24
 
 
 def check_evidence(evidence: dict, policy) -> tuple[list, Quoted | None]:
+    """Check the simulator's evidence: the certificate chain to a trusted root, then
+    the quote's P-256 signature by the certified attestation key, then the quote's fields.
+    Returns (checks, Quoted) or (checks, None) when the quote cannot be trusted; every
+    problem is a check, never an exception."""
     chain = evidence.get("cert_chain") or []
     chain_check, ak = _check_chain(chain, policy)
     checks = [chain_check]

@@ -23,7 +23,8 @@ class Suspect(Protocol):
     name: str
     batch_size: int
 
-    def predict(self, x: np.ndarray) -> np.ndarray: ...
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """One integer label per row of ``x``."""
 
 
 class OnnxSuspect:
@@ -52,6 +53,8 @@ class OnnxSuspect:
         self._input_shape = first.shape
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """The model's labels for ``x``; raises LaminateError when the triggers do not
+        fit the model's input shape, inference fails, or the output has the wrong length."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         expected = self._input_shape[1:]
         if len(expected) != x.ndim - 1 or any(
@@ -87,6 +90,9 @@ class HttpSuspect:
         self.timeout = timeout
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """The endpoint's labels for ``x``; raises LaminateError when the endpoint is
+        unreachable, answers an HTTP error, more than max_answer_bytes, or anything but
+        {"labels": [int, ...]} of the right length."""
         body = json.dumps({"inputs": np.asarray(x, dtype=np.float32).tolist()}).encode()
         request = urllib.request.Request(
             self.url, data=body, method="POST",

@@ -29,6 +29,10 @@ from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, Check
 
 
 def check_evidence(evidence: dict, policy) -> tuple[list, Quoted | None]:
+    """Check TPM evidence: the EK chain, the AK's binding to the EK, the quote's
+    signature by the AK and its magic value, its PCR selection and clock's safe flag.
+    Returns (checks, Quoted) or (checks, None) when the quote cannot be trusted;
+    malformed evidence is a check, never an exception."""
     checks: list[Check] = []
     ek_cert = _check_ek_chain(evidence.get("cert_chain"), policy, checks)
     extra = evidence.get("extra")

@@ -79,6 +79,7 @@ class _Reader:
 
 @dataclass(frozen=True)
 class PcrSelection:
+    """One TPMS_PCR_SELECTION: a hash bank and the PCR indices selected in it."""
     hash_alg: int
     pcrs: tuple[int, ...]
 
@@ -99,6 +100,7 @@ class Attest:
     pcr_digest: bytes
 
     def clock_info(self) -> dict:
+        """The TPMS_CLOCK_INFO fields under the TPM specification's names."""
         return {"clock": self.clock, "resetCount": self.reset_count,
                 "restartCount": self.restart_count, "safe": self.safe}
 
@@ -147,6 +149,8 @@ class Signature:
 
 
 def parse_signature(data: object, field: str = "evidence.signature") -> Signature:
+    """Unmarshal a TPMT_SIGNATURE (RSASSA, RSAPSS or ECDSA); raises CardFormatError
+    naming ``field`` and the member when the bytes are malformed or the scheme unknown."""
     r = _Reader(data, field)
     alg = r.u16("sigAlg")
     if alg in (ALG_RSASSA, ALG_RSAPSS):

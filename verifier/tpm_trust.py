@@ -190,6 +190,7 @@ class Registrar:
 
     @property
     def ca_pem(self) -> bytes:
+        """The registrar CA certificate as PEM: the root a policy trusts for AK certificates."""
         return self.ca_cert.public_bytes(serialization.Encoding.PEM)
 
     def challenge(self, ek_chain: list[bytes], ek_public: bytes, ak_public: bytes) -> Challenge:
