@@ -5,7 +5,7 @@ DP, joint schedule). Suspects:
   * the stolen copy: the released ONNX file, locally and behind an HTTP endpoint;
   * a degraded stolen copy whose watermark accuracy is 0.9 (each answer replaced by a
     wrong label with the probability that brings the copy's match rate to 0.9),
-    repeated over many trials: the issue's target is <= 20 queries at alpha 1e-6;
+    repeated over many trials: the target is <= 20 queries at alpha 1e-6;
   * independent models: plain MLPs trained on records the owner never used, different
     seeds: these must never be declared copies, and their empirical false-positive rate
     is reported next to the exact bound rather than trusting the null.

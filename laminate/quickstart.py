@@ -8,7 +8,7 @@ without the watermark (the claim must fail). Everything it made stays in the out
 folder, so the commands it prints at the end can be rerun by hand.
 
 The watermark uses the split schedule: DP-SGD alone destroys a trigger-set watermark
-(the seeds measure 0.97 -> 0.30 on MNIST at eps 3), which would leave the owner unable to
+(Szyller and Asokan, AAAI 2023: 0.97 -> 0.30 on MNIST at eps 3), which would leave the owner unable to
 prove anything. Adding a non-DP watermark phase after the DP phase restores it, at a
 price the card states: the epsilon bound no longer covers the released model
 (`privacy_accounting: not tight`), and the verifier warns about it.
@@ -104,7 +104,7 @@ def run(args) -> int:
           f"followed also saw real data, so that bound does not cover the released model "
           f"(privacy_accounting: {dp['privacy_accounting']})")
     print("      (the alternative, watermark triggers inside DP-SGD, keeps the bound tight but "
-          "leaves the watermark near chance: the seeds measure 0.97 -> 0.30 on MNIST)")
+          "leaves the watermark near chance: published MNIST figures fall 0.97 -> 0.30)")
 
     print("[2/4] deployer: verifying the card against policy.yaml")
     verification = _verify(out, trained, code)

@@ -1,4 +1,5 @@
-"""The one import direction of DESIGN.md, checked on the source (every import, lazy ones too)."""
+"""The one import direction of the layout (README, Layout), checked on the source
+(every import, lazy ones too)."""
 import ast
 from pathlib import Path
 

@@ -96,7 +96,7 @@ def test_curtailment_stops_exactly_when_no_continuation_can_show():
 
 
 def test_a_copy_with_accuracy_0_9_is_shown_within_20_queries():
-    # The target: <= 20 queries at alpha 1e-6 for watermark accuracy >= 0.9, C=10.
+    # The ownership test's target: <= 20 queries at alpha 1e-6 for watermark accuracy >= 0.9, C=10.
     for count in (50, 100, 200):
         assert queries_for_power(0.9, count, 10, 1e-6, target=0.9) <= 20
         assert SequentialTest.create(count, 10, 1e-6).shown_by(0.9, 20)[-1] > 0.99

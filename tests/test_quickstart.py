@@ -39,7 +39,7 @@ def test_quickstart_runs_and_leaves_what_it_promises(quickstart):
     assert "OWNERSHIP SHOWN" in run.stdout and "ownership NOT shown" in run.stdout
     assert "not tight" in run.stdout
     assert "SIMULATED HARDWARE" in (out / "card.md").read_text().upper()
-    # The budget is 2 minutes on 2 cores; leave room for a busy test machine.
+    # The quickstart's budget is 2 minutes on 2 cores; leave room for a busy test machine.
     assert seconds < 240, f"quickstart took {seconds:.0f} s"
 
 

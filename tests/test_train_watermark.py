@@ -1,6 +1,6 @@
 """Watermark: seed and salt come from the attestation module, the card gets only the
 commitment, the opening regenerates exactly the trained triggers, and the schedules
-behave as the seeds report (joint+DP loses the watermark, split keeps it)."""
+behave as published (joint+DP loses the watermark, split keeps it)."""
 import numpy as np
 import pytest
 import torch
