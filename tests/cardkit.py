@@ -6,6 +6,7 @@ that trusts exactly this kit. `forge` then changes one thing at a time the way a
 attacker could: edit claims or log events, re-quote with the device it controls, re-sign
 with the release key (or another key), or leave a stale signature in place.
 """
+import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,12 @@ def save_onnx_classifier(path, nodes, inits, *, input_shape, classes, name) -> P
     return Path(path)
 
 
+# A start the wrapper drew itself (the kit's model is not trained, so the digests are labels).
+START = {"kind": "random", "seed": hashlib.sha256(b"kit-seed").hexdigest(),
+         "init": "torch.nn.Module.reset_parameters (kit)",
+         "sha256": hashlib.sha256(b"kit-weights").hexdigest()}
+
+
 def fake_records(count, *, seed):
     rng = np.random.default_rng(seed)
     for i in range(count):
@@ -116,14 +123,14 @@ def dp_claim(**overrides) -> dict:
     claim = {"mechanism": "dp-sgd", **params, "accountant": "rdp",
              "epsilon": rdp_epsilon(params["noise_multiplier"], params["sample_rate"],
                                     params["steps"], params["delta"]),
-             "privacy_accounting": "tight", "note": ""}
+             "privacy_accounting": "tight", "non_dp_records": 0, "note": ""}
     claim.update(overrides)
     return claim
 
 
 def make_card(tmp_path, *, backend="sim", key_kind="ed25519", tcti=None, dp=True,
               watermark_claim=True, evaluation=None, config=None, entry_point=None,
-              policy=None, **forgery) -> CardKit:
+              policy=None, start=None, **forgery) -> CardKit:
     """Seal an honest card in tmp_path; any `forge` keyword then forges it.
 
     dp / watermark_claim: True for the kit's defaults, None for no defence, a dict of
@@ -148,6 +155,7 @@ def make_card(tmp_path, *, backend="sim", key_kind="ed25519", tcti=None, dp=True
         "kit-train", fake_records(TRAIN_RECORDS, seed=1), CLASSES))
     session.measure_dataset("test", measure.dataset_claim(
         "kit-test", fake_records(TEST_RECORDS, seed=2), CLASSES))
+    session.measure_start(start or START)
     session.measure_dp(None if dp is None else dp_claim(**(dp if isinstance(dp, dict) else {})))
     opening = None
     opening_path = tmp_path / "watermark.opening.json"

@@ -15,11 +15,11 @@ from attest.session import AttestedSession
 from cards import card as cardlib
 from cards import keys, schema
 from cards.errors import LaminateError
-from cardkit import CLASSES, EVALUATION, dp_claim, fake_records, forge, make_card, \
+from cardkit import CLASSES, EVALUATION, START, dp_claim, fake_records, forge, make_card, \
     make_onnx_model, quote_info
 
 TABLE = [("code", 16), ("config", 23), ("dataset.train", 23), ("dataset.test", 23),
-         ("defense.dp", 23), ("defense.watermark", 23), ("evaluation", 23), ("model", 23)]
+         ("start", 23), ("defense.dp", 23), ("defense.watermark", 23), ("evaluation", 23), ("model", 23)]
 WATERMARK = {"scheme": "laminate-trigger-v1", "commitment": "ab" * 32, "trigger_count": 50,
              "classes": CLASSES, "schedule": "joint"}
 
@@ -39,6 +39,7 @@ def measured_session(tmp_path, *, dp=True, watermark=True, backend=None):
     session.measure_config(measure.config_claim({"epochs": 2, "lr": 0.5}))
     session.measure_dataset("train", measure.dataset_claim("tr", fake_records(12, seed=1), CLASSES))
     session.measure_dataset("test", measure.dataset_claim("te", fake_records(6, seed=2), CLASSES))
+    session.measure_start(START)
     session.measure_dp(dp_claim() if dp else None)
     session.measure_watermark(WATERMARK if watermark else None)
     session.measure_evaluation({**EVALUATION, "test_records": 6})
@@ -88,6 +89,7 @@ def test_optional_defences_may_be_skipped(tmp_path):
     session.measure_config(measure.config_claim({}))
     session.measure_dataset("train", measure.dataset_claim("a", fake_records(3, seed=0), CLASSES))
     session.measure_dataset("test", measure.dataset_claim("b", fake_records(3, seed=0), CLASSES))
+    session.measure_start(START)
     session.measure_evaluation({**EVALUATION, "watermark_accuracy": None})
     with pytest.raises(LaminateError, match="defense.dp measured twice or after evaluation"):
         session.measure_dp(dp_claim())
