@@ -26,13 +26,18 @@ CLASSES = 10
 TRAIN_RECORDS = 60
 TEST_RECORDS = 30
 
-DP_DEFAULTS = {"noise_multiplier": 1.1, "max_grad_norm": 1.0, "sample_rate": 0.01,
-               "steps": 1000, "delta": 1e-5}
+# The DP schedule the wrapper derives for CONFIG (16 epochs of 60 records, batches of 1):
+# Poisson sampling at rate 1/60, 960 steps (verifier.dp_check.expected_schedule).
+DP_DEFAULTS = {"noise_multiplier": 1.1, "max_grad_norm": 1.0, "sample_rate": 1.0 / 60,
+               "steps": 960, "delta": 1e-5}
 EVALUATION = {"accuracy": 0.93, "per_class_accuracy": [0.9, 0.95, 0.92, 0.94, 0.91, 0.96,
                                                        0.93, 0.9, 0.94, 0.95],
               "test_records": TEST_RECORDS, "watermark_accuracy": 0.97}
-CONFIG = {"dataset": "kit-digits", "model": "mlp", "hidden": [32], "epochs": 5,
-          "batch_size": 32, "lr": 0.1, "seed": 0, "dp": {"enabled": True, **DP_DEFAULTS},
+CONFIG = {"name": "kit-model", "dataset": {"name": "kit-digits"},
+          "model": {"arch": "mlp", "hidden": [32]},
+          "training": {"epochs": 16, "batch_size": 1, "lr": 0.1, "seed": 0},
+          "dp": {"enabled": True, "target_epsilon": None, "noise_multiplier": 1.1,
+                 "max_grad_norm": 1.0, "delta": 1e-5},
           "watermark": {"enabled": True, "trigger_count": 100, "schedule": "joint"}}
 WATERMARK_TRIGGERS = 100
 
@@ -129,10 +134,11 @@ def dp_claim(**overrides) -> dict:
 
 
 def make_card(tmp_path, *, backend="sim", key_kind="ed25519", tcti=None, dp=True,
-              watermark_claim=True, evaluation=None, config=None, entry_point=None,
+              watermark_claim=True, evaluation=None, config=None, entry_point=Path(__file__),
               policy=None, start=None, **forgery) -> CardKit:
     """Seal an honest card in tmp_path; any `forge` keyword then forges it.
 
+    entry_point: the script measured as the entry point (None: the card says none).
     dp / watermark_claim: True for the kit's defaults, None for no defence, a dict of
     fields to override (dp epsilon is recomputed from the parameters unless given).
     evaluation: fields merged into the default evaluation. policy: keys merged into the

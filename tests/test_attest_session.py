@@ -171,7 +171,7 @@ def test_cardkit_builds_a_complete_card_and_policy(tmp_path):
     kit = make_card(tmp_path)
     card = cardlib.open_card(kit.card_path.read_bytes())
     assert card.claims == kit.claims and card.evidence == kit.evidence
-    assert card.claims["defenses"]["dp"]["epsilon"] == pytest.approx(1.7117700912, rel=1e-6)
+    assert card.claims["defenses"]["dp"]["epsilon"] == pytest.approx(2.8825982388, rel=1e-6)
     assert card.claims["defenses"]["watermark"]["commitment"] == kit.opening.commitment
     assert card.claims["model"]["sha256"] == measure.file_sha256(kit.model_path)
     assert card.claims["training"]["code"]["wrapper_sha256"] == kit.code_sha256
