@@ -55,12 +55,13 @@ def measure(session, model: torch.nn.Module, *, kind: str, parent_card, example,
         random_init(model, seed)
         return {"kind": "random", "seed": seed.hex(), "init": f"{INIT} (torch {torch.__version__})",
                 "sha256": state_dict_sha256(model.state_dict())}
-    path = Path(work_dir) / "start.onnx"
+    path, mode = Path(work_dir) / "start.onnx", model.training
     try:
-        export.export_onnx(model, example, path)
+        export.export_onnx(model, example, path)      # puts the model in eval mode
         model_sha256 = file_sha256(path)
     finally:
         path.unlink(missing_ok=True)
+        model.train(mode)
     claim = {"kind": kind, "model_sha256": model_sha256,
              "sha256": state_dict_sha256(model.state_dict())}
     if kind == "parent":
