@@ -237,3 +237,11 @@ def ground_seed(suspect, parameters: dict, card_bytes: bytes, tries: int,
                  f"{parameters['trigger_count']} matches) on someone else's card",
                  card_bytes, fresh_opening(parameters, rand, best))
 
+
+def laundering(card_bytes: bytes, opening) -> Claim:
+    """The laundering thief: loads the victim's weights and "trains" them through the
+    wrapper at lr 1e-300, so its genuine card names the victim's exact file; it registers
+    that card before the owner does and claims the victim's model. Its card's start is
+    external with the victim model's digest, which the dispute rule's start check refuses."""
+    return Claim("laundering", "victim's weights 'trained' at lr 1e-300 through the wrapper "
+                 "(byte-identical file), card registered before the owner's", card_bytes, opening)
