@@ -29,7 +29,10 @@ Keys:
       batch_size: int              (default 64; the expected batch size under DP)
       lr: float                    learning rate (default 0.05)
       optimizer: sgd | adam        (default sgd)
-      seed: int                    torch/numpy seed: same seed, same model (default 0)
+      seed: int                    data order and DP noise (default 0); the initial weights
+                                   of a `random` start come from the attestation module, so
+                                   the same seed and the same session randomness (the card
+                                   records the start seed) give the same model
     dp:
       enabled: bool                DP-SGD through Opacus, RDP accountant (default false)
       target_epsilon: float|null   calibrate the noise to reach this epsilon after `epochs`

@@ -29,7 +29,8 @@ def error_of(tmp_path, data) -> str:
 def test_minimal_config_gets_every_default(tmp_path):
     config = load_config(write(tmp_path, {"dataset": {"name": "digits"}}))
     assert config["training"] == {"epochs": 10, "batch_size": 64, "lr": 0.05, "optimizer": "sgd", "seed": 0}
-    assert config["model"] == {"arch": "mlp", "hidden": [64]}
+    assert config["model"] == {"arch": "mlp", "hidden": [64], "weights": None, "parent_card": None}
+    assert config.start() == {"kind": "random", "weights": None, "parent_card": None}
     assert config["dp"]["enabled"] is False and config["dp"]["delta"] == 1e-5
     assert config["watermark"]["trigger_count"] == 100 and config["watermark"]["schedule"] == "joint"
     assert config["attestation"]["backend"] == "sim"
