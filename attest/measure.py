@@ -190,7 +190,9 @@ def code_claim(entry_point=None) -> dict:
             shown = path.name
         entry = {"path": shown, "sha256": file_sha256(path)}
     return {"wrapper_sha256": hashlib.sha256(cbor.dumps(files)).hexdigest(),
-            "wrapper_files": files, "entry_point": entry, "libraries": library_claim()}
+            "wrapper_files": files, "entry_point": entry,
+            "libraries": {name: dict(lib, modified=list(lib["modified"]))
+                          for name, lib in library_claim().items()}}   # a copy of the cache
 
 
 def state_dict_sha256(state: dict) -> str:
