@@ -43,13 +43,18 @@ def random_init(model: torch.nn.Module, seed: bytes) -> None:
                             "initialiser; pass the weights as an external start instead")
 
 
-def measure(session, model: torch.nn.Module, *, kind: str, parent_card, example,
-            work_dir: Path) -> dict:
-    """Initialise (kind `random`) or digest (`parent`, `external`) the weights; the claim."""
+def check(kind, parent_card) -> None:
+    """Refuse a start the caller got wrong, before anything is measured."""
     if kind not in KINDS:
         raise LaminateError(f"start: expected one of {', '.join(KINDS)}, got {kind!r}")
     if (kind == "parent") != (parent_card is not None):
         raise LaminateError("start: a parent start needs the parent's card, and only it")
+
+
+def measure(session, model: torch.nn.Module, *, kind: str, parent_card, example,
+            work_dir: Path) -> dict:
+    """Initialise (kind `random`) or digest (`parent`, `external`) the weights; the claim."""
+    check(kind, parent_card)
     if kind == "random":
         seed = session.random(SEED_BYTES)
         random_init(model, seed)

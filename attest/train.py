@@ -261,6 +261,7 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
                             f"test inputs are {list(test_set.input_shape)}")
     entry_point = main_script() if entry_point is None else entry_point
     start = start or ("parent" if parent_card is not None else "external")
+    start_mod.check(start, parent_card)
     if entry_point is not None and not Path(entry_point).is_file():
         raise LaminateError(f"entry_point: file not found: {entry_point}")
     signing_key = _release_key(release_key, config)
@@ -285,6 +286,9 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
         start_claim = start_mod.measure(session, model, kind=start, parent_card=parent_card,
                                         example=test_set.x, work_dir=out_dir)
         session.measure_start(start_claim)
+        progress(f"initial weights: {start_claim['kind']}"
+                 + ("" if start_claim["kind"] == "random" else
+                    f" (handed in, state_dict sha256 {start_claim['sha256'][:16]}...)"))
 
         torch.manual_seed(config["training"]["seed"])     # init order, DP noise; numpy RNGs are local
         mark = None

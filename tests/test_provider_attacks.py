@@ -291,3 +291,16 @@ def test_config_weights_file_is_an_external_start(tmp_path):
     assert result.claims["start"]["kind"] == "external"
     assert result.claims["start"]["sha256"] == state_dict_sha256(model.state_dict())
     assert "weights" not in result.claims["training"]["config"]["model"]   # host-local path
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"start": "pretrained"}, "start: expected one of random, parent, external"),
+    ({"start": "random", "parent_card": b"card"}, "a parent start needs the parent's card, and only it"),
+    ({"start": "parent"}, "a parent start needs the parent's card, and only it"),
+])
+def test_a_bad_start_is_refused_before_anything_is_measured(env, kwargs, message):
+    from cards.errors import LaminateError
+
+    with pytest.raises(LaminateError, match=message):
+        train(_fresh(), *env["data"], _config(), out_dir=env["base"] / "bad", release_key=env["key"],
+              progress=lambda line: pytest.fail(line), **kwargs)
