@@ -82,12 +82,16 @@ def measure(session, model: torch.nn.Module, *, kind: str, parent_card, example,
 
 def load_weights(model: torch.nn.Module, path) -> None:
     """Load a state_dict file (tensors only: no pickled code runs) into `model`."""
+    import pickle
+
     try:
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, AttributeError, EOFError,
+            pickle.UnpicklingError) as exc:
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise LaminateError(f"{path}: model.weights: not a state_dict for this model ({first})") from None
+        raise LaminateError(f"{path}: model.weights: not a state_dict for this model "
+                            f"({type(exc).__name__}: {first})") from None
 
 
 def _read(path) -> bytes:
