@@ -260,3 +260,18 @@ def test_policy_defaults_accept_every_start_and_bound_the_non_dp_phase():
     p = Policy.from_mapping({"policy_id": "p"})
     assert p.require_start == ("random", "parent", "external") and not p.require_entry_point
     assert p.dp.max_delta is None and p.dp.max_non_dp_records == 100 and not p.dp.require_tight
+
+
+def test_views_say_an_external_start_and_a_missing_entry_point_plainly(tmp_path):
+    kit = cardkit.make_card(tmp_path, start=EXTERNAL, entry_point=None,
+                            dp={"privacy_accounting": "not tight"})
+    text_md = (tmp_path / "card" / "card.md").read_text()
+    text_yaml = (tmp_path / "card" / "card.yaml").read_text()
+    assert "EXTERNAL weights handed in: the card does not say how they were made" in text_md
+    assert "none (no script measured)" in text_md
+    assert "# initial weights: external: EXTERNAL weights handed in" in text_yaml
+    assert "# entry point: none (no script measured)" in text_yaml
+    honest = cardkit.make_card(tmp_path / "honest")
+    text_yaml = (tmp_path / "honest" / "card" / "card.yaml").read_text()
+    assert "# initial weights: random: drawn by the wrapper" in text_yaml
+    assert "# entry point: none" not in text_yaml
