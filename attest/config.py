@@ -19,12 +19,20 @@ Keys:
     model:
       arch: mlp | cnn              (default mlp; cnn needs image-shaped inputs)
       hidden: int | [int]          hidden layer widths (default [64])
+      weights: str | null          a torch state_dict file to start from, measured by digest
+                                   as an `external` start (default null: the wrapper draws
+                                   the initial weights from the attestation module, `random`)
+      parent_card: str | null      the card of the released model `weights` holds: a `parent`
+                                   start (lineage); its model digest must match the weights
     training:
       epochs: int                  epochs on real data; the DP phase under `split` (default 10)
       batch_size: int              (default 64; the expected batch size under DP)
       lr: float                    learning rate (default 0.05)
       optimizer: sgd | adam        (default sgd)
-      seed: int                    torch/numpy seed: same seed, same model (default 0)
+      seed: int                    data order and DP noise (default 0); the initial weights
+                                   of a `random` start come from the attestation module, so
+                                   the same seed and the same session randomness (the card
+                                   records the start seed) give the same model
     dp:
       enabled: bool                DP-SGD through Opacus, RDP accountant (default false)
       target_epsilon: float|null   calibrate the noise to reach this epsilon after `epochs`
@@ -49,8 +57,9 @@ Keys:
                                    (default, created on first use: $LAMINATE_HOME/release-ed25519.pem, else
                                    ~/.local/share/laminate/release-ed25519.pem)
 
-`release_key`, `attestation.sim_dir`, `attestation.tpm` and `attestation.tpm_pcrs` are
-host-local settings, not properties of the training, so they are left out of the measured
+`release_key`, `model.weights`, `model.parent_card`, `attestation.sim_dir`,
+`attestation.tpm` and `attestation.tpm_pcrs` are host-local settings (the card's `start`
+measures the weights themselves), not properties of the training, so they are left out of the measured
 config (the card's TPM evidence records the PCR mapping it quoted).
 """
 from __future__ import annotations
@@ -95,6 +104,8 @@ _SCHEMA = {
     "model": {
         "arch": (("choice", ("mlp", "cnn")), "mlp"),
         "hidden": ("hidden", [64]),
+        "weights": ("str?", None),
+        "parent_card": ("str?", None),
     },
     "training": {
         "epochs": ("int", 10),
@@ -181,6 +192,7 @@ class TrainConfig:
         """The config as the card records it: resolved, minus host-local locations."""
         out = copy.deepcopy(self.data)
         out.pop("release_key")
+        out["model"] = {k: v for k, v in out["model"].items() if k not in ("weights", "parent_card")}
         out["attestation"] = {"backend": out["attestation"]["backend"]}
         return out
 
@@ -191,6 +203,19 @@ class TrainConfig:
             return None
         path = Path(name).expanduser()
         return path if path.is_absolute() else self.base_dir / path
+
+    def _local(self, value) -> Path | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    def start(self) -> dict:
+        """{kind, weights, parent_card}: what attest.start measures for this config."""
+        model = self.data["model"]
+        weights, parent = self._local(model["weights"]), self._local(model["parent_card"])
+        kind = "random" if weights is None else "parent" if parent is not None else "external"
+        return {"kind": kind, "weights": weights, "parent_card": parent}
 
     def release_key_path(self) -> Path:
         if self.data["release_key"]:
@@ -319,6 +344,12 @@ def _check_values(c: dict) -> None:
 def _check_files(config: TrainConfig, *, data_given: bool) -> None:
     if config["release_key"] and not config.release_key_path().is_file():
         _fail("release_key", f"file not found: {config.release_key_path()} (leave it out to use the default key)")
+    start = config.start()
+    if start["parent_card"] is not None and start["weights"] is None:
+        _fail("model.parent_card", "a parent card needs model.weights (the parent's weights)")
+    for key in ("weights", "parent_card"):
+        if start[key] is not None and not start[key].is_file():
+            _fail(f"model.{key}", f"file not found: {start[key]}")
     path = config.dataset_path()
     if path is None or data_given:
         return

@@ -5,9 +5,15 @@ wrapper's own files, the exported model bytes), never from what the user says th
 Record bytes and the Merkle root follow FORMAT.md so a verifier can later check a single
 record's membership against the card.
 """
+import base64
+import csv
+import functools
 import hashlib
 import importlib
+import importlib.metadata
+import io
 import operator
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +23,9 @@ from cards.errors import LaminateError
 from cards.merkle import MerkleTree
 
 WRAPPER_PACKAGES = ("attest", "cards", "enclave_sim")
+# The libraries the claims depend on: training and DP noise, export, evaluation, arrays.
+LIBRARIES = ("torch", "opacus", "onnx", "onnxruntime", "numpy")
+MAX_MODIFIED_LISTED = 16
 _CHUNK = 1 << 20
 
 
@@ -123,9 +132,54 @@ def wrapper_files() -> dict:
     return dict(sorted(files.items()))
 
 
+def _record_mismatches(dist, record: str) -> list:
+    """The .py files RECORD lists whose bytes on disk no longer match their listed hash
+    (an installed library patched on disk); compiled files are left to RECORD's digest."""
+    modified = []
+    for row in csv.reader(io.StringIO(record)):
+        if len(row) < 2 or not row[0].endswith(".py") or not row[1].startswith("sha256="):
+            continue
+        try:
+            data = Path(dist.locate_file(row[0])).read_bytes()
+        except OSError:
+            modified.append(row[0])
+            continue
+        got = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        if got != row[1][len("sha256="):]:
+            modified.append(row[0])
+    return sorted(modified)
+
+
+@functools.lru_cache(maxsize=1)
+def library_claim() -> dict:
+    """{name: {version, record_sha256, modified}} of the installed libraries the claims
+    depend on: RECORD's digest pins every file the installer wrote, and `modified` lists
+    (up to 16) Python files that differ from RECORD now. Absent libraries are left out.
+    Cached per process: a library patched after this process imported it is not seen
+    anyway (the card's entry point is what shows an in-process patch)."""
+    out = {}
+    for name in LIBRARIES:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        record = dist.read_text("RECORD")
+        out[name] = {"version": dist.version,
+                     "record_sha256": hashlib.sha256(record.encode()).hexdigest() if record else None,
+                     "modified": _record_mismatches(dist, record or "")[:MAX_MODIFIED_LISTED]}
+    return out
+
+
+def main_script():
+    """The script this process was started with, if it is a file (None in a REPL)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return Path(path) if path and Path(path).is_file() else None
+
+
 def code_claim(entry_point=None) -> dict:
     """Code identity: the digest policies pin is over the wrapper files only, so the same
-    laminate release has the same identity whatever script drives it."""
+    laminate release has the same identity whatever script drives it; the entry point
+    and the libraries are measured beside it, for policies that pin them too."""
     files = wrapper_files()
     entry = None
     if entry_point is not None:
@@ -136,7 +190,26 @@ def code_claim(entry_point=None) -> dict:
             shown = path.name
         entry = {"path": shown, "sha256": file_sha256(path)}
     return {"wrapper_sha256": hashlib.sha256(cbor.dumps(files)).hexdigest(),
-            "wrapper_files": files, "entry_point": entry}
+            "wrapper_files": files, "entry_point": entry,
+            "libraries": {name: dict(lib, modified=list(lib["modified"]))
+                          for name, lib in library_claim().items()}}   # a copy of the cache
+
+
+def state_dict_sha256(state: dict) -> str:
+    """H(dcbor([[name, dtype, shape, little-endian bytes], ...])) over a torch state_dict
+    in its own order: the canonical digest of a set of weights, streamed per tensor."""
+    digest = hashlib.sha256(_cbor_head(4, len(state)))
+    for name, tensor in state.items():
+        try:
+            array = np.asarray(tensor.detach().cpu().numpy())
+        except (AttributeError, TypeError, RuntimeError) as exc:
+            raise LaminateError(f"start: cannot read tensor {name!r} ({exc})") from None
+        array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        digest.update(b"\x84" + cbor.dumps(str(name)) + cbor.dumps(array.dtype.name)
+                      + cbor.dumps([int(d) for d in array.shape])
+                      + _cbor_head(2, array.nbytes))
+        digest.update(array)
+    return digest.hexdigest()
 
 
 def _value_info(value, path) -> dict:

@@ -90,6 +90,10 @@ class AttestedSession:
             raise LaminateError(f"attested session: dataset split must be train or test, got {split!r}")
         self._measure(f"dataset.{split}", claim)
 
+    def measure_start(self, claim: dict) -> None:
+        """Where the initial weights came from (attest.start), before any training."""
+        self._measure("start", claim)
+
     def measure_dp(self, claim) -> None:
         """None records that training used no DP (the claim section is null, no event)."""
         self._measure("defense.dp", claim)
@@ -113,6 +117,7 @@ class AttestedSession:
         return {
             "model": s["model"],
             "dataset": {"train": s["dataset.train"], "test": s["dataset.test"]},
+            "start": s["start"],
             "training": {
                 "config": config["config"],
                 "config_sha256": config["config_sha256"],

@@ -229,7 +229,8 @@ class _Stats:
 
 
 def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=None,
-          release_key=None, entry_point=None, progress=None) -> TrainResult:
+          release_key=None, entry_point=None, progress=None, start=None,
+          parent_card=None) -> TrainResult:
     """Train `model` on `train_data` through the attested wrapper and seal a card in `out_dir`.
 
     `train_data`/`test_data`: a torch `Dataset` of (input, label), an (x, y) pair of
@@ -237,10 +238,14 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
     `dataset.name` is then just the label the card shows). `backend`: an open
     attestation backend (default: the config's). `release_key`: a private key or PEM
     path (default: the config's).
-    `entry_point`: the user's training script, measured into the code identity (pass
-    `__file__`). `progress`: a callable taking one line per epoch (default: print).
+    `entry_point`: the user's training script, measured into the code identity (default:
+    the script this process runs; none in a REPL). `progress`: a callable taking one
+    line per epoch (default: print). `start` (attest.start): "random" re-draws every
+    weight from the session's randomness; "external" (the default) measures the weights
+    handed in by digest; `parent_card` (card bytes or path) makes it a "parent" start.
     """
-    from attest.measure import code_claim, config_claim, dataset_claim, model_claim
+    from attest import start as start_mod
+    from attest.measure import code_claim, config_claim, dataset_claim, main_script, model_claim
     from attest.session import AttestedSession, make_out_dir
 
     config = config if isinstance(config, TrainConfig) else from_dict(config, data_given=True)
@@ -254,6 +259,9 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
     if train_set.input_shape != test_set.input_shape:
         raise LaminateError(f"dataset: train inputs are {list(train_set.input_shape)}, "
                             f"test inputs are {list(test_set.input_shape)}")
+    entry_point = main_script() if entry_point is None else entry_point
+    start = start or ("parent" if parent_card is not None else "external")
+    start_mod.check(start, parent_card)
     if entry_point is not None and not Path(entry_point).is_file():
         raise LaminateError(f"entry_point: file not found: {entry_point}")
     signing_key = _release_key(release_key, config)
@@ -275,6 +283,12 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
         session.measure_dataset("test", dataset_claim(test_set.name, test_set.records(), classes))
         progress(f"measured: code, config, train split ({len(train_set)} records), "
                  f"test split ({len(test_set)} records) on the {backend.name} backend")
+        start_claim = start_mod.measure(session, model, kind=start, parent_card=parent_card,
+                                        example=test_set.x, work_dir=out_dir)
+        session.measure_start(start_claim)
+        progress(f"initial weights: {start_claim['kind']}"
+                 + ("" if start_claim["kind"] == "random" else
+                    f" (handed in, state_dict sha256 {start_claim['sha256'][:16]}...)"))
 
         torch.manual_seed(config["training"]["seed"])     # init order, DP noise; numpy RNGs are local
         mark = None
@@ -294,8 +308,10 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
 
             split = bool(mark and mark.schedule == "split")
             note = dp_note(opacus_version=opacus.__version__, watermark=mark.schedule if mark else None,
-                           split_records=trainer.split_records, split_epochs=mark.split_epochs if split else 0)
-            dp_claim = trainer.dp.claim(tight=not split, note=note)
+                           split_records=trainer.split_records, split_epochs=mark.split_epochs if split else 0,
+                           start=start_claim["kind"])
+            dp_claim = trainer.dp.claim(tight=not split and start_claim["kind"] == "random", note=note,
+                                        non_dp_records=trainer.split_records)
         session.measure_dp(dp_claim)
         session.measure_watermark(mark.claim() if mark else None)
 
@@ -338,5 +354,11 @@ def train_from_config(config_path, out_dir, *, progress=None, **overrides) -> Tr
 
     torch.manual_seed(config["training"]["seed"])
     model = build(config["model"]["arch"], full.input_shape, full.classes, config["model"]["hidden"])
-    return train(model, train_set, test_set, config, out_dir=out_dir, progress=progress, **passthrough)
+    start = config.start()
+    if start["weights"] is not None:
+        from attest.start import load_weights
+
+        load_weights(model, start["weights"])
+    return train(model, train_set, test_set, config, out_dir=out_dir, progress=progress,
+                 start=start["kind"], parent_card=start["parent_card"], **passthrough)
 

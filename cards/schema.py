@@ -454,15 +454,42 @@ _dataset = record({
     "schema": record({"features": array_of(integer(1)), "dtype": non_empty_text,
                       "classes": integer(1)}),
     "label_histogram": array_of(integer()), "merkle_root": hex_digest})
+_library = record({"version": text, "record_sha256": nullable(hex_digest),
+                   "modified": array_of(text)})
 _code = record({
     "wrapper_sha256": hex_digest, "wrapper_files": map_of(hex_digest),
-    "entry_point": nullable(record({"path": text, "sha256": hex_digest}))})
+    "entry_point": nullable(record({"path": text, "sha256": hex_digest})),
+    "libraries": map_of(_library)})
+# Where the initial weights came from: the wrapper's own draw, a parent card, or a digest.
+_STARTS = {
+    "random": record({"kind": one_of("random"), "seed": hex_digest, "init": text,
+                      "sha256": hex_digest}),
+    "parent": record({"kind": one_of("parent"), "card_sha256": hex_digest,
+                      "model_sha256": hex_digest, "sha256": hex_digest}),
+    "external": record({"kind": one_of("external"), "model_sha256": hex_digest,
+                        "sha256": hex_digest}),
+}
+
+
+def start(value, settled):
+    """A start claim: the record its ``kind`` names."""
+    kind = value.get("kind") if type(value) is dict else None
+    if type(kind) is not str or kind not in _STARTS:
+        if type(value) is not dict:
+            _fail(f"expected a map, got {_type_name(value)}")
+        error = _Invalid("missing" if "kind" not in value else
+                         f"expected one of {', '.join(map(repr, _STARTS))}, got {kind!r}"[:200])
+        error.trail.append("kind")
+        raise error
+    return _STARTS[kind](value, settled)
+
 DP_CLAIM = record({
     "mechanism": one_of("dp-sgd"), "noise_multiplier": number(0.0),
     "max_grad_norm": number(0.0), "sample_rate": number(0.0, 1.0), "steps": integer(),
     "delta": number(0.0, 1.0), "accountant": one_of("rdp"),
     "epsilon": number(0.0, allow_infinity=True),
-    "privacy_accounting": one_of("tight", "not tight"), "note": text})
+    "privacy_accounting": one_of("tight", "not tight"), "non_dp_records": integer(),
+    "note": text})
 WATERMARK_CLAIM = record({
     "scheme": one_of("laminate-trigger-v1"), "commitment": hex_digest,
     "trigger_count": integer(1), "classes": integer(2), "schedule": one_of("joint", "split")})
@@ -472,6 +499,7 @@ CLAIMS = record({
         "parameters": integer(), "opset": integer(1), "inputs": array_of(_tensor, 1),
         "outputs": array_of(_tensor, 1)}),
     "dataset": record({"train": _dataset, "test": _dataset}),
+    "start": start,
     "training": record({
         "config": map_of(plain), "config_sha256": hex_digest, "code": _code,
         "framework": map_of(text)}),
@@ -580,6 +608,7 @@ EVENT_CLAIMS: dict[str, EventClaim] = {e.type: e for e in (
                           "config_sha256": c["training"]["config_sha256"]}),
     EventClaim("dataset.train", 23, "claims.dataset.train", lambda c: c["dataset"]["train"]),
     EventClaim("dataset.test", 23, "claims.dataset.test", lambda c: c["dataset"]["test"]),
+    EventClaim("start", 23, "claims.start", lambda c: c["start"]),
     EventClaim("defense.dp", 23, "claims.defenses.dp", lambda c: c["defenses"]["dp"], True),
     EventClaim("defense.watermark", 23, "claims.defenses.watermark",
                lambda c: c["defenses"]["watermark"], True),

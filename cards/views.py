@@ -48,6 +48,12 @@ def to_yaml(payload: dict) -> str:
     header = [f"# laminate property card. {VIEW_NOTE}"]
     if _simulated(payload):
         header.append(f"# {SIM_BANNER}")
+    start = _section(payload, "claims", "start")
+    if isinstance(start, dict) and start.get("kind") in _START_WORDS:
+        header.append(f"# initial weights: {start['kind']}: {_START_WORDS[start['kind']]}")
+    code = _section(payload, "claims", "training", "code")
+    if isinstance(code, dict) and code.get("entry_point") is None:
+        header.append("# entry point: none (no script measured)")
     body = yaml.safe_dump(_readable(payload), sort_keys=False, allow_unicode=True, width=100)
     return "\n".join(header) + "\n" + body
 
@@ -86,6 +92,22 @@ def _table(rows, headers=("field", "value")) -> list[str]:
     return lines + [""]
 
 
+_START_WORDS = {
+    "random": "drawn by the wrapper from the attestation module's randomness",
+    "parent": "a released model with a card (fine-tune, lineage)",
+    "external": "EXTERNAL weights handed in: the card does not say how they were made",
+}
+
+
+def _start_rows(start: dict) -> list:
+    kind = start.get("kind")
+    rows = [("kind", f"{kind}: {_START_WORDS.get(str(kind), 'unknown')}")]
+    for key in ("seed", "init", "card_sha256", "model_sha256", "sha256"):
+        if key in start:
+            rows.append((key.replace("_", " "), start[key]))
+    return rows
+
+
 def _card_rows(payload: dict) -> list[tuple[str, list]]:
     """(section title, [(field, value)]) for the sections a reader cares about."""
     claims = _section(payload, "claims") or {}
@@ -109,11 +131,16 @@ def _card_rows(payload: dict) -> list[tuple[str, list]]:
             ("classes", schema_.get("classes")), ("label histogram", data.get("label_histogram")),
             ("Merkle root", data.get("merkle_root"))]))
     entry = code.get("entry_point") or {}
+    sections.append(("Start (initial weights)", _start_rows(claims.get("start") or {})))
     sections.append(("Training", [
         ("config sha256", training.get("config_sha256")),
         ("code identity (wrapper sha256)", code.get("wrapper_sha256")),
         ("wrapper files", len(code.get("wrapper_files") or {})),
-        ("entry point", f"{entry.get('path')} ({entry.get('sha256')})" if entry else None),
+        ("entry point", f"{entry.get('path')} ({entry.get('sha256')})" if entry
+         else "none (no script measured)"),
+        ("libraries", [f"{k} {(v or {}).get('version')} RECORD {(v or {}).get('record_sha256')}"
+                       + (f", {len(v['modified'])} file(s) modified" if (v or {}).get("modified")
+                          else "") for k, v in (code.get("libraries") or {}).items()]),
         ("framework", [f"{k} {v}" for k, v in (training.get("framework") or {}).items()])]))
     dp = _section(claims, "defenses", "dp")
     sections.append(("Differential privacy", [("enabled", "no")] if not dp else [

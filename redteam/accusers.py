@@ -118,21 +118,26 @@ def judge(claim: Claim, suspect_path, suspect_sha256: str, log: DisputeLog, poli
 
     suspect = OnnxSuspect(suspect_path)
     opening = claim.opening
-    wm, problem = None, "no card: a bare commitment"
+    wm, problem, start, card_model = None, "no card: a bare commitment", None, None
     if claim.card_bytes is not None:
         result = appraise(claim.card_bytes, policy=policy)
         if result.status == "contraindicated":
             failed = [c.check for c in result.checks if c.status == "contraindicated"]
             problem = f"card does not verify ({', '.join(failed)})"
         else:
-            wm = watermark_claim_of(claim.card_bytes)
+            from cards.card import open_card
+
+            claims = open_card(claim.card_bytes).claims
+            wm, start, card_model = (claims["defenses"]["watermark"], claims["start"],
+                                     claims["model"]["sha256"])
             problem = None if wm is not None else "the card carries no watermark commitment"
     sealed = wm["commitment"] if wm else opening.commitment
     seen = log.observe(suspect_sha256)
     judged = rule.judge_claim(card_problem=problem, commitment=sealed,
                               commitment_index=log.first("commitment", sealed),
                               suspect_index=seen, opening=opening, watermark=wm,
-                              suspect=suspect, alpha=alpha, run_all=True)
+                              suspect=suspect, alpha=alpha, run_all=True, start=start,
+                              card_model=card_model, suspect_sha256=suspect_sha256)
     presented = claim.presented or opening
     alone_claim = {"scheme": presented.parameters["scheme"], "commitment": presented.commitment,
                    "trigger_count": presented.parameters["trigger_count"],
@@ -231,3 +236,11 @@ def ground_seed(suspect, parameters: dict, card_bytes: bytes, tries: int,
                  f"{parameters['trigger_count']} matches) on someone else's card",
                  card_bytes, fresh_opening(parameters, rand, best))
 
+
+def laundering(card_bytes: bytes, opening) -> Claim:
+    """The laundering thief: loads the victim's weights and "trains" them through the
+    wrapper at lr 1e-300, so its genuine card names the victim's exact file; it registers
+    that card before the owner does and claims the victim's model. Its card's start is
+    external with the victim model's digest, which the dispute rule's start check refuses."""
+    return Claim("laundering", "victim's weights 'trained' at lr 1e-300 through the wrapper "
+                 "(byte-identical file), card registered before the owner's", card_bytes, opening)

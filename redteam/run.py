@@ -133,7 +133,7 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
     victim = _train(victim_model, (part.x_victim, part.y_victim), part, out / "victim",
                     sim_dir, victim_key, dp=dp, schedule=wm_schedule,
                     epochs=sizes.victim_epochs, split_epochs=sizes.split_epochs, seed=seed,
-                    random_seed=seed_bytes(seed, name, "victim"))
+                    random_seed=seed_bytes(seed, name, "victim"), start="random")
     _check_same(victim_model, victim.model_path, part.x_test)
     # The thief's re-watermarked copy (trained now, registered later in the log).
     thief = _train(sus.as_is(victim_model).model, (part.x_pool, part.y_pool), part,
@@ -224,7 +224,27 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
               victim_claim, judged=owner_j)
     judge_row("accuser", "thief-rewatermarked", thief_claim.description, path, thief_claim,
               judged=thief_j)
-    progress(f"[{name}] {len(stolen) + 1} stolen models judged")
+    # The laundering thief registers the victim's exact file under its own genuine card
+    # before the owner registers; both claim the victim's model.
+    launderer = _train(sus.as_is(victim_model).model, (part.x_pool, part.y_pool), part,
+                       out / "launderer", sim_dir, thief_key, dp=False, schedule="joint", epochs=1,
+                       split_epochs=1, seed=seed + 8, lr=1e-300,
+                       random_seed=seed_bytes(seed, name, "launderer"))
+    if launderer.model_path.read_bytes() != victim_file.read_bytes():
+        raise RuntimeError("the laundered model is not byte-identical to the victim's")
+    early = acc.DisputeLog()
+    early.register_card(acc.watermark_claim_of(launderer.card_bytes)["commitment"],
+                        _sha256(launderer.model_path))
+    early.register_card(wm_claim["commitment"], _sha256(victim_file))
+    laundering = acc.laundering(launderer.card_bytes, Opening.load(launderer.opening_path))
+    owner_j, launder_j = acc.dispute([victim_claim, laundering], victim_file,
+                                     _sha256(victim_file), early, policy, alpha=ALPHA)
+    judge_row("stolen", "laundered-first", "the victim's file under a laundering thief's card "
+              "registered before the owner's (owner and thief both claim)", victim_file,
+              victim_claim, judged=owner_j)
+    judge_row("accuser", "victim", laundering.description, victim_file, laundering,
+              judged=launder_j)
+    progress(f"[{name}] {len(stolen) + 2} stolen models judged")
 
     # Independent models: the owner's claim against each innocent model.
     for model_name, what, path in independent_files:
@@ -270,7 +290,7 @@ def seed_bytes(seed: int, *labels: str) -> bytes:
 
 
 def _train(model, train_data, part, out_dir, sim_dir, key, *, dp, schedule, epochs,
-           split_epochs, seed, lr=1e-2, weight=0.25, random_seed=None):
+           split_epochs, seed, lr=1e-2, weight=0.25, random_seed=None, start=None):
     """One wrapper run on the simulator; `random_seed` makes its watermark seed and salt
     reproducible (and predictable: red-team victims only, never a released model)."""
     from attest.backend import open_backend
@@ -289,7 +309,7 @@ def _train(model, train_data, part, out_dir, sim_dir, key, *, dp, schedule, epoc
     backend = open_backend("sim", sim_dir=sim_dir, sim_random_seed=random_seed)
     try:
         return train(model, train_data, (part.x_test, part.y_test), config, out_dir=out_dir,
-                     backend=backend, release_key=key, progress=lambda line: None)
+                     backend=backend, release_key=key, progress=lambda line: None, start=start)
     finally:
         backend.close()
 
@@ -352,7 +372,7 @@ LEGEND = """\
 *victim WM acc*: share of the victim's 100 triggers on which the suspect gives the
 victim's label; *ownership test*: the arbiter's sequential test on the regenerated
 triggers, stopping as soon as it decides; *stopped by*: every dispute check that failed
-(card, order, opening, ownership); *test alone*: what the same test concludes on the
+(card, start, order, opening, ownership); *test alone*: what the same test concludes on the
 triggers a false accuser presents, with no card, order or opening check. TPR counts
 stolen models that keep >= 90% of the victim's accuracy. *predicted power*: the
 verifier's power for the card's measured watermark accuracy (`watermark_power` check)."""

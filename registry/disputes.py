@@ -64,11 +64,14 @@ def parse_opening(raw):
         raise LaminateError("opening: JSON nested too deeply") from None
 
 
-def judge_claim(service, claim: ClaimInput, suspect_index: int, suspect) -> Judgement:
+def judge_claim(service, claim: ClaimInput, suspect_index: int, suspect,
+                suspect_sha256: str | None = None) -> Judgement:
     """One claim judged by the dispute rule (``verifier.disputes``), stopping at the first
     check that fails; the card's standing comes from this service's registry and policy."""
+    from cards.card import open_card
+
     row = service.find_card(claim.card_id)
-    watermark = commitment = commitment_index = None
+    watermark = commitment = commitment_index = start = card_model = None
     if row is None:
         problem = "card is not registered with this service"
     else:
@@ -83,6 +86,7 @@ def judge_claim(service, claim: ClaimInput, suspect_index: int, suspect) -> Judg
         else:
             problem = None
             commitment_index = service.commitment_index(commitment)
+            start, card_model = open_card(row.card_bytes).claims["start"], row.model_sha256
     try:
         opening = parse_opening(claim.opening)
     except LaminateError as exc:
@@ -90,7 +94,8 @@ def judge_claim(service, claim: ClaimInput, suspect_index: int, suspect) -> Judg
     return rule.judge_claim(card_problem=problem, commitment=commitment,
                             commitment_index=commitment_index, suspect_index=suspect_index,
                             opening=opening, watermark=watermark, suspect=suspect,
-                            alpha=service.policy.ownership.alpha)
+                            alpha=service.policy.ownership.alpha, start=start,
+                            card_model=card_model, suspect_sha256=suspect_sha256)
 
 
 def _claim_view(claim: ClaimInput, judged: Judgement) -> dict:
@@ -106,7 +111,8 @@ def _claim_view(claim: ClaimInput, judged: Judgement) -> dict:
 def resolve(service, suspect_record: dict, suspect, claims: list[ClaimInput]) -> dict:
     """Judge every claim against a suspect whose first log index is already committed."""
     suspect_index = suspect_record["leaf_index"]
-    judged = [judge_claim(service, c, suspect_index, suspect) for c in claims]
+    judged = [judge_claim(service, c, suspect_index, suspect, suspect_record.get("sha256"))
+              for c in claims]
     winner = rule.rank(judged)
     views = [_claim_view(c, j) for c, j in zip(claims, judged)]
     head = service.log.tree_head()

@@ -6,6 +6,7 @@ that trusts exactly this kit. `forge` then changes one thing at a time the way a
 attacker could: edit claims or log events, re-quote with the device it controls, re-sign
 with the release key (or another key), or leave a stale signature in place.
 """
+import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +26,18 @@ CLASSES = 10
 TRAIN_RECORDS = 60
 TEST_RECORDS = 30
 
-DP_DEFAULTS = {"noise_multiplier": 1.1, "max_grad_norm": 1.0, "sample_rate": 0.01,
-               "steps": 1000, "delta": 1e-5}
+# The DP schedule the wrapper derives for CONFIG (16 epochs of 60 records, batches of 1):
+# Poisson sampling at rate 1/60, 960 steps (verifier.dp_check.expected_schedule).
+DP_DEFAULTS = {"noise_multiplier": 1.1, "max_grad_norm": 1.0, "sample_rate": 1.0 / 60,
+               "steps": 960, "delta": 1e-5}
 EVALUATION = {"accuracy": 0.93, "per_class_accuracy": [0.9, 0.95, 0.92, 0.94, 0.91, 0.96,
                                                        0.93, 0.9, 0.94, 0.95],
               "test_records": TEST_RECORDS, "watermark_accuracy": 0.97}
-CONFIG = {"dataset": "kit-digits", "model": "mlp", "hidden": [32], "epochs": 5,
-          "batch_size": 32, "lr": 0.1, "seed": 0, "dp": {"enabled": True, **DP_DEFAULTS},
+CONFIG = {"name": "kit-model", "dataset": {"name": "kit-digits"},
+          "model": {"arch": "mlp", "hidden": [32]},
+          "training": {"epochs": 16, "batch_size": 1, "lr": 0.1, "seed": 0},
+          "dp": {"enabled": True, "target_epsilon": None, "noise_multiplier": 1.1,
+                 "max_grad_norm": 1.0, "delta": 1e-5},
           "watermark": {"enabled": True, "trigger_count": 100, "schedule": "joint"}}
 WATERMARK_TRIGGERS = 100
 
@@ -104,6 +110,12 @@ def save_onnx_classifier(path, nodes, inits, *, input_shape, classes, name) -> P
     return Path(path)
 
 
+# A start the wrapper drew itself (the kit's model is not trained, so the digests are labels).
+START = {"kind": "random", "seed": hashlib.sha256(b"kit-seed").hexdigest(),
+         "init": "torch.nn.Module.reset_parameters (kit)",
+         "sha256": hashlib.sha256(b"kit-weights").hexdigest()}
+
+
 def fake_records(count, *, seed):
     rng = np.random.default_rng(seed)
     for i in range(count):
@@ -116,16 +128,17 @@ def dp_claim(**overrides) -> dict:
     claim = {"mechanism": "dp-sgd", **params, "accountant": "rdp",
              "epsilon": rdp_epsilon(params["noise_multiplier"], params["sample_rate"],
                                     params["steps"], params["delta"]),
-             "privacy_accounting": "tight", "note": ""}
+             "privacy_accounting": "tight", "non_dp_records": 0, "note": ""}
     claim.update(overrides)
     return claim
 
 
 def make_card(tmp_path, *, backend="sim", key_kind="ed25519", tcti=None, dp=True,
-              watermark_claim=True, evaluation=None, config=None, entry_point=None,
-              policy=None, **forgery) -> CardKit:
+              watermark_claim=True, evaluation=None, config=None, entry_point=Path(__file__),
+              policy=None, start=None, **forgery) -> CardKit:
     """Seal an honest card in tmp_path; any `forge` keyword then forges it.
 
+    entry_point: the script measured as the entry point (None: the card says none).
     dp / watermark_claim: True for the kit's defaults, None for no defence, a dict of
     fields to override (dp epsilon is recomputed from the parameters unless given).
     evaluation: fields merged into the default evaluation. policy: keys merged into the
@@ -148,6 +161,7 @@ def make_card(tmp_path, *, backend="sim", key_kind="ed25519", tcti=None, dp=True
         "kit-train", fake_records(TRAIN_RECORDS, seed=1), CLASSES))
     session.measure_dataset("test", measure.dataset_claim(
         "kit-test", fake_records(TEST_RECORDS, seed=2), CLASSES))
+    session.measure_start(start or START)
     session.measure_dp(None if dp is None else dp_claim(**(dp if isinstance(dp, dict) else {})))
     opening = None
     opening_path = tmp_path / "watermark.opening.json"

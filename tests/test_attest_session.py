@@ -15,6 +15,7 @@ from attest.session import AttestedSession
 from cardkit import (
     CLASSES,
     EVALUATION,
+    START,
     dp_claim,
     fake_records,
     forge,
@@ -27,7 +28,7 @@ from cards import keys, schema
 from cards.errors import LaminateError
 
 TABLE = [("code", 16), ("config", 23), ("dataset.train", 23), ("dataset.test", 23),
-         ("defense.dp", 23), ("defense.watermark", 23), ("evaluation", 23), ("model", 23)]
+         ("start", 23), ("defense.dp", 23), ("defense.watermark", 23), ("evaluation", 23), ("model", 23)]
 WATERMARK = {"scheme": "laminate-trigger-v1", "commitment": "ab" * 32, "trigger_count": 50,
              "classes": CLASSES, "schedule": "joint"}
 
@@ -47,6 +48,7 @@ def measured_session(tmp_path, *, dp=True, watermark=True, backend=None):
     session.measure_config(measure.config_claim({"epochs": 2, "lr": 0.5}))
     session.measure_dataset("train", measure.dataset_claim("tr", fake_records(12, seed=1), CLASSES))
     session.measure_dataset("test", measure.dataset_claim("te", fake_records(6, seed=2), CLASSES))
+    session.measure_start(START)
     session.measure_dp(dp_claim() if dp else None)
     session.measure_watermark(WATERMARK if watermark else None)
     session.measure_evaluation({**EVALUATION, "test_records": 6})
@@ -96,6 +98,7 @@ def test_optional_defences_may_be_skipped(tmp_path):
     session.measure_config(measure.config_claim({}))
     session.measure_dataset("train", measure.dataset_claim("a", fake_records(3, seed=0), CLASSES))
     session.measure_dataset("test", measure.dataset_claim("b", fake_records(3, seed=0), CLASSES))
+    session.measure_start(START)
     session.measure_evaluation({**EVALUATION, "watermark_accuracy": None})
     with pytest.raises(LaminateError, match="defense.dp measured twice or after evaluation"):
         session.measure_dp(dp_claim())
@@ -177,7 +180,7 @@ def test_cardkit_builds_a_complete_card_and_policy(tmp_path):
     kit = make_card(tmp_path)
     card = cardlib.open_card(kit.card_path.read_bytes())
     assert card.claims == kit.claims and card.evidence == kit.evidence
-    assert card.claims["defenses"]["dp"]["epsilon"] == pytest.approx(1.7117700912, rel=1e-6)
+    assert card.claims["defenses"]["dp"]["epsilon"] == pytest.approx(2.8825982388, rel=1e-6)
     assert card.claims["defenses"]["watermark"]["commitment"] == kit.opening.commitment
     assert card.claims["model"]["sha256"] == measure.file_sha256(kit.model_path)
     assert card.claims["training"]["code"]["wrapper_sha256"] == kit.code_sha256

@@ -29,17 +29,23 @@ def sample_claims(*, dp=True, watermark=True) -> dict:
                   "inputs": [{"name": "x", "shape": ["batch", 64], "dtype": "float32"}],
                   "outputs": [{"name": "logits", "shape": ["batch", 3], "dtype": "float32"}]},
         "dataset": {"train": dataset, "test": dict(copy.deepcopy(dataset), name="digits-test")},
+        "start": {"kind": "random", "seed": _hex("seed"), "init": "reset_parameters",
+                  "sha256": _hex("weights")},
         "training": {"config": config,
                      "config_sha256": hashlib.sha256(cbor.dumps(config)).hexdigest(),
                      "code": {"wrapper_sha256": _hex("wrapper"),
                               "wrapper_files": {"cards/card.py": _hex("a"),
                                                 "attest/x.py": _hex("b")},
-                              "entry_point": {"path": "train.py", "sha256": _hex("entry")}},
+                              "entry_point": {"path": "train.py", "sha256": _hex("entry")},
+                              "libraries": {"opacus": {"version": "1.6.0",
+                                                       "record_sha256": _hex("record"),
+                                                       "modified": []}}},
                      "framework": {"torch": "2.13.0", "laminate": "0.1.0"}},
         "defenses": {
             "dp": {"mechanism": "dp-sgd", "noise_multiplier": 1.1, "max_grad_norm": 1.0,
                    "sample_rate": 0.01, "steps": 300, "delta": 1e-5, "accountant": "rdp",
-                   "epsilon": 2.9, "privacy_accounting": "tight", "note": ""} if dp else None,
+                   "epsilon": 2.9, "privacy_accounting": "tight", "non_dp_records": 0,
+                   "note": ""} if dp else None,
             "watermark": {"scheme": "laminate-trigger-v1", "commitment": _hex("commit"),
                           "trigger_count": 100, "classes": 3, "schedule": "joint"}
             if watermark else None},
@@ -77,7 +83,12 @@ def _get_parent(root, path):
 
 
 def _dotted(path):
-    return ".".join(path)
+    """Fields joined by dots; a library name (a free-form key) in brackets."""
+    out = []
+    for i, part in enumerate(path):
+        out.append(f"[{part!r}]" if i and path[i - 1] == "libraries" else
+                   ("." if out else "") + part)
+    return "".join(out)
 
 
 CLOSED_FREE_FORM = ("config", "wrapper_files", "framework", "extra")
@@ -232,14 +243,14 @@ def test_not_a_map():
 
 def test_event_claims_follow_the_format_table():
     assert list(schema.EVENT_CLAIMS) == ["code", "config", "dataset.train", "dataset.test",
-                                         "defense.dp", "defense.watermark", "evaluation",
+                                         "start", "defense.dp", "defense.watermark", "evaluation",
                                          "model"]
     assert schema.EVENT_CLAIMS["code"].register == 16
     assert {e.register for t, e in schema.EVENT_CLAIMS.items() if t != "code"} == {23}
     claims = sample_claims(dp=False)
     assert [e.type for e in schema.expected_events(claims)] == [
-        "code", "config", "dataset.train", "dataset.test", "defense.watermark", "evaluation",
-        "model"]
+        "code", "config", "dataset.train", "dataset.test", "start", "defense.watermark",
+        "evaluation", "model"]
     assert schema.claim_for_event(claims, "config") == {
         "config": claims["training"]["config"],
         "config_sha256": claims["training"]["config_sha256"]}

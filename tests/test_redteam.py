@@ -291,3 +291,20 @@ def test_unusable_out_is_refused_before_any_training(tmp_path):
     with pytest.raises(LaminateError, match="cannot create the output directory"):
         redteam.run(blocker / "out", schedules=["none"], sizes=redteam.QUICK,
                     progress=lambda line: pytest.fail(line))
+
+
+def test_laundering_thief_row_is_refused_by_start_and_the_owner_keeps_order(tmp_path):
+    """The laundering thief registers the victim's exact file first under its own genuine
+    card: its claim fails the start check, and the owner's order check passes because its
+    card produced the very bytes (a random start), however late it was registered."""
+    tiny = redteam.Sizes(victim_epochs=2, split_epochs=1, epochs=1, independents=1, budget=50,
+                         grind_tries=2, pgd_steps=1)
+    rows = redteam.run(tmp_path, schedules=["none"], sizes=tiny, seed=5,
+                       progress=lambda line: None)["schedules"][0]["rows"]
+    thief = next(r for r in rows if r["claim"] == "laundering")
+    assert thief["group"] == "accuser" and thief["verdict"] == "not shown"
+    assert "start" in thief["stopped_by"].split(",")
+    assert "is the suspect model itself" in thief["checks"]["start"]["reason"]
+    owner = next(r for r in rows if r["suspect"] == "laundered-first")
+    assert owner["checks"]["start"]["passed"] and owner["checks"]["order"]["passed"]
+    assert "trained exactly the suspect's bytes" in owner["checks"]["order"]["reason"]

@@ -29,7 +29,8 @@ def error_of(tmp_path, data) -> str:
 def test_minimal_config_gets_every_default(tmp_path):
     config = load_config(write(tmp_path, {"dataset": {"name": "digits"}}))
     assert config["training"] == {"epochs": 10, "batch_size": 64, "lr": 0.05, "optimizer": "sgd", "seed": 0}
-    assert config["model"] == {"arch": "mlp", "hidden": [64]}
+    assert config["model"] == {"arch": "mlp", "hidden": [64], "weights": None, "parent_card": None}
+    assert config.start() == {"kind": "random", "weights": None, "parent_card": None}
     assert config["dp"]["enabled"] is False and config["dp"]["delta"] == 1e-5
     assert config["watermark"]["trigger_count"] == 100 and config["watermark"]["schedule"] == "joint"
     assert config["attestation"]["backend"] == "sim"
@@ -129,3 +130,35 @@ def test_unusable_out_dir_is_named_before_training(tmp_path, monkeypatch):
                               "attestation": {"sim_dir": str(tmp_path / "sim")}})
     with pytest.raises(LaminateError, match="a-file/out: cannot create the output directory"):
         train_from_config(config, blocker / "out", progress=lambda line: pytest.fail(line))
+
+
+def test_start_files_are_named_when_missing_or_alone(tmp_path):
+    message = error_of(tmp_path, {"dataset": {"name": "digits"}, "model": {"weights": "nope.pt"}})
+    assert "model.weights: file not found" in message
+    message = error_of(tmp_path, {"dataset": {"name": "digits"}, "model": {"parent_card": "card.cbor"}})
+    assert "model.parent_card: a parent card needs model.weights" in message
+
+
+def test_weights_and_parent_card_are_host_local_and_choose_the_start(tmp_path):
+    (tmp_path / "w.pt").write_bytes(b"x")
+    (tmp_path / "card.cbor").write_bytes(b"x")
+    config = load_config(write(tmp_path, {"dataset": {"name": "digits"},
+                                          "model": {"weights": "w.pt"}}))
+    assert config.start()["kind"] == "external" and config.start()["weights"] == tmp_path / "w.pt"
+    assert "weights" not in config.measured()["model"]
+    config = load_config(write(tmp_path, {"dataset": {"name": "digits"},
+                                          "model": {"weights": "w.pt", "parent_card": "card.cbor"}}))
+    assert config.start()["kind"] == "parent" and "parent_card" not in config.measured()["model"]
+
+
+def test_a_weights_file_that_is_not_a_state_dict_is_one_line_exit_2(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from laminate.cli import main
+
+    (tmp_path / "w.pt").write_bytes(b"not a torch file")
+    path = write(tmp_path, {"dataset": {"name": "digits"}, "model": {"weights": "w.pt"},
+                            "training": {"epochs": 1}})
+    assert main(["train", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.weights: not a state_dict for this model (UnpicklingError" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1

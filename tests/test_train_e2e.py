@@ -187,13 +187,25 @@ def test_api_trains_a_torch_dataset_and_measures_the_entry_point(home, tmp_path)
 
 @pytest.mark.slow
 def test_same_seed_same_model(home, tmp_path):
+    """The initial weights come from the attestation module: the same config seed and the
+    same session randomness give the same model; fresh randomness gives another start."""
+    from attest.backend import open_backend
     from attest.train import train_from_config
 
     config = {**CONFIG, "watermark": {"enabled": False}, "training": {**CONFIG["training"], "epochs": 1}}
     path = write_config(tmp_path, config)
-    a = train_from_config(path, tmp_path / "a", progress=lambda line: None)
-    b = train_from_config(path, tmp_path / "b", progress=lambda line: None)
+
+    def run(name, seed):
+        backend = open_backend("sim", sim_dir=tmp_path / "sim", sim_random_seed=seed)
+        try:
+            return train_from_config(path, tmp_path / name, backend=backend, progress=lambda line: None)
+        finally:
+            backend.close()
+    a, b, c = run("a", b"same"), run("b", b"same"), run("c", b"other")
+    assert a.claims["start"] == b.claims["start"] and a.claims["start"]["kind"] == "random"
     assert a.claims["model"]["sha256"] == b.claims["model"]["sha256"]
+    assert c.claims["start"]["seed"] != a.claims["start"]["seed"]
+    assert c.claims["model"]["sha256"] != a.claims["model"]["sha256"]
     assert a.claims["training"]["config_sha256"] == b.claims["training"]["config_sha256"]
 
 
@@ -257,7 +269,7 @@ def test_training_on_a_software_tpm_verifies(tmp_path):
             result = train(model, (x[:60], y[:60]), (x[60:], y[60:]),
                            {"training": {"epochs": 1}, "attestation": {"backend": "tpm", "tpm": tpm.tcti}},
                            out_dir=tmp_path / "out", backend=backend, release_key=key,
-                           progress=lambda line: None)
+                           progress=lambda line: None, start="random")
         finally:
             backend.close()
         card = cardlib.open_card(result.card_bytes)

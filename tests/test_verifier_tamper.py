@@ -228,7 +228,7 @@ def test_epsilon_changed_consistently(kit, policy):
 
 def test_honest_epsilon_with_wrong_steps_is_caught(tmp_path):
     """The claimed epsilon must match the claimed parameters, not just any epsilon."""
-    true_eps = cardkit.rdp_epsilon(1.1, 0.01, 1000, 1e-5)
+    true_eps = cardkit.rdp_epsilon(1.1, 1 / 60, 960, 1e-5)
     forged = cardkit.make_card(tmp_path, dp={"steps": 3000, "epsilon": true_eps})
     result = appraise(forged.card_bytes, policy=Policy.load(forged.policy_path))
     _rejected_by(result, "dp_epsilon", "3000 steps")

@@ -14,7 +14,7 @@ from pathlib import Path
 from cards import cbor, cose, schema
 from cards.card import open_card
 from cards.errors import CardFormatError, LaminateError
-from verifier import binomial, dp_check
+from verifier import binomial, dp_check, provenance
 from verifier.evidence import check_evidence
 from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, WARNING, Check, Result
 
@@ -67,15 +67,23 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None) -
             checks.append(Check("claims_in_log", SKIPPED, "claims", "not checked: log replay failed"))
 
     checks.append(_code_identity(claims, policy))
+    checks.append(provenance.check_entry_point(claims, policy))
+    checks.append(provenance.check_libraries(claims, policy))
+    checks.append(provenance.check_start(claims, policy))
     checks.append(_model_digest(claims, expected_model))
     for predicate in policy.predicates:
         holds, reason = predicate.evaluate(claims)
         checks.append(Check(f"policy:{predicate.text}", AFFIRMING if holds else CONTRAINDICATED,
                             predicate.field, reason))
     dp = claims["defenses"]["dp"]
+    dp_config = dp_check.check_config(dp, claims, policy.dp.epsilon_tolerance)
+    if dp_config is not None:
+        checks.append(dp_config)
     if dp is not None:
         checks.append(_dp_epsilon(dp, policy))
-        checks.append(_privacy_accounting(dp))
+        checks.append(dp_check.check_delta(dp, claims["dataset"]["train"]["records"], policy))
+        checks.append(dp_check.check_non_dp_records(dp, policy))
+        checks.append(dp_check.check_accounting(dp, claims["start"], policy))
     watermark = claims["defenses"]["watermark"]
     if watermark is not None:
         checks.append(_watermark_power(watermark, claims["evaluation"], policy))
@@ -278,15 +286,6 @@ def _dp_epsilon(dp, policy) -> Check:
     version = dp_check.opacus_version() or "?"
     return Check("dp_epsilon", AFFIRMING, field,
                  f"epsilon {claimed:.4g} matches Opacus {version} RDP analysis ({recomputed:.4g})")
-
-
-def _privacy_accounting(dp) -> Check:
-    field = "claims.defenses.dp.privacy_accounting"
-    if dp["privacy_accounting"] == "not tight":
-        note = dp.get("note") or "a non-DP phase followed the DP phase"
-        return Check("privacy_accounting", WARNING, field,
-                     f"not tight: epsilon {dp['epsilon']:.3g} covers only the DP phase; {note}")
-    return Check("privacy_accounting", AFFIRMING, field, "tight: epsilon covers the whole training")
 
 
 @lru_cache(maxsize=1024)

@@ -2,8 +2,16 @@
 
 A claim wins only if
   card       its card verifies under the arbiter's policy and seals a watermark commitment;
+  start      the card did not start from the suspect itself: a card whose start
+             (``claims.start``) is external or a parent says its session was handed those
+             weights, so it cannot own a model byte-identical to its own starting point
+             (the laundering thief: stolen weights "trained" at a learning rate of 1e-300);
   order      that commitment entered the log at an index before the suspect model's first
-             appearance (first registration in a card, or first observation);
+             appearance (first registration in a card, or first observation), or the card
+             itself produced the suspect: its session drew the commitment, then the
+             initial weights from the attestation module's randomness (a ``random``
+             start), then trained them into exactly the suspect's bytes, so the suspect
+             cannot have existed before the commitment however late it was registered;
   opening    the revealed opening matches that commitment, so the triggers were fixed by
              the attested session before the suspect existed;
   ownership  the sequential ownership test on the regenerated triggers shows ownership.
@@ -19,7 +27,7 @@ from typing import cast
 
 from cards.errors import LaminateError
 
-CHECKS = ("card", "order", "opening", "ownership")
+CHECKS = ("card", "start", "order", "opening", "ownership")
 
 
 @dataclass
@@ -56,7 +64,8 @@ class Judgement:
 
 def judge_claim(*, card_problem: str | None, commitment: str | None,
                 commitment_index: int | None, suspect_index: int, opening, watermark,
-                suspect, alpha: float, run_all: bool = False) -> Judgement:
+                suspect, alpha: float, run_all: bool = False, start: dict | None = None,
+                card_model: str | None = None, suspect_sha256: str | None = None) -> Judgement:
     """Apply the rule to one claim.
 
     ``card_problem`` is None when the card verified and seals ``commitment`` (its
@@ -65,6 +74,9 @@ def judge_claim(*, card_problem: str | None, commitment: str | None,
     or, when it could not be parsed, the parse error's text. With ``run_all`` every check
     runs (the red team reports which checks stop each attack); otherwise the rule stops
     at the first failure, so a suspect is queried only for a claim that could win.
+    ``start`` and ``card_model`` are the verified card's ``claims.start`` and model
+    digest, ``suspect_sha256`` the suspect's digest (None when unknown: a claim without
+    a card, or a suspect known only by its answers).
     """
     from verifier.ownership import ownership_test
 
@@ -77,11 +89,22 @@ def judge_claim(*, card_problem: str | None, commitment: str | None,
                       if card_problem is None else (False, card_problem))
     if done():
         return Judgement(checks, None, commitment_index, commitment)
+    checks["start"] = _start(start, suspect_sha256)
+    if done():
+        return Judgement(checks, None, commitment_index, commitment)
+    produced = (start is not None and start["kind"] == "random" and suspect_sha256 is not None
+                and card_model == suspect_sha256)
     if commitment_index is None:
         checks["order"] = (False, "commitment never logged")
     elif commitment_index < suspect_index:
         checks["order"] = (True, f"commitment at index {commitment_index} precedes the "
                                  f"suspect's first appearance at index {suspect_index}")
+    elif produced:
+        checks["order"] = (True, "the card's own session committed, drew its initial weights "
+                                 "from the attestation module, and trained exactly the "
+                                 "suspect's bytes: the suspect did not exist before the "
+                                 f"commitment (logged at index {commitment_index}, the suspect "
+                                 f"first appeared at index {suspect_index})")
     else:
         checks["order"] = (False, f"commitment logged at index {commitment_index}, not before "
                                   f"the suspect model first appeared at index {suspect_index}")
@@ -105,6 +128,20 @@ def judge_claim(*, card_problem: str | None, commitment: str | None,
         except LaminateError as exc:
             checks["ownership"] = (False, f"ownership test could not run ({exc})")
     return Judgement(checks, result, commitment_index, commitment)
+
+
+def _start(start: dict | None, suspect_sha256: str | None) -> tuple[bool, str]:
+    """The ``start`` check: a card cannot own the weights it was handed."""
+    if start is None:
+        return True, "no verified card start to weigh"
+    if start["kind"] == "random":
+        return True, "the card's session drew its own initial weights"
+    if suspect_sha256 is not None and start["model_sha256"] == suspect_sha256:
+        return False, (f"the card's start (claims.start, {start['kind']}) is the suspect model "
+                       f"itself ({suspect_sha256[:16]}...): its session was handed these "
+                       "weights and cannot own them")
+    return True, (f"the card started from {start['kind']} weights "
+                  f"{start['model_sha256'][:16]}..., not from the suspect")
 
 
 def rank(judged: list[Judgement]) -> Judgement | None:

@@ -23,9 +23,13 @@ BACKENDS = ("sim", "tpm")
 MAX_POLICY_BYTES = 1 << 20
 
 _TOP_KEYS = {"policy_id", "allow_backends", "trusted_roots", "trusted_release_keys",
-             "reference_values", "require", "ownership", "dp"}
-_SECTION_KEYS = {"reference_values": {"code"}, "ownership": {"alpha", "min_power"},
-                 "dp": {"epsilon_tolerance"}}
+             "reference_values", "require", "ownership", "dp", "require_start",
+             "require_entry_point"}
+_SECTION_KEYS = {"reference_values": {"code", "entry_point", "libraries"},
+                 "ownership": {"alpha", "min_power"},
+                 "dp": {"epsilon_tolerance", "max_delta", "max_non_dp_records", "require_tight"}}
+START_KINDS = ("random", "parent", "external")
+MAX_NON_DP_RECORDS = 100
 
 
 @dataclass(frozen=True)
@@ -41,12 +45,21 @@ class DPSettings:
     # one the verifier recomputes; both run the same accountant, so only float noise.
     """How closely a claimed epsilon must match the recomputed one."""
     epsilon_tolerance: float = 1e-3
+    # None: delta must stay below 1/records (a larger delta lets a mechanism publish a
+    # record outright with that probability); a number: delta must not exceed it.
+    max_delta: float | None = None
+    # Training records a non-DP phase (the split watermark schedule) may touch: the
+    # wrapper's split phase touches as many as there are triggers (default 100).
+    max_non_dp_records: int = MAX_NON_DP_RECORDS
+    require_tight: bool = False             # not-tight accounting is contraindicated
 
 
 @dataclass(frozen=True)
 class ReferenceValues:
     """Code identities (wrapper SHA-256 hex digests) the policy accepts."""
     code: tuple = ()
+    entry_point: tuple = ()                 # SHA-256 hex of the accepted entry scripts
+    libraries: dict = field(default_factory=dict)  # name -> accepted RECORD digests
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +74,8 @@ class Policy:
     require: tuple = ()                  # predicate strings, as written
     ownership: Ownership = field(default_factory=Ownership)
     dp: DPSettings = field(default_factory=DPSettings)
+    require_start: tuple = START_KINDS       # start kinds accepted (claims.start.kind)
+    require_entry_point: bool = False        # a card with no measured entry point fails
     source: str = "built-in default policy"
 
     @classmethod
@@ -126,12 +141,22 @@ class Policy:
                       for i, item in enumerate(_str_list(doc.get("trusted_release_keys", []),
                                                          "trusted_release_keys", err)))
         ref = doc.get("reference_values") or {}
-        code = []
-        for i, value in enumerate(_str_list(ref.get("code", []), "reference_values.code", err)):
-            digest = value.lower()
-            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-                raise err(f"reference_values.code[{i}]", "expected a SHA-256 hex digest (64 hex digits)")
-            code.append(digest)
+        code = _digests(ref.get("code", []), "reference_values.code", err)
+        entry = _digests(ref.get("entry_point", []), "reference_values.entry_point", err)
+        libs = ref.get("libraries") or {}
+        if not isinstance(libs, dict) or not all(isinstance(k, str) for k in libs):
+            raise err("reference_values.libraries", "expected a mapping of library name to "
+                      "a list of RECORD digests")
+        libraries = {name: _digests(value, f"reference_values.libraries.{name}", err)
+                     for name, value in libs.items()}
+        kinds = tuple(_str_list(doc.get("require_start", list(START_KINDS)), "require_start", err))
+        for kind in kinds:
+            if kind not in START_KINDS:
+                raise err("require_start", f"unknown start kind {kind!r} "
+                          f"(known: {', '.join(START_KINDS)})")
+        require_entry = doc.get("require_entry_point", False)
+        if not isinstance(require_entry, bool):
+            raise err("require_entry_point", "expected true or false")
 
         require = []
         for i, text in enumerate(_str_list(doc.get("require", []), "require", err)):
@@ -145,12 +170,24 @@ class Policy:
             alpha=_number(own.get("alpha", Ownership.alpha), "ownership.alpha", err, 0, 1, open_low=True),
             min_power=_number(own.get("min_power", Ownership.min_power), "ownership.min_power", err, 0, 1))
         dp = doc.get("dp") or {}
-        dp_settings = DPSettings(epsilon_tolerance=_number(
-            dp.get("epsilon_tolerance", DPSettings.epsilon_tolerance), "dp.epsilon_tolerance", err, 0, 1))
+        max_delta = dp.get("max_delta")
+        max_records = dp.get("max_non_dp_records", MAX_NON_DP_RECORDS)
+        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 0:
+            raise err("dp.max_non_dp_records", f"expected a non-negative integer, got {max_records!r}")
+        if not isinstance(dp.get("require_tight", False), bool):
+            raise err("dp.require_tight", "expected true or false")
+        dp_settings = DPSettings(
+            epsilon_tolerance=_number(dp.get("epsilon_tolerance", DPSettings.epsilon_tolerance),
+                                      "dp.epsilon_tolerance", err, 0, 1),
+            max_delta=None if max_delta is None else _number(max_delta, "dp.max_delta", err, 0, 1,
+                                                             open_low=True),
+            max_non_dp_records=max_records, require_tight=dp.get("require_tight", False))
 
         return cls(policy_id=policy_id, allow_backends=tuple(backends), trusted_roots=roots,
-                   trusted_release_keys=rkeys, reference_values=ReferenceValues(tuple(code)),
-                   require=tuple(require), ownership=ownership, dp=dp_settings, source=source)
+                   trusted_release_keys=rkeys,
+                   reference_values=ReferenceValues(tuple(code), tuple(entry), libraries),
+                   require=tuple(require), ownership=ownership, dp=dp_settings,
+                   require_start=kinds, require_entry_point=require_entry, source=source)
 
     @cached_property
     def root_certificates(self) -> tuple:
@@ -179,6 +216,17 @@ class Policy:
         """Per-policy memo for results that depend only on the policy and exact input bytes
         (a certificate chain already validated against these roots)."""
         return {}
+
+
+def _digests(value, name, err) -> tuple:
+    """A list of SHA-256 hex digests, lowercased."""
+    out = []
+    for i, item in enumerate(_str_list(value, name, err)):
+        digest = item.lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise err(f"{name}[{i}]", "expected a SHA-256 hex digest (64 hex digits)")
+        out.append(digest)
+    return tuple(out)
 
 
 def _str_list(value, name, err) -> list:

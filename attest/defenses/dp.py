@@ -64,7 +64,7 @@ class DPTraining:
         """The user's module, with Opacus's per-sample-gradient hooks and attributes removed."""
         return self.model.to_standard_module()
 
-    def claim(self, *, tight: bool, note: str) -> dict:
+    def claim(self, *, tight: bool, note: str, non_dp_records: int = 0) -> dict:
         """The `defenses.dp` claim (FORMAT.md DPClaim) for the steps taken so far."""
         accounted = sum(steps for _, _, steps in self.engine.accountant.history)
         if accounted != self.steps:
@@ -79,14 +79,19 @@ class DPTraining:
             "accountant": ACCOUNTANT,
             "epsilon": self.epsilon(),
             "privacy_accounting": "tight" if tight else "not tight",
+            "non_dp_records": int(non_dp_records),
             "note": note,
         }
 
 
-def dp_note(*, opacus_version: str, watermark: str | None, split_records: int = 0, split_epochs: int = 0) -> str:
+def dp_note(*, opacus_version: str, watermark: str | None, split_records: int = 0, split_epochs: int = 0,
+            start: str = "random") -> str:
     """Say in words what the epsilon covers and what it does not."""
     base = (f"Opacus {opacus_version} DP-SGD: per-sample clipping, Poisson sampling, "
             f"RDP accountant; noise from torch's default generator (secure_mode off).")
+    if start != "random":
+        base += (f" Training started from {start} weights (claims.start), whose making this "
+                 "epsilon does not cover: they may have seen any record without DP.")
     if watermark == "joint":
         return base + (" Watermark triggers are data-independent random inputs added to every "
                        "batch; the epsilon covers the training records.")
