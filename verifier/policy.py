@@ -17,14 +17,14 @@ from cryptography import x509
 
 from cards import keys
 from cards.errors import LaminateError
-from verifier import predicates
+from verifier import predicates, tee_policy
 
-BACKENDS = ("sim", "tpm")
+BACKENDS = ("sim", "tpm", "tdx", "snp")
 MAX_POLICY_BYTES = 1 << 20
 
 _TOP_KEYS = {"policy_id", "allow_backends", "trusted_roots", "trusted_release_keys",
-             "reference_values", "require", "ownership", "dp"}
-_SECTION_KEYS = {"reference_values": {"code"}, "ownership": {"alpha", "min_power"},
+             "reference_values", "require", "ownership", "dp", "verification_time", "tee"}
+_SECTION_KEYS = {"reference_values": {"code", "tdx", "snp"}, "ownership": {"alpha", "min_power"},
                  "dp": {"epsilon_tolerance"}}
 
 
@@ -44,6 +44,8 @@ class DPSettings:
 @dataclass(frozen=True)
 class ReferenceValues:
     code: tuple = ()
+    tdx: tee_policy.TdxReference = field(default_factory=tee_policy.TdxReference)
+    snp: tee_policy.SnpReference = field(default_factory=tee_policy.SnpReference)
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +58,8 @@ class Policy:
     require: tuple = ()                  # predicate strings, as written
     ownership: Ownership = field(default_factory=Ownership)
     dp: DPSettings = field(default_factory=DPSettings)
+    tee: tee_policy.TeeSettings = field(default_factory=tee_policy.TeeSettings)
+    verification_time: object = None     # fixed "now" (datetime, UTC) for offline checks
     source: str = "built-in default policy"
 
     @classmethod
@@ -123,6 +127,7 @@ class Policy:
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise err(f"reference_values.code[{i}]", "expected a SHA-256 hex digest (64 hex digits)")
             code.append(digest)
+        tdx_ref, snp_ref = tee_policy.parse_references(ref, err)
 
         require = []
         for i, text in enumerate(_str_list(doc.get("require", []), "require", err)):
@@ -140,8 +145,12 @@ class Policy:
             dp.get("epsilon_tolerance", DPSettings.epsilon_tolerance), "dp.epsilon_tolerance", err, 0, 1))
 
         return cls(policy_id=policy_id, allow_backends=tuple(backends), trusted_roots=roots,
-                   trusted_release_keys=rkeys, reference_values=ReferenceValues(tuple(code)),
-                   require=tuple(require), ownership=ownership, dp=dp_settings, source=source)
+                   trusted_release_keys=rkeys,
+                   reference_values=ReferenceValues(tuple(code), tdx_ref, snp_ref),
+                   require=tuple(require), ownership=ownership, dp=dp_settings,
+                   tee=tee_policy.parse_tee(doc, err),
+                   verification_time=tee_policy.parse_time(doc.get("verification_time"), err),
+                   source=source)
 
     @cached_property
     def root_certificates(self) -> tuple:
