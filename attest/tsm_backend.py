@@ -108,7 +108,9 @@ class TsmBackend:
         if self._registers is None:
             raise LaminateError(f"{self.name} backend: quote before start")
         registers = hashlib.sha256(b"".join(self._values[r] for r in self._registers)).digest()
-        report_data = bytes(qualifying_data).ljust(32, b"\0")[:32] + registers
+        if len(qualifying_data) != 32:
+            raise LaminateError(f"{self.name} backend: qualifying data must be 32 bytes (H(claims))")
+        report_data = bytes(qualifying_data) + registers
         outblob, auxblob = self._request(report_data)
         extra = {"registers": list(self._registers), "provider": PROVIDERS[self.name]}
         if self.name == "snp":

@@ -45,7 +45,7 @@ def _cert(subject, issuer_name, key, issuer_key, *, ca, extensions=()):
 
 
 @dataclass
-class TestChain:
+class FakeAmdChain:
     """ARK -> ASK -> VCEK, as AMD's KDS issues them (names are test names)."""
     tcb: dict = field(default_factory=lambda: dict(TCB))
     chip_id: bytes = CHIP_ID
@@ -78,6 +78,7 @@ class TestChain:
         raw = bytearray(0x4A0)
         struct.pack_into("<IIQ", raw, 0, 2, 0, guest_policy)
         struct.pack_into("<II", raw, 0x30, 0, 1)                 # VMPL 0, ECDSA P-384
+        assert len(report_data) == 64
         raw[0x50:0x90] = report_data
         raw[0x90:0xC0] = measurement
         raw[0x180:0x188] = bytes([t["bootloader"], t["tee"], 0, 0, 0, 0, t["snp"], t["microcode"]])
@@ -106,11 +107,11 @@ class FakeKernel:
     """Answers requests under `root/report` until stopped (a thread; tests run the
     prover in-process or as a `laminate train` subprocess against the same tree)."""
 
-    def __init__(self, root: Path, chain: TestChain | None = None, *, provider="sev_guest",
+    def __init__(self, root: Path, chain: FakeAmdChain | None = None, *, provider="sev_guest",
                  tdx_quote: bytes | None = None):
         self.report_dir = Path(root) / "report"
         self.report_dir.mkdir(parents=True, exist_ok=True)
-        self.chain = chain or TestChain()
+        self.chain = chain or FakeAmdChain()
         self.provider, self.tdx_quote = provider, tdx_quote
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -130,7 +131,9 @@ class FakeKernel:
                 inblob = entry / "inblob"
                 if inblob.is_file() and not (entry / "outblob").exists():
                     try:
-                        self._answer(entry, inblob.read_bytes())
+                        data = inblob.read_bytes()
+                        if len(data) == 64:      # the prover's write may be under way
+                            self._answer(entry, data)
                     except OSError:      # the prover removed the entry meanwhile
                         pass
 

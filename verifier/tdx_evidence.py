@@ -129,15 +129,17 @@ def check_quote(raw: bytes, collateral, certs, policy, dcap=None):
     checks.append(tee_common.tcb_check(verdict.status, list(verdict.advisory_ids), policy,
                                        f"{C}.tcb_info", "TDX"))
     checks.append(_measurements(body, policy))
-    attributes = int.from_bytes(body.td_attributes, "little")
-    if attributes & TD_DEBUG:
-        checks.append(Check("tee_debug", CONTRAINDICATED, f"{Q}.td_attributes",
-                            "TD is debuggable (TDATTRIBUTES.DEBUG): the host can read and "
-                            "change its memory and registers"))
-    else:
-        checks.append(Check("tee_debug", AFFIRMING, f"{Q}.td_attributes",
-                            f"debugging disabled (TDATTRIBUTES {body.td_attributes.hex()})"))
+    checks.append(debug_check(body.td_attributes))
     return checks, body
+
+
+def debug_check(td_attributes: bytes) -> Check:
+    if int.from_bytes(td_attributes, "little") & TD_DEBUG:
+        return Check("tee_debug", CONTRAINDICATED, f"{Q}.td_attributes",
+                     "TD is debuggable (TDATTRIBUTES.DEBUG): the host can read and "
+                     "change its memory and registers")
+    return Check("tee_debug", AFFIRMING, f"{Q}.td_attributes",
+                 f"debugging disabled (TDATTRIBUTES {td_attributes.hex()})")
 
 
 def _measurements(body, policy) -> Check:
