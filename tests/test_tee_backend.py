@@ -212,3 +212,10 @@ def test_tdx_backend_with_a_recorded_quote(tmp_path, monkeypatch):
     _rejected_by(result, "rtmr_replay", "evidence.quote.rtmr3", "does not reproduce RTMR3")
     assert json.loads(json.dumps(kit.evidence["extra"]["collateral"]))["tcb_info"]
     assert struct.unpack_from("<H", kit.evidence["quote"])[0] == 4
+
+
+def test_ask_in_place_of_the_vcek(kit):
+    def edit(evidence):
+        evidence["cert_chain"] = evidence["cert_chain"][1:]
+    result = _appraise(kit, cardkit.forge(kit, mutate_evidence=edit))
+    _rejected_by(result, "cert_chain", "evidence.cert_chain[0]", "is a CA, not the VCEK")

@@ -147,6 +147,9 @@ def check_evidence(evidence: dict, policy) -> tuple[list, Quoted | None]:
 
 def _chain_check(certs, policy) -> Check:
     field = "evidence.cert_chain"
+    if tpm_trust._is_ca(certs[0]):     # the ASK in first place would sign nothing
+        return Check("cert_chain", CONTRAINDICATED, field + "[0]",
+                     "the first certificate is a CA, not the VCEK/VLEK that signs reports")
     reason = tpm_trust.verify_chain(certs[0], certs[1:], policy.root_certificates,
                                     at=tee_common.verification_time(policy))
     if reason:
