@@ -115,3 +115,17 @@ def test_tamper_matrix_is_rejected(trained, name):
     path.write_bytes(cose.sign1(cbor.dumps(payload), release, kid=keys.key_id(release.public_key())))
     code, result, bad = verify(trained, card=path)
     assert code == 1 and bad.get(check) == field, (name, bad)
+
+
+@pytest.mark.slow
+def test_verification_time_from_the_command_line(trained):
+    root, out, _, env = trained
+    base = ["verify", out / "card.cbor", "--model", out / "model.onnx",
+            "--policy", root / "policy.yaml", "--json"]
+    late = run(*base, "--at", "2099-01-01T00:00:00Z", env=env)
+    assert late.returncode == 1
+    chain = next(c for c in json.loads(late.stdout)["checks"] if c["check"] == "cert_chain")
+    assert chain["status"] == "contraindicated" and "is not valid now" in chain["reason"]
+    bad = run(*base, "--at", "yesterday", env=env)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith(
+        "--at: expected an ISO 8601 time, got 'yesterday'")
