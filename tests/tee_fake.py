@@ -153,3 +153,42 @@ def _write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
+
+
+class FakeGpu:
+    """A GPU-shaped SPDM 1.1 measurement responder with a test identity chain (P-384)."""
+
+    def __init__(self):
+        self.root_key = ec.generate_private_key(ec.SECP384R1())
+        self.key = ec.generate_private_key(ec.SECP384R1())
+        now = dt.datetime.now(dt.timezone.utc)
+
+        def cert(name, issuer, key, signer, ca):
+            return (x509.CertificateBuilder()
+                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                    .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                    .not_valid_before(now - dt.timedelta(days=1))
+                    .not_valid_after(now + dt.timedelta(days=365))
+                    .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+                    .sign(signer, hashes.SHA384()))
+        self.root = cert("TEST GPU CA", "TEST GPU CA", self.root_key, self.root_key, True)
+        self.leaf = cert("TEST GPU AK", "TEST GPU CA", self.key, self.root_key, False)
+
+    @property
+    def chain(self) -> list[bytes]:
+        return [c.public_bytes(serialization.Encoding.DER) for c in (self.leaf, self.root)]
+
+    @property
+    def root_pem(self) -> bytes:
+        return self.root.public_bytes(serialization.Encoding.PEM)
+
+    def measurements(self, nonce: bytes) -> bytes:
+        request = bytes([0x11, 0xE0, 0x01, 0xFF]) + nonce + b"\x00"
+        value = bytes(48)
+        block = bytes([1, 1]) + struct.pack("<H", 3 + len(value)) + b"\x00" \
+            + struct.pack("<H", len(value)) + value
+        response = bytes([0x11, 0x60, 0, 0, 1]) + len(block).to_bytes(3, "little") + block \
+            + bytes(32) + struct.pack("<H", 0)
+        r, s = decode_dss_signature(self.key.sign(request + response, ec.ECDSA(hashes.SHA384())))
+        return request + response + r.to_bytes(48, "big") + s.to_bytes(48, "big")

@@ -219,3 +219,36 @@ def test_ask_in_place_of_the_vcek(kit):
         evidence["cert_chain"] = evidence["cert_chain"][1:]
     result = _appraise(kit, cardkit.forge(kit, mutate_evidence=edit))
     _rejected_by(result, "cert_chain", "evidence.cert_chain[0]", "is a CA, not the VCEK")
+
+
+def test_gpu_evidence_for_other_claims_is_refused(kit):
+    """Real H100 evidence, but requested with nvtrust's nonce, not this card's H(claims)."""
+    from tee_vectors import pem_ders
+    c = case("nvidia_gpu", "nvtrust_hopper_2023")
+    def edit(evidence):
+        evidence["extra"]["gpu"] = [{"arch": "HOPPER", "evidence": hex_file(c["report"]),
+                                     "cert_chain": pem_ders(c["cert_chain"])}]
+    doc_roots = ["test-ark.pem", str(VECTORS / "nvidia" / "nvidia_device_identity_ca.pem")]
+    result = _appraise(kit, cardkit.forge(kit, mutate_evidence=edit),
+                       policy=_policy(kit, trusted_roots=doc_roots))
+    assert result.get("gpu_cert_chain").status == AFFIRMING
+    assert result.get("gpu_signature").status == AFFIRMING
+    _rejected_by(result, "gpu_nonce", "evidence.extra.gpu[0].evidence.nonce",
+                 "not bound to these claims")
+    assert result.get("qualifying_data").status == AFFIRMING
+
+
+def test_gpu_evidence_bound_to_the_claims(kit, tmp_path):
+    from cards import schema
+    from tee_fake import FakeGpu
+    gpu = FakeGpu()
+    (kit.tmp_path / "gpu-root.pem").write_bytes(gpu.root_pem)
+    digest = schema.claims_digest(kit.claims)
+    def edit(evidence):
+        evidence["extra"]["gpu"] = [{"arch": "TEST", "evidence": gpu.measurements(digest),
+                                     "cert_chain": gpu.chain}]
+    policy = _policy(kit, trusted_roots=["test-ark.pem", "gpu-root.pem"])
+    result = _appraise(kit, cardkit.forge(kit, mutate_evidence=edit), policy=policy)
+    for name in ("gpu_cert_chain", "gpu_signature", "gpu_nonce", "qualifying_data"):
+        assert result.get(name).status == AFFIRMING, result.to_table()
+    assert result.get("gpu_measurement").status == "warning" and result.exit_code == 0

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography import x509
 
 from cards.errors import CardFormatError
-from verifier import tee_common, tpm_trust
+from verifier import gpu_evidence, tee_common, tpm_trust
 from verifier.evidence import Quoted
 from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, Check
 
@@ -142,6 +142,8 @@ def check_evidence(evidence: dict, policy) -> tuple[list, Quoted | None]:
     except CardFormatError as exc:
         checks.append(Check("quote_signature", CONTRAINDICATED, exc.field, exc.reason))
         return checks, None
+    if "gpu" in extra:
+        checks += gpu_evidence.check_gpus(extra["gpu"], policy, quoted.qualifying_data)
     return checks, quoted
 
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from cards.errors import CardFormatError
 from cards.tee_layout import HEADER, TD15_BODY, split_tdx_quote
-from verifier import tee_common, tpm_trust
+from verifier import gpu_evidence, tee_common, tpm_trust
 from verifier.evidence import CERTIFICATE_ERRORS, Quoted
 from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, WARNING, Check
 
@@ -89,6 +89,8 @@ def check_evidence(evidence: dict, policy) -> tuple[list, Quoted | None]:
     except CardFormatError as exc:
         checks.append(Check("quote_signature", CONTRAINDICATED, exc.field, exc.reason))
         return checks, None
+    if "gpu" in extra:
+        checks += gpu_evidence.check_gpus(extra["gpu"], policy, quoted.qualifying_data)
     return checks, quoted
 
 
