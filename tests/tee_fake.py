@@ -1,7 +1,7 @@
 """A fake configfs-tsm tree and a fake "kernel" that answers report requests in it with
 SEV-SNP-shaped reports signed by a TEST chain made here (ARK -> ASK -> VCEK, RSA-PSS
-links, P-384 VCEK), laid out as the SEV-SNP ABI's ATTESTATION_REPORT. TDX requests are
-answered with a recorded real quote (its report data cannot be ours: no test DCAP chain).
+links, P-384 VCEK), laid out as the SEV-SNP ABI's ATTESTATION_REPORT, or with TDX
+quotes (tee_fake_tdx.FakeDcap re-issues a real one under a test DCAP chain).
 """
 from __future__ import annotations
 
@@ -108,7 +108,8 @@ class FakeKernel:
     prover in-process or as a `laminate train` subprocess against the same tree)."""
 
     def __init__(self, root: Path, chain: FakeAmdChain | None = None, *, provider="sev_guest",
-                 tdx_quote: bytes | None = None):
+                 tdx_quote=None):
+        """tdx_quote: report data -> TDX quote (a FakeDcap's `quote`, or a recorded one)."""
         self.report_dir = Path(root) / "report"
         self.report_dir.mkdir(parents=True, exist_ok=True)
         self.chain = chain or FakeAmdChain()
@@ -139,7 +140,7 @@ class FakeKernel:
 
     def _answer(self, entry, report_data):
         if self.tdx_quote is not None:
-            out = self.tdx_quote
+            out = self.tdx_quote(report_data)
         else:
             out = self.chain.report(report_data)
             _write(entry / "auxblob", self.chain.cert_table())

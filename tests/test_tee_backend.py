@@ -198,7 +198,8 @@ def test_tdx_backend_with_a_recorded_quote(tmp_path, monkeypatch):
     (measurements / "rtmr3:sha384").write_bytes(bytes(48))
     monkeypatch.setenv("LAMINATE_TDX_COLLATERAL", str(VECTORS / c["collateral"]))
     monkeypatch.setenv("LAMINATE_TDX_MEASUREMENTS", str(measurements))
-    with FakeKernel(tmp_path / "tsm", provider="tdx_guest", tdx_quote=hex_file(c["quote"])) as k:
+    recorded = hex_file(c["quote"])
+    with FakeKernel(tmp_path / "tsm", provider="tdx_guest", tdx_quote=lambda _: recorded) as k:
         monkeypatch.setenv("LAMINATE_TSM_REPORT", str(k.report_dir))
         kit = cardkit.make_card(tmp_path / "kit", backend="tdx")
     assert kit.evidence["extra"]["rtmr"] == {"index": 3, "base": bytes(48)}

@@ -43,7 +43,8 @@ Q = "evidence.quote"
 _DER = Encoding.DER
 C = "evidence.extra.collateral"
 # dcap-qvl reports a failure as text; these fragments say which of our checks it is.
-_DCAP_REASONS = (("tee_tcb", ("tcb level", "tcb status")),
+_DCAP_REASONS = (("tee_debug", ("debug",)),
+                 ("tee_tcb", ("tcb level", "tcb status")),
                  ("collateral", ("expired", "in the future", "fmspc mismatch", "tcb info",
                                  "tcbinfo", "qe identity", "crl", "collateral")),
                  ("cert_chain", ("pck", "certificate", "cert chain", "revoked")))
@@ -213,8 +214,8 @@ def _dcap_failure(message: str) -> Check:
     lower = text.lower()
     for name, fragments in _DCAP_REASONS:
         if any(f in lower for f in fragments):
-            field = {"tee_tcb": f"{C}.tcb_info", "collateral": C,
-                     "cert_chain": "evidence.cert_chain"}[name]
+            field = {"tee_debug": f"{Q}.td_attributes", "tee_tcb": f"{C}.tcb_info",
+                     "collateral": C, "cert_chain": "evidence.cert_chain"}[name]
             return Check(name, CONTRAINDICATED, field, f"dcap-qvl: {text}")
     return Check("quote_signature", CONTRAINDICATED, "evidence.signature", f"dcap-qvl: {text}")
 
