@@ -1,7 +1,7 @@
-"""Acceptance: `laminate train … --backend snp` in a (fake) confidential VM, then
-`laminate verify`: accepted under a policy trusting the test AMD chain and pinning the
-launch measurement, refused under the default policy, and refused after each tamper for
-the check's own reason."""
+"""Acceptance: `laminate train … --backend snp|tdx` in a (fake) confidential VM, then
+`laminate verify`: accepted under a policy trusting the test chain (AMD ARK, or the test
+DCAP root) and pinning the measurements, refused under the default policy, and refused
+after each tamper for the check's own reason."""
 import json
 import os
 import subprocess
@@ -129,3 +129,76 @@ def test_verification_time_from_the_command_line(trained):
     bad = run(*base, "--at", "yesterday", env=env)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith(
         "--at: expected an ISO 8601 time, got 'yesterday'")
+
+
+@pytest.fixture(scope="module")
+def trained_tdx(tmp_path_factory):
+    pytest.importorskip("dcap_qvl")
+    from tee_fake_tdx import FakeDcap
+    from tee_vectors import VECTORS, case, hex_file
+    c = case("intel", "phala_tdx_v4")
+    raw = hex_file(c["quote"])
+    dcap = FakeDcap(raw, json.loads((VECTORS / c["collateral"]).read_text()))
+    root = tmp_path_factory.mktemp("tdxtrain")
+    release = keys.generate_private_key("ed25519")
+    keys.save_private_key(release, root / "release.pem")
+    (root / "config.yaml").write_text(CONFIG)
+    (root / "collateral.json").write_text(json.dumps(dcap.collateral()))
+    out = root / "out"
+    with FakeKernel(root / "tsm", provider="tdx_guest", tdx_quote=dcap.quote) as kernel:
+        env = dict(os.environ, LAMINATE_TSM_REPORT=str(kernel.report_dir),
+                   LAMINATE_TDX_COLLATERAL=str(root / "collateral.json"),
+                   LAMINATE_HOME=str(root / "home"), OMP_NUM_THREADS="1")
+        done = run("train", root / "config.yaml", "--out", out, "--backend", "tdx",
+                   "--release-key", root / "release.pem", env=env)
+        assert done.returncode == 0, done.stderr
+    (root / "test-dcap-root.pem").write_bytes(dcap.root_pem)
+    mrtd = raw[48 + 136:48 + 184].hex()
+    (root / "policy.yaml").write_text(yaml.safe_dump({
+        "policy_id": "tdx-acceptance", "allow_backends": ["tdx"],
+        "trusted_roots": ["test-dcap-root.pem"], "verification_time": c["verify_at"],
+        "trusted_release_keys": [str(out / "release-public.pem")],
+        "reference_values": {"code": [measure.code_claim()["wrapper_sha256"]],
+                             "tdx": {"mrtd": [mrtd]}}}))
+    return root, out, release, env
+
+
+@pytest.mark.slow
+def test_tdx_card_verifies_under_a_policy_trusting_the_test_chain(trained_tdx):
+    code, result, bad = verify(trained_tdx)
+    assert code == 0 and not bad, result
+    assert result["backend"] == "tdx"
+    assert {"cert_chain", "collateral", "quote_signature", "tee_tcb", "tee_measurement",
+            "tee_debug", "qualifying_data", "log_replay"} <= {
+        c["check"] for c in result["checks"] if c["status"] == "affirming"}
+
+
+@pytest.mark.slow
+def test_tdx_default_policy_refuses_it(trained_tdx):
+    code, _, bad = verify(trained_tdx, policy=False)
+    assert code == 1 and {"backend", "cert_chain"} <= set(bad)
+
+
+TDX_TAMPERS = {
+    "claimed accuracy raised": (lambda p: p["claims"]["evaluation"].__setitem__("accuracy", 0.99),
+                                "qualifying_data", "claims"),
+    "MRTD flipped": (lambda p: p["evidence"].__setitem__(
+        "quote", flip(p["evidence"]["quote"], 48 + 136)), "quote_signature", "evidence.signature"),
+    "collateral dropped": (lambda p: p["evidence"]["extra"].pop("collateral"),
+                           "collateral", "evidence.extra.collateral"),
+    "PCK certificate dropped": (lambda p: p["evidence"].__setitem__(
+        "cert_chain", p["evidence"]["cert_chain"][1:]), "cert_chain", "evidence.cert_chain"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TDX_TAMPERS))
+def test_tdx_tamper_matrix_is_rejected(trained_tdx, name):
+    root, out, release, _ = trained_tdx
+    mutate, check, field = TDX_TAMPERS[name]
+    payload = open_card((out / "card.cbor").read_bytes()).payload
+    mutate(payload)
+    path = root / f"{name.replace(' ', '-')}.cbor"
+    path.write_bytes(cose.sign1(cbor.dumps(payload), release, kid=keys.key_id(release.public_key())))
+    code, result, bad = verify(trained_tdx, card=path)
+    assert code == 1 and bad.get(check) == field, (name, bad)
