@@ -193,3 +193,10 @@ def test_rtmr_replay_against_the_hardware_register(kit):
     _rejected_by(bad, "rtmr_replay", "evidence.quote.rtmr3", "does not reproduce RTMR3")
     assert bad.get("log_replay").status == AFFIRMING
     assert CONTRAINDICATED not in {c.status for c in good.checks}
+
+
+def test_test_root_and_intel_root_trusted_together(kit):
+    """Both roots are named "Intel SGX Root CA": the one that signed the chain is used."""
+    result = _appraise(kit, policy=_policy(kit, trusted_roots=[str(INTEL_ROOT),
+                                                               "test-dcap-root.pem"]))
+    assert result.exit_code == 0, result.to_table()
