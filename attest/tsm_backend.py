@@ -17,7 +17,8 @@ into the hardware register too. SEV-SNP has no runtime registers: the report dat
 the only binding, made by software inside the measured VM.
 
 Paths: $LAMINATE_TSM_REPORT (default the kernel's) and $LAMINATE_TDX_MEASUREMENTS
-(default the kernel's); tests point them at a fake tree. TDX collateral (Intel PCS TCB
+(default the kernel's); tests point them at a fake tree. When the host supplies no SNP
+certificate table, $LAMINATE_SNP_CHAIN names a PEM file with the VCEK, ASK and ARK. TDX collateral (Intel PCS TCB
 Info, QE Identity, CRLs; a dcap-qvl QuoteCollateralV3 JSON) comes from
 $LAMINATE_TDX_COLLATERAL: the guest cannot produce it, it is fetched from Intel.
 """
@@ -153,13 +154,14 @@ class TsmBackend:
     def _snp_evidence(self, report: bytes, auxblob, extra) -> dict:
         if len(report) != 0x4A0:
             raise LaminateError(f"snp backend: outblob is {len(report)} bytes, not an SNP report")
-        certs = parse_cert_table(auxblob or b"")
+        certs = parse_cert_table(auxblob) if auxblob else {}
         signer = certs.get("vcek") or certs.get("vlek")
-        if not signer or "ask" not in certs or "ark" not in certs:
-            raise LaminateError("snp backend: the host supplied no VCEK/ASK/ARK certificates "
-                                "(auxblob); configure the host's certificate table")
+        if signer and "ask" in certs and "ark" in certs:
+            chain = [signer, certs["ask"], certs["ark"]]
+        else:
+            chain = _chain_file(os.environ.get("LAMINATE_SNP_CHAIN"))
         return {"backend": "snp", "quote": report[:0x2A0], "signature": report[0x2A0:],
-                "cert_chain": [signer, certs["ask"], certs["ark"]], "extra": extra}
+                "cert_chain": chain, "extra": extra}
 
     def _tdx_evidence(self, quote: bytes, extra) -> dict:
         from cryptography import x509
@@ -191,6 +193,27 @@ class TsmBackend:
 
     def close(self) -> None:
         self._registers = None
+
+
+def _chain_file(path) -> list[bytes]:
+    """[VCEK, ASK, ARK] as DER from a PEM file (from AMD's KDS: the chip's VCEK for its
+    reported TCB, then the product's cert_chain), for hosts that supply no auxblob."""
+    if not path:
+        raise LaminateError("snp backend: the host supplied no VCEK/ASK/ARK certificates "
+                            "(auxblob); set LAMINATE_SNP_CHAIN to a PEM file with the VCEK, "
+                            "ASK and ARK from AMD's key distribution service")
+    import warnings
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    try:
+        with warnings.catch_warnings():      # AMD VCEKs have serial number 0
+            warnings.simplefilter("ignore")
+            certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise LaminateError(f"{path}: not a PEM certificate chain ({exc})") from None
+    if len(certs) != 3:
+        raise LaminateError(f"{path}: expected 3 certificates (VCEK, ASK, ARK), got {len(certs)}")
+    return [c.public_bytes(Encoding.DER) for c in certs]
 
 
 def _read(path: Path, name: str) -> bytes:

@@ -108,12 +108,12 @@ class FakeKernel:
     prover in-process or as a `laminate train` subprocess against the same tree)."""
 
     def __init__(self, root: Path, chain: FakeAmdChain | None = None, *, provider="sev_guest",
-                 tdx_quote=None):
+                 tdx_quote=None, auxblob=True):
         """tdx_quote: report data -> TDX quote (a FakeDcap's `quote`, or a recorded one)."""
         self.report_dir = Path(root) / "report"
         self.report_dir.mkdir(parents=True, exist_ok=True)
         self.chain = chain or FakeAmdChain()
-        self.provider, self.tdx_quote = provider, tdx_quote
+        self.provider, self.tdx_quote, self.auxblob = provider, tdx_quote, auxblob
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.answered = 0
@@ -143,7 +143,8 @@ class FakeKernel:
             out = self.tdx_quote(report_data)
         else:
             out = self.chain.report(report_data)
-            _write(entry / "auxblob", self.chain.cert_table())
+            if self.auxblob:
+                _write(entry / "auxblob", self.chain.cert_table())
         _write(entry / "provider", self.provider.encode() + b"\n")
         _write(entry / "generation", b"1\n")
         _write(entry / "outblob", out)      # last: the prover reads it first

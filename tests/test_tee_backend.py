@@ -254,3 +254,20 @@ def test_gpu_evidence_bound_to_the_claims(kit, tmp_path):
     for name in ("gpu_cert_chain", "gpu_signature", "gpu_nonce", "qualifying_data"):
         assert result.get(name).status == AFFIRMING, result.to_table()
     assert result.get("gpu_measurement").status == "warning" and result.exit_code == 0
+
+
+def test_snp_chain_from_a_file_when_the_host_gives_none(tmp_path, monkeypatch):
+    from cryptography.hazmat.primitives.serialization import Encoding
+    with FakeKernel(tmp_path / "tsm", auxblob=False) as kernel:
+        backend = TsmBackend("snp", report_dir=kernel.report_dir)
+        backend.start([16, 23])
+        monkeypatch.delenv("LAMINATE_SNP_CHAIN", raising=False)
+        with pytest.raises(LaminateError, match="set LAMINATE_SNP_CHAIN"):
+            backend.quote(bytes(32))
+        chain = kernel.chain
+        pem = b"".join(c.public_bytes(Encoding.PEM) for c in (chain.vcek, chain.ask, chain.ark))
+        (tmp_path / "chain.pem").write_bytes(pem)
+        monkeypatch.setenv("LAMINATE_SNP_CHAIN", str(tmp_path / "chain.pem"))
+        evidence = backend.quote(bytes(32))
+    assert evidence["cert_chain"] == [chain.der(chain.vcek), chain.der(chain.ask),
+                                      chain.der(chain.ark)]
