@@ -92,18 +92,24 @@ class FakeDcap:
                .sign(key, hashes.SHA256()))
         return crl.public_bytes(serialization.Encoding.DER).hex()
 
-    def collateral(self) -> dict:
+    def collateral(self, tcb_status: str | None = None) -> dict:
         """Collateral in the dcap-qvl QuoteCollateralV3 shape, current when the real
-        TCB Info and QE Identity are (their dates are kept: they are signed JSON)."""
+        TCB Info and QE Identity are (their dates are kept: they are signed JSON).
+        `tcb_status`: Intel's verdict for the platform's TCB level, re-signed."""
         info = json.loads(self.tcb_info)
+        tcb_info = self.tcb_info
+        if tcb_status is not None:
+            info["tcbLevels"][0]["tcbStatus"] = tcb_status
+            info["tcbLevels"][0]["advisoryIDs"] = ["INTEL-SA-00837"]
+            tcb_info = json.dumps(info, separators=(",", ":"))
         issued = dt.datetime.fromisoformat(info["issueDate"].replace("Z", "+00:00"))
         window = (issued, issued + dt.timedelta(days=25))
         return {"pck_crl_issuer_chain": _pem(self.ca) + _pem(self.root),
                 "root_ca_crl": self._crl(self.root, self.root_key, *window),
                 "pck_crl": self._crl(self.ca, self.ca_key, *window),
                 "tcb_info_issuer_chain": _pem(self.tcb_cert) + _pem(self.root),
-                "tcb_info": self.tcb_info,
-                "tcb_info_signature": _raw_sig(self.tcb_key, self.tcb_info.encode()).hex(),
+                "tcb_info": tcb_info,
+                "tcb_info_signature": _raw_sig(self.tcb_key, tcb_info.encode()).hex(),
                 "qe_identity_issuer_chain": _pem(self.tcb_cert) + _pem(self.root),
                 "qe_identity": self.qe_identity,
                 "qe_identity_signature": _raw_sig(self.tcb_key, self.qe_identity.encode()).hex()}

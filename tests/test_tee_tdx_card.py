@@ -200,3 +200,28 @@ def test_test_root_and_intel_root_trusted_together(kit):
     result = _appraise(kit, policy=_policy(kit, trusted_roots=[str(INTEL_ROOT),
                                                                "test-dcap-root.pem"]))
     assert result.exit_code == 0, result.to_table()
+
+
+@pytest.mark.parametrize("status,expected", [
+    ("SWHardeningNeeded", "warning"), ("ConfigurationNeeded", "warning"),
+    ("OutOfDate", CONTRAINDICATED), ("Revoked", CONTRAINDICATED)])
+def test_intel_tcb_status_mapping(kit, status, expected):
+    """Intel's verdict for the platform, as dcap-qvl reads it from (re-signed) TCB Info."""
+    def edit(evidence):
+        evidence["extra"]["collateral"] = kit.dcap.collateral(tcb_status=status)
+    result = _appraise(kit, cardkit.forge(kit, mutate_evidence=edit))
+    tcb = result.get("tee_tcb")
+    assert tcb is not None, result.to_table()
+    assert tcb.status == expected and tcb.field == "evidence.extra.collateral.tcb_info", tcb
+    assert status in tcb.reason
+    if expected == "warning":
+        assert "INTEL-SA-00837" in tcb.reason and result.exit_code == 0
+
+
+def test_policy_may_refuse_hardening_needed(kit):
+    def edit(evidence):
+        evidence["extra"]["collateral"] = kit.dcap.collateral(tcb_status="SWHardeningNeeded")
+    result = _appraise(kit, cardkit.forge(kit, mutate_evidence=edit),
+                       policy=_policy(kit, tee={"allowed_tcb_status": ["UpToDate"]}))
+    _rejected_by(result, "tee_tcb", "evidence.extra.collateral.tcb_info",
+                 "TCB status SWHardeningNeeded (advisories: INTEL-SA-00837) is not allowed")
