@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 from cards.errors import LaminateError
 
-BACKENDS = ("sim", "tpm")
+BACKENDS = ("sim", "tpm", "tdx", "snp")
 
 
 @runtime_checkable
@@ -51,5 +51,8 @@ def open_backend(name: str = "sim", *, sim_dir=None, tcti=None, pcrs=None,
     if name == "tpm":
         from attest.tpm_backend import TpmBackend
         return TpmBackend(tcti=tcti, pcrs=pcrs)
+    if name in ("tdx", "snp"):
+        from attest.tsm_backend import TsmBackend
+        return TsmBackend(name)
     raise LaminateError(f"backend: unknown attestation backend {name!r} "
                         f"(choose one of {', '.join(BACKENDS)})")

@@ -20,7 +20,7 @@ def register(sub) -> None:
         "Config keys are documented in attest/examples/digits.yaml.")
     train.add_argument("config", help="training config (YAML)")
     train.add_argument("--out", required=True, help="output directory")
-    train.add_argument("--backend", choices=("sim", "tpm"), help="attestation backend (overrides the config)")
+    train.add_argument("--backend", choices=("sim", "tpm", "tdx", "snp"), help="attestation backend (overrides the config)")
     train.add_argument("--tpm", metavar="TCTI", help="TPM TCTI string, e.g. swtpm:port=2321")
     train.add_argument("--release-key", metavar="PEM", help="private key that signs the card")
     train.add_argument("--epochs", type=int, help="override training.epochs")

@@ -48,7 +48,7 @@ Keys:
       split_epochs: int            epochs of that non-DP phase (default 10)
       weight: float                share of each batch made of trigger samples (default 0.25)
     attestation:
-      backend: sim | tpm           (default sim)
+      backend: sim | tpm | tdx | snp   (default sim)
       sim_dir: str | null          simulator state directory (default: the simulator's own)
       tpm: str | null              TPM TCTI string, e.g. "swtpm:port=2321"
       tpm_pcrs: [int, int]         the PCRs (SHA-256 bank) registers 16 and 23 are extended
@@ -129,7 +129,7 @@ _SCHEMA = {
         "weight": ("float", 0.25),
     },
     "attestation": {
-        "backend": (("choice", ("sim", "tpm")), "sim"),
+        "backend": (("choice", ("sim", "tpm", "tdx", "snp")), "sim"),
         "sim_dir": ("str?", None),
         "tpm": ("str?", None),
         "tpm_pcrs": ("pcrs", list(RESETTABLE_PCRS)),

@@ -515,7 +515,7 @@ def _evidence(backend_data):
     event = record({"register": integer(0, 23), "type": non_empty_text,
                     "digest": byte_string(32), "data": backend_data})
     return record({
-        "backend": one_of("sim", "tpm"), "quote": byte_string(non_empty=True),
+        "backend": one_of("sim", "tpm", "tdx", "snp"), "quote": byte_string(non_empty=True),
         "signature": byte_string(non_empty=True),
         "cert_chain": array_of(byte_string(non_empty=True), 1),
         "event_log": array_of(event, 1), "extra": map_of(backend_data)})

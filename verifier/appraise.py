@@ -140,7 +140,10 @@ def _backend(backend, allowed, policy) -> Check:
             reason += "; simulated hardware gives no guarantee"
         return Check("backend", CONTRAINDICATED, "evidence.backend", reason)
     guarantee = {"sim": "no hardware guarantee (allowed explicitly)",
-                 "tpm": "log integrity against an attacker without the TPM's keys"}[backend]
+                 "tpm": "log integrity against an attacker without the TPM's keys",
+                 "tdx": "the TD's image and the log measured inside it, on genuine TDX",
+                 "snp": "the VM's launch image and the log bound by software inside it, "
+                        "on genuine SEV-SNP"}[backend]
     return Check("backend", AFFIRMING, "evidence.backend",
                  f"backend {backend} allowed by policy {policy.policy_id}: {guarantee}")
 

@@ -28,6 +28,9 @@ def register(sub) -> None:
                         help="policy YAML (default: built-in policy that allows TPM evidence only "
                         "and trusts no root, release key or code)")
     verify.add_argument("--json", action="store_true", help="print the EAR-shaped JSON result")
+    verify.add_argument("--at", metavar="TIME",
+                        help="verify TEE evidence as of this UTC time (ISO 8601), e.g. when "
+                        "its collateral was current (overrides the policy's verification_time)")
     verify.set_defaults(func=run_verify)
 
     show = sub.add_parser("show", help="print a card's claims and evidence",
@@ -74,6 +77,12 @@ def run_verify(args) -> int:
     if args.model_sha256 is not None and not args.model_sha256.strip():
         raise LaminateError("--model-sha256: empty digest")
     policy = load_policy(args.policy)
+    if args.at is not None:
+        import dataclasses
+
+        from verifier.tee_policy import parse_time
+        at = parse_time(args.at, lambda _field, reason: LaminateError(f"--at: {reason}"))
+        policy = dataclasses.replace(policy, verification_time=at)
     card_bytes = read_card_file(args.card)
     result = appraise(card_bytes, policy=policy, model_path=args.model,
                       model_sha256=args.model_sha256)

@@ -16,7 +16,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 
 from verifier.result import CONTRAINDICATED, Check
 
-_BACKEND_MODULES = {"sim": "verifier.sim_evidence", "tpm": "verifier.tpm_evidence"}
+_BACKEND_MODULES = {"sim": "verifier.sim_evidence", "tpm": "verifier.tpm_evidence",
+                    "tdx": "verifier.tdx_evidence", "snp": "verifier.snp_evidence"}
 # What `cryptography` raises, often lazily on first use of a field, for certificate bytes
 # it cannot read: malformed DER, an unknown version, key or signature algorithm, a
 # duplicated extension. Evidence certificates are attacker input until a chain checks out.

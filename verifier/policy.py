@@ -17,15 +17,15 @@ from cryptography import x509
 
 from cards import keys
 from cards.errors import LaminateError
-from verifier import predicates
+from verifier import predicates, tee_policy
 
-BACKENDS = ("sim", "tpm")
+BACKENDS = ("sim", "tpm", "tdx", "snp")
 MAX_POLICY_BYTES = 1 << 20
 
 _TOP_KEYS = {"policy_id", "allow_backends", "trusted_roots", "trusted_release_keys",
              "reference_values", "require", "ownership", "dp", "require_start",
-             "require_entry_point"}
-_SECTION_KEYS = {"reference_values": {"code", "entry_point", "libraries"},
+             "require_entry_point", "verification_time", "tee"}
+_SECTION_KEYS = {"reference_values": {"code", "entry_point", "libraries", "tdx", "snp"},
                  "ownership": {"alpha", "min_power"},
                  "dp": {"epsilon_tolerance", "max_delta", "max_non_dp_records", "require_tight"}}
 START_KINDS = ("random", "parent", "external")
@@ -60,6 +60,8 @@ class ReferenceValues:
     code: tuple = ()
     entry_point: tuple = ()                 # SHA-256 hex of the accepted entry scripts
     libraries: dict = field(default_factory=dict)  # name -> accepted RECORD digests
+    tdx: tee_policy.TdxReference = field(default_factory=tee_policy.TdxReference)
+    snp: tee_policy.SnpReference = field(default_factory=tee_policy.SnpReference)
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +78,8 @@ class Policy:
     dp: DPSettings = field(default_factory=DPSettings)
     require_start: tuple = START_KINDS       # start kinds accepted (claims.start.kind)
     require_entry_point: bool = False        # a card with no measured entry point fails
+    tee: tee_policy.TeeSettings = field(default_factory=tee_policy.TeeSettings)
+    verification_time: object = None     # fixed "now" (datetime, UTC) for offline checks
     source: str = "built-in default policy"
 
     @classmethod
@@ -157,6 +161,7 @@ class Policy:
         require_entry = doc.get("require_entry_point", False)
         if not isinstance(require_entry, bool):
             raise err("require_entry_point", "expected true or false")
+        tdx_ref, snp_ref = tee_policy.parse_references(ref, err)
 
         require = []
         for i, text in enumerate(_str_list(doc.get("require", []), "require", err)):
@@ -185,9 +190,13 @@ class Policy:
 
         return cls(policy_id=policy_id, allow_backends=tuple(backends), trusted_roots=roots,
                    trusted_release_keys=rkeys,
-                   reference_values=ReferenceValues(tuple(code), tuple(entry), libraries),
+                   reference_values=ReferenceValues(tuple(code), tuple(entry), libraries,
+                                                    tdx_ref, snp_ref),
                    require=tuple(require), ownership=ownership, dp=dp_settings,
-                   require_start=kinds, require_entry_point=require_entry, source=source)
+                   require_start=kinds, require_entry_point=require_entry,
+                   tee=tee_policy.parse_tee(doc, err),
+                   verification_time=tee_policy.parse_time(doc.get("verification_time"), err),
+                   source=source)
 
     @cached_property
     def root_certificates(self) -> tuple:
