@@ -203,6 +203,11 @@ def _head(major: int, arg: int, size: int) -> bytes:
     return bytes([major << 5 | (23 + size.bit_length())]) + arg.to_bytes(size, "big")
 
 
+def _shortest_head(major: int, n: int) -> bytes:
+    size = 0 if n < 24 else 1 if n < 1 << 8 else 2 if n < 1 << 16 else 4 if n < 1 << 32 else 8
+    return _head(major, n, size)
+
+
 def _children(data, entry, index):
     """The direct children of a container item, as (start, end)."""
     at, major, info, arg, head, end = entry
@@ -240,7 +245,7 @@ def item_variants(data: bytes, entry, index):
             out.append(("swap", data[at:at + head] + k1 + v1 + k0 + v0 + rest))
             out.append(("duplicate", data[at:at + head] + k0 + v0 + k0 + v1 + rest))
         if kids:
-            out.append(("drop-last", cbor.head(major, arg - 1)
+            out.append(("drop-last", _shortest_head(major, arg - 1)
                         + b"".join(data[s:e] for s, e in
                                    (kids[:-2] if major == 5 else kids[:-1]))))
     if major == 7 and info in (25, 26, 27):
