@@ -46,6 +46,7 @@ class Card(NamedTuple):
 
 
 def build_payload(claims: dict, evidence: dict) -> dict:
+    """The CardPayload map of FORMAT.md for these sections (not validated here)."""
     return {"schema_version": schema.SCHEMA_VERSION, "claims": claims, "evidence": evidence}
 
 

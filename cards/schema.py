@@ -67,17 +67,21 @@ def _path(trail) -> str:
 # --- checkers: each takes a value and raises _Invalid if the value breaks the schema ---
 
 def text(value):
+    """A string (possibly empty)."""
     if type(value) is not str:
         _fail(f"expected a string, got {_type_name(value)}")
 
 
 def non_empty_text(value):
+    """A string that is not empty."""
     text(value)
     if not value:
         _fail("must not be empty")
 
 
 def integer(minimum=0, maximum=None):
+    """A checker for an int (never a bool) in ``minimum``..``maximum`` (no upper bound if
+    None)."""
     def check(value):
         if type(value) is not int:
             _fail(f"expected an integer, got {_type_name(value)}")
@@ -101,6 +105,7 @@ def number(low=None, high=None, allow_infinity=False):
 
 
 def hex_digest(value):
+    """A SHA-256 digest written as 64 lowercase hex digits."""
     if type(value) is not str:
         text(value)
     if not _HEX64.match(value):
@@ -108,6 +113,8 @@ def hex_digest(value):
 
 
 def byte_string(size=None, non_empty=False):
+    """A checker for a byte string of exactly ``size`` bytes if given, not empty if
+    ``non_empty``."""
     def check(value):
         if type(value) is not bytes:
             _fail(f"expected a byte string, got {_type_name(value)}")
@@ -119,6 +126,7 @@ def byte_string(size=None, non_empty=False):
 
 
 def one_of(*choices):
+    """A checker for one of these values, of the same type as the first."""
     def check(value):
         if type(value) is not type(choices[0]) or value not in choices:
             _fail(f"expected one of {', '.join(map(repr, choices))}, got {value!r}"[:200])
@@ -126,6 +134,8 @@ def one_of(*choices):
 
 
 def nullable(inner):
+    """A checker for null or what ``inner`` accepts (optional sections are null, never
+    absent)."""
     def check(value):
         if value is not None:
             inner(value)
@@ -133,6 +143,8 @@ def nullable(inner):
 
 
 def array_of(item, min_items=0):
+    """A checker for an array of at least ``min_items`` items, each checked by ``item``;
+    an error names the index."""
     def check(value):
         if type(value) is not list:
             _fail(f"expected an array, got {_type_name(value)}")
@@ -378,7 +390,8 @@ EVENT_CLAIMS: dict[str, EventClaim] = {e.type: e for e in (
 
 
 def claim_for_event(claims: dict, event_type: str) -> Any:
-    """The event data that backs ``event_type`` given these claims."""
+    """The event data that backs ``event_type`` given these (valid) claims; raises
+    CardFormatError for an unknown event type."""
     try:
         spec = EVENT_CLAIMS[event_type]
     except KeyError:
@@ -393,6 +406,8 @@ def expected_events(claims: dict) -> list[EventClaim]:
 
 
 def event_digest(event_type: str, data: Any) -> bytes:
+    """H(dcbor({"type": event_type, "data": data})), what an event extends its register
+    with; raises CardFormatError if ``data`` cannot be encoded as CBOR."""
     return hashlib.sha256(cbor.dumps({"type": event_type, "data": data})).digest()
 
 

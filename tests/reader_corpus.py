@@ -22,6 +22,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import math
 import random
 import struct
 import sys
@@ -210,7 +211,7 @@ def _shortest_head(major: int, n: int) -> bytes:
 
 def _children(data, entry, index):
     """The direct children of a container item, as (start, end)."""
-    at, major, info, arg, head, end = entry
+    at, head, end = entry[0], entry[4], entry[5]
     kids, cursor = [], at + head
     while cursor < end:
         child = index[cursor]
@@ -235,7 +236,7 @@ def item_variants(data: bytes, entry, index):
             flipped[len(flipped) // 2] ^= 0x01
             out.append(("flip", data[at:at + head] + bytes(flipped)))
             out.append(("shorten", cbor.dumps(
-                (body[:-1].decode("utf-8", "replace") if major == 3 else body[:-1]))))
+                body[:-1].decode("utf-8", "replace") if major == 3 else body[:-1])))
     if major in (4, 5):
         out.append(("indefinite", bytes([major << 5 | 31]) + body + b"\xff"))
         kids = _children(data, entry, index)
@@ -254,7 +255,7 @@ def item_variants(data: bytes, entry, index):
             out.append(("float-wider", b"\xfb" + struct.pack(">d", value)))
         out.append(("nan", b"\xf9\x7e\x00"))
         out.append(("nan-wide", b"\xfb\x7f\xf8\x00\x00\x00\x00\x00\x01"))
-        if value == value and abs(value) != float("inf") and value == int(value):
+        if math.isfinite(value) and value == int(value):
             out.append(("as-int", cbor.dumps(int(value))))
     if major in (0, 1):
         out.append(("as-float", cbor.dumps(float(arg if major == 0 else -1 - arg))))
