@@ -249,21 +249,21 @@ def any_value(value):
         any_value(value.value)
     elif kind is dict or kind is cbor2.frozendict:
         for key, element in value.items():
-            step = key if type(key) is str else (key,)
-            if type(key) is str and key.startswith(CRITICAL_PREFIX):
-                _fail_at(step, "unknown critical extension")
-            if type(key) is float and math.isnan(key):
-                _fail_at(step, "NaN is not allowed as a map key")
-            if type(key) in _CONTAINERS:
+            if type(key) is str:
+                if key.startswith(CRITICAL_PREFIX):
+                    _fail_at(key, "unknown critical extension")
+            elif type(key) is float and math.isnan(key):
+                _fail_at((key,), "NaN is not allowed as a map key")
+            elif type(key) in _CONTAINERS:
                 try:
                     any_value(key)
                 except _Invalid as exc:  # a key is named whole, not by its insides
-                    raise _Invalid(exc.reason, step) from None
+                    raise _Invalid(exc.reason, (key,)) from None
             if type(element) in _CONTAINERS:
                 try:
                     any_value(element)
                 except _Invalid as exc:
-                    exc.trail.append(step)
+                    exc.trail.append(key if type(key) is str else (key,))
                     raise
     elif kind is list or kind is tuple:
         for i, element in enumerate(value):
