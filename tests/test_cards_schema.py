@@ -471,8 +471,8 @@ def _with_headers(key, protected: dict, unprotected: dict | None = None) -> byte
 @pytest.mark.parametrize("kid", [7, -1, "0" * 32, None, True, 1.5, [b"\x00" * 32],
                                  {1: b"\x00" * 32}, cbor2.CBORTag(1234, b"\x00" * 32)])
 def test_a_kid_that_is_not_a_byte_string_is_named(kid):
-    """RFC 9052 makes kid a byte string: any other value, null included, is a clean
-    format error naming the kid, never a Python exception from measuring its length."""
+    """A COSE kid is a byte string: any other value, null included, is a clean format
+    error naming the kid, never a Python exception from measuring its length."""
     key = keys.generate_private_key("ed25519")
     err = _open_fails(_with_headers(key, {1: -8, 4: kid}), "expected a byte string")
     assert (err.field, err.reason) == ("card.protected.kid", "expected a byte string")
@@ -485,8 +485,8 @@ def test_a_kid_that_is_not_a_byte_string_is_named(kid):
 
 
 def test_crit_in_the_unprotected_header_is_refused():
-    """crit must be protected (RFC 9052 §3.1): an unprotected one could be stripped or
-    added by anyone without breaking the signature."""
+    """crit must be protected: an unprotected one could be stripped or added by anyone
+    without breaking the signature."""
     key = keys.generate_private_key("ed25519")
     kid = keys.key_id(key.public_key())
     data = _with_headers(key, {1: -8, 4: kid}, {2: [4]})
