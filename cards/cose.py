@@ -111,11 +111,16 @@ def sign1(payload: bytes, private_key, *, kid: bytes, external_aad: bytes = b"")
 
 def parse_sign1(data: bytes, *, require_tag: bool = False, deterministic: bool = False,
                 field: str = "cose") -> Sign1:
-    """Decode a COSE_Sign1 (tag 18, or untagged unless ``require_tag``) strictly.
-    Structure and header errors raise CardFormatError; no signature is checked here."""
-    item = cbor.decode(data, definite=deterministic, field=field)
-    if deterministic and not _is_usual_encoding(item, data):
-        cbor.require_deterministic(item, data, field=field)
+    """Decode a COSE_Sign1 (tag 18, or untagged unless ``require_tag``) strictly; with
+    ``deterministic`` the message and its protected header must be in deterministic
+    encoding. No signature is checked here.
+
+    Raises CardFormatError naming the part (``{field}``, ``{field}.protected``,
+    ``{field}.unprotected.crit``, ...) for malformed CBOR, a wrong shape, an alg that is
+    missing or unsupported, a kid that is not a byte string, a header both protected and
+    unprotected, and a crit header that is unprotected, empty or names a header not
+    understood."""
+    item = cbor.loads(data, deterministic=deterministic, field=field)
     if isinstance(item, cbor2.CBORTag):
         if item.tag != TAG_SIGN1:
             raise CardFormatError(field, f"CBOR tag {item.tag} is not COSE_Sign1 (18)")
@@ -137,7 +142,8 @@ def parse_sign1(data: bytes, *, require_tag: bool = False, deterministic: bool =
         raise CardFormatError(f"{field}.signature", "expected a byte string")
     protected = {}
     if protected_bytes:
-        protected = _protected_header(protected_bytes, deterministic, f"{field}.protected")
+        protected = cbor.loads(protected_bytes, deterministic=deterministic,
+                               field=f"{field}.protected")
         if not isinstance(protected, dict):
             raise CardFormatError(f"{field}.protected", "expected a serialized map")
     both = set(protected) & set(unprotected)
@@ -151,45 +157,9 @@ def parse_sign1(data: bytes, *, require_tag: bool = False, deterministic: bool =
     if type(alg) is not int or alg not in SUPPORTED_ALGS:
         raise CardFormatError(f"{field}.protected.alg", f"unsupported algorithm {alg!r}")
     kid = protected.get(HDR_KID, unprotected.get(HDR_KID))
-    if kid is not None and not isinstance(kid, bytes):
+    if (HDR_KID in protected or HDR_KID in unprotected) and type(kid) is not bytes:
         raise CardFormatError(f"{field}.protected.kid", "expected a byte string")
     return Sign1(protected, protected_bytes, unprotected, payload, signature, alg, kid)
-
-
-# Protected headers already decoded, by their bytes: a verifier meets one per signing
-# key. Only short ones of plain values are kept, so a hostile card cannot pin memory.
-_HEADERS: dict[tuple, dict] = {}
-
-
-def _protected_header(data: bytes, deterministic: bool, field: str):
-    """The decoded protected header, a map of its own (callers may change theirs)."""
-    known = _HEADERS.get((data, deterministic))
-    if known is not None:
-        return dict(known)
-    header = cbor.loads(data, deterministic=deterministic, field=field)
-    if (isinstance(header, dict) and len(data) <= 128 and len(_HEADERS) < 256
-            and all(type(value) in (int, bytes, str) for value in header.values())):
-        _HEADERS[data, deterministic] = dict(header)
-    return header
-
-
-def _is_usual_encoding(item, data: bytes) -> bool:
-    """True if ``data``, which decodes to ``item``, is its deterministic encoding and
-    ``item`` a COSE_Sign1 of the usual shape: byte strings and an empty unprotected map.
-    Each item takes at least the bytes of its shortest form, so the whole is
-    deterministic exactly when it is no longer than their sum: the payload, which can
-    be large, is neither compared nor encoded again. False for the general check."""
-    tagged = type(item) is cbor2.CBORTag and item.tag == TAG_SIGN1
-    parts = item.value if tagged else item
-    if type(parts) is not list or len(parts) != 4:
-        return False
-    protected, unprotected, payload, signature = parts
-    if not (type(protected) is bytes and type(unprotected) is dict and not unprotected
-            and type(payload) is bytes and type(signature) is bytes):
-        return False
-    heads = len(b"\xd2\x84\xa0") - (not tagged)  # tag 18, array of four, empty map
-    return len(data) == heads + sum(len(cbor.head(2, len(part))) + len(part)
-                                    for part in (protected, payload, signature))
 
 
 def verify_sign1(msg: Sign1, public_key, external_aad: bytes = b"") -> bool:
