@@ -121,7 +121,8 @@ def _server_args(parser, *, token=False) -> None:
 # ---------------------------------------------------------------- serve
 
 def cmd_serve(args) -> int:
-    from registry.app import Service, ServiceConfig
+    from registry.config import ServiceConfig
+    from registry.service import Service
 
     config = ServiceConfig.from_env()
     if args.database:

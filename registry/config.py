@@ -1,0 +1,43 @@
+"""The service's settings, from `laminate serve` options or LAMINATE_* variables."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from cards.errors import LaminateError
+
+from .db import DEFAULT_DATABASE_URL
+
+
+@dataclass
+class ServiceConfig:
+    database_url: str = DEFAULT_DATABASE_URL
+    policy_path: str | None = None
+    api_tokens: list = field(default_factory=list)
+    key_path: str | None = None
+    max_upload_mb: float = 64.0
+    allow_prediction_urls: bool = False
+
+    @classmethod
+    def from_env(cls, env=None) -> "ServiceConfig":
+        env = os.environ if env is None else env
+        tokens = [t.strip() for t in env.get("LAMINATE_API_TOKEN", "").split(",") if t.strip()]
+        try:
+            max_mb = float(env.get("LAMINATE_MAX_UPLOAD_MB", "64"))
+        except ValueError:
+            raise LaminateError("LAMINATE_MAX_UPLOAD_MB: expected a number of megabytes") from None
+        if max_mb <= 0:
+            raise LaminateError("LAMINATE_MAX_UPLOAD_MB: must be positive")
+        return cls(
+            database_url=env.get("LAMINATE_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            policy_path=env.get("LAMINATE_POLICY") or None,
+            api_tokens=tokens,
+            key_path=env.get("LAMINATE_SERVICE_KEY") or None,
+            max_upload_mb=max_mb,
+            allow_prediction_urls=env.get("LAMINATE_ALLOW_PREDICTION_URLS", "") in ("1", "true", "yes"),
+        )
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
