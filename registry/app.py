@@ -77,7 +77,9 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.get("/healthz", tags=["service"])
-    def healthz():
+    async def healthz():
+        # Answered on the event loop, not in a worker thread: it must keep answering
+        # while every worker is busy with a slow suspect.
         size = service.log.size()
         LOG_SIZE.set(size)
         return {"status": "ok", "log_size": size}
@@ -159,6 +161,11 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
                 raise LaminateError("model_sha256: expected 64 lowercase hex digits")
             digest = model_sha256
             result = service.appraise(row.card_bytes, model_sha256=digest)
+            # A digest is no evidence of holding the model: it is looked up, never
+            # logged, so nobody can place a first sighting before the owner's.
+            return {"card_id": card_id, "model_sha256": digest,
+                    "model_first_seen": service.model_record(digest),
+                    "result": result.to_dict()}
         else:
             raise LaminateError("model: upload the model file or give model_sha256")
         seen = service.observe_model(digest)
@@ -170,12 +177,14 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
 
         if model is not None:
             path, digest = save_upload(model, tmp)
-            return OnnxSuspect(path), digest
+            return OnnxSuspect(path, time_limit_s=service.config.suspect_seconds,
+                               memory_mb=service.config.suspect_memory_mb), digest
         if prediction_url:
             if not service.config.allow_prediction_urls:
                 raise Forbidden("prediction_url: this service does not query prediction URLs "
                                 "(start it with --allow-prediction-urls); upload the ONNX model")
-            return HttpSuspect(prediction_url), None
+            return HttpSuspect(prediction_url, timeout=service.config.suspect_seconds,
+                               total_s=service.config.suspect_seconds), None
         raise LaminateError("suspect: upload the ONNX model or give prediction_url")
 
     @app.post("/v1/ownership", tags=["ownership"], dependencies=[Depends(require_token)])
@@ -192,8 +201,12 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
         parsed = disputes.parse_opening(opening)
         with tempfile.TemporaryDirectory(prefix="laminate-ownership-") as tmp:
             suspect, digest = _suspect(model, prediction_url, tmp)
-            seen = service.observe_model(digest) if digest else None
-            test = ownership_test(parsed, watermark, suspect, alpha=service.policy.ownership.alpha)
+            try:
+                seen = service.observe_model(digest) if digest else None
+                test = ownership_test(parsed, watermark, suspect,
+                                      alpha=service.policy.ownership.alpha)
+            finally:
+                _close(suspect)
         return {"card_id": card_id, "card_status": result.status,
                 "suspect": {"sha256": digest, "first_seen": seen, "prediction_url": prediction_url},
                 "ownership": test.to_dict()}
@@ -204,20 +217,32 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
                      model: UploadFile | None = File(None),
                      model_sha256: str | None = Form(None),
                      prediction_url: str | None = Form(None)):
-        """Judge ownership claims against a suspect model; returns the signed verdict."""
+        """Judge ownership claims against a suspect model; returns the signed verdict.
+
+        The suspect is an uploaded model file (identified by its digest) or a prediction
+        URL (identified by the URL itself: the service cannot tell which model an
+        endpoint serves, so a URL is never judged as a logged model digest)."""
         parsed = disputes.parse_claims(claims)
-        if model is None and not (model_sha256 and prediction_url):
-            raise LaminateError("suspect: upload the ONNX model, or give model_sha256 together "
-                                "with prediction_url")
+        if (model is None) == (not prediction_url):
+            raise LaminateError("suspect: upload the ONNX model or give prediction_url, "
+                                "not both")
+        if prediction_url and model_sha256:
+            raise LaminateError("model_sha256: a prediction URL proves nothing about which "
+                                "model file it serves; a dispute over a URL names the URL "
+                                "only (or upload the model file)")
         if model_sha256 is not None and not is_sha256_hex(model_sha256):
             raise LaminateError("model_sha256: expected 64 lowercase hex digits")
         with tempfile.TemporaryDirectory(prefix="laminate-dispute-") as tmp:
-            suspect, digest = _suspect(model, prediction_url if model is None else None, tmp)
-            if digest and model_sha256 and digest != model_sha256:
-                raise LaminateError("model_sha256: does not match the uploaded file")
-            digest = digest or model_sha256
-            record = service.observe_model(digest)      # committed before any claim is judged
-            verdict = disputes.resolve(service, record, suspect, parsed)
+            suspect, digest = _suspect(model, prediction_url, tmp)
+            try:
+                if digest and model_sha256 and digest != model_sha256:
+                    raise LaminateError("model_sha256: does not match the uploaded file")
+                # committed before any claim is judged
+                record = (service.observe_model(digest) if digest
+                          else service.observe_endpoint(prediction_url))
+                verdict = disputes.resolve(service, record, suspect, parsed)
+            finally:
+                _close(suspect)
         row = service.record_dispute(verdict)
         return service.dispute_view(row)
 
@@ -239,28 +264,37 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
 
     @app.get("/v1/log/inclusion", tags=["log"])
     def inclusion(leaf_index: int = Query(..., ge=0), tree_size: int | None = Query(None, ge=1)):
-        """Inclusion proof (RFC 9162 order, hex), tree head and COSE Receipt of a leaf."""
-        size = service.log.size() if tree_size is None else tree_size
-        if tree_size is not None and tree_size > service.log.size():
+        """Inclusion proof (RFC 9162 order, hex), signed tree head and COSE Receipt of a
+        leaf in the current tree. With an older ``tree_size``: the proof in that tree and
+        a consistency proof from it to the current signed head (no receipt: only the
+        current head is ever signed)."""
+        size = service.log.size()
+        if tree_size is not None and tree_size > size:
             raise LaminateError(f"tree_size {tree_size} is larger than the log")
-        if leaf_index >= size:
-            raise LaminateError(f"leaf_index {leaf_index} is not in a tree of size {size}")
-        return service.proof_bundle(leaf_index, size)
+        wanted = size if tree_size is None else tree_size
+        if leaf_index >= wanted:
+            raise LaminateError(f"leaf_index {leaf_index} is not in a tree of size {wanted}")
+        if tree_size is None or tree_size == size:
+            return service.proof_bundle(leaf_index)
+        return service.old_inclusion(leaf_index, tree_size)
 
     @app.get("/v1/log/consistency", tags=["log"])
     def consistency(first: int = Query(..., ge=1), second: int | None = Query(None, ge=1)):
-        """Consistency proof between two tree sizes, with the signed head of the second."""
-        current = service.log.size()
-        second = current if second is None else second
-        if second > current:
-            raise LaminateError(f"second {second} is larger than the log ({current} leaves)")
+        """Consistency proof between two tree sizes, with the current signed tree head
+        (the head of ``second`` only when ``second`` is the current size)."""
+        head = service.log.tree_head()
+        second = head.tree_size if second is None else second
+        if second > head.tree_size:
+            raise LaminateError(f"second {second} is larger than the log "
+                                f"({head.tree_size} leaves)")
         if first > second:
             raise LaminateError(f"first {first} is larger than second {second}")
         proof = service.log.consistency_proof(first, second)
         return {"first": first, "second": second,
                 "first_root": service.log.root(first).hex(),
+                "second_root": service.log.root(second).hex(),
                 "consistency_proof": [p.hex() for p in proof],
-                "tree_head": service.log.tree_head(second).to_dict()}
+                "tree_head": head.to_dict()}
 
     @app.get("/v1/log/entries/{leaf_index}", tags=["log"])
     def log_entry(leaf_index: int):
@@ -275,6 +309,13 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
 
     app.add_middleware(GuardMiddleware, max_bytes=service.config.max_upload_bytes)
     return app
+
+
+def _close(suspect) -> None:
+    """Stop a suspect's evaluation process now rather than when it is collected."""
+    close = getattr(suspect, "close", None)
+    if close is not None:
+        close()
 
 
 def app_from_env() -> FastAPI:

@@ -7,6 +7,7 @@ service's public key, that a card is in the log (card + COSE Receipt).
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import secrets
@@ -17,6 +18,8 @@ import urllib.request
 from pathlib import Path
 
 from cards.errors import LaminateError
+
+from . import answers
 
 
 def _env(name, default=None):
@@ -95,8 +98,8 @@ def register(sub) -> None:
     d_open = d_sub.add_parser("open", help="submit claims against a suspect model")
     _server_args(d_open, token=True)
     d_open.add_argument("--suspect", help="suspect ONNX model file")
-    d_open.add_argument("--suspect-url", help="suspect prediction URL (needs --suspect-sha256)")
-    d_open.add_argument("--suspect-sha256", help="digest of the model behind --suspect-url")
+    d_open.add_argument("--suspect-url", help="suspect prediction URL; the verdict names the "
+                                              "URL, never a model digest it cannot prove")
     d_open.add_argument("--claim", action="append", required=True, metavar="CARD_ID=OPENING",
                         help="a claim: registered card id and the watermark opening JSON file; "
                              "repeatable")
@@ -252,14 +255,14 @@ def _request(method, url, *, token=None, body=None, content_type=None, timeout=1
     request = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
+            return response.status, answers.parse(response.read(answers.MAX_ANSWER + 1), url)
     except urllib.error.HTTPError as exc:
         try:
-            detail = json.loads(exc.read()).get("detail")
-        except (ValueError, AttributeError):
-            detail = exc.reason
-        return exc.code, {"detail": detail}
-    except (urllib.error.URLError, OSError) as exc:
+            detail = answers.parse(exc.read(answers.MAX_ANSWER + 1), url).get("detail")
+        except (LaminateError, AttributeError):
+            detail = None
+        return exc.code, {"detail": detail if isinstance(detail, str) else str(exc.reason)}
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise LaminateError(f"{url}: service unreachable ({getattr(exc, 'reason', exc)})") from None
 
 
@@ -286,15 +289,16 @@ def _read(path, what) -> bytes:
 
 def _fail(status, answer, what) -> LaminateError:
     detail = answer.get("detail") if isinstance(answer, dict) else answer
-    return LaminateError(f"{what}: service answered HTTP {status}: {detail}")
+    return LaminateError(f"{what}: service answered HTTP {status}: "
+                         f"{answers.clean(str(detail))}")
 
 
 # ---------------------------------------------------------------- log commands
 
 def cmd_log_verify(args) -> int:
     from cards import keys
-    from verifier.receipts import verify_receipt
     from verifier.logproof import LogProofError
+    from verifier.receipts import verify_receipt
 
     card = _read(args.card, "card")
     raw = _read(args.receipt, "receipt")
@@ -322,11 +326,17 @@ def cmd_log_submit(args) -> int:
         return 1
     if status not in (200, 201):
         raise _fail(status, answer, args.card)
+    where = "registration answer"
+    receipt = answers.b64(answers.get(answer, where, "receipt", kind=str), f"{where}.receipt")
+    card_id = answers.get(answer, where, "card_id", kind=str)
+    index = answers.get(answer, where, "leaf_index", kind=int)
+    size = answers.get(answer, where, "tree_size", kind=int)
+    root = answers.get(answer, where, "root_hash", kind=str)
     if args.receipt_out:
-        Path(args.receipt_out).write_bytes(base64.b64decode(answer["receipt"]))
-    word = "already registered" if answer.get("already_registered") else "registered"
-    print(f"{word}: card {answer['card_id']} at log index {answer['leaf_index']} "
-          f"(tree size {answer['tree_size']}, root {answer['root_hash']})")
+        Path(args.receipt_out).write_bytes(receipt)
+    word = "already registered" if answer.get("already_registered") is True else "registered"
+    print(f"{word}: card {answers.clean(card_id)} at log index {index} "
+          f"(tree size {size}, root {answers.clean(root)})")
     return 0
 
 
@@ -340,7 +350,8 @@ def _service_key(server, pinned):
         raise _fail(status, answer, "service key")
     print("warning: trusting the key the service presents; pin it with --service-key",
           file=sys.stderr)
-    return keys.load_public_key(answer["public_key_pem"].encode())
+    pem = answers.get(answer, "service key answer", "public_key_pem", kind=str)
+    return keys.load_public_key(pem.encode())
 
 
 def _fetch_head(server, public_key):
@@ -349,7 +360,8 @@ def _fetch_head(server, public_key):
     status, answer = _request("GET", f"{server.rstrip('/')}/v1/log/tree-head")
     if status != 200:
         raise _fail(status, answer, "tree head")
-    head = verify_tree_head(base64.b64decode(answer["signed"]), public_key)
+    signed = answers.get(answer, "tree head answer", "signed", kind=str)
+    head = verify_tree_head(answers.b64(signed, "tree head answer.signed"), public_key)
     return head, answer
 
 
@@ -367,10 +379,12 @@ def cmd_log_consistency(args) -> int:
 
     public_key = keys.load_public_key(args.service_key)
     try:
-        saved = json.loads(_read(args.since, "tree head"))
-        old = verify_tree_head(base64.b64decode(saved["signed"]), public_key)
-    except (ValueError, KeyError, TypeError):
-        raise LaminateError(f"{args.since}: not a tree head saved by `laminate log tree-head`") from None
+        saved = answers.parse(_read(args.since, "tree head"), args.since)
+        signed = answers.get(saved, args.since, "signed", kind=str)
+        old = verify_tree_head(answers.b64(signed, f"{args.since}: signed"), public_key)
+    except LaminateError as exc:
+        raise LaminateError(f"{args.since}: not a tree head saved by `laminate log tree-head` "
+                            f"({exc})") from None
     new, answer = _fetch_head(args.server, public_key)
     if new.tree_size < old.tree_size:
         print(f"INCONSISTENT: the log shrank from {old.tree_size} to {new.tree_size} leaves")
@@ -380,11 +394,12 @@ def cmd_log_consistency(args) -> int:
                                                        "second": new.tree_size}))
     if status != 200:
         raise _fail(status, proof, "consistency proof")
+    path = answers.get(proof, "consistency answer", "consistency_proof", kind=list)
     try:
         check_consistency(old.tree_size, new.tree_size,
-                          [bytes.fromhex(p) for p in proof["consistency_proof"]],
+                          [answers.hex_bytes(p, "consistency_proof") for p in path],
                           old.root_hash, new.root_hash)
-    except (LogProofError, ValueError) as exc:
+    except LogProofError as exc:
         print(f"INCONSISTENT: {exc}")
         return 1
     if args.update:
@@ -395,19 +410,22 @@ def cmd_log_consistency(args) -> int:
 
 # ---------------------------------------------------------------- disputes
 
-def _print_verdict(view, public_key) -> None:
+def _print_verdict(view, public_key) -> dict:
+    """Print the verdict and return it. With the service key, what is printed is the
+    payload whose signature was checked, never the unsigned copy beside it."""
     from registry.disputes import verify_verdict
 
-    verdict = view["verdict"]
+    where = "dispute answer"
     if public_key is not None:
-        verify_verdict(base64.b64decode(view["signed_verdict"]), public_key)
+        signed = answers.get(view, where, "signed_verdict", kind=str)
+        verdict = verify_verdict(answers.b64(signed, f"{where}.signed_verdict"), public_key)
         print("verdict signature checked with the service key")
-    suspect = verdict["suspect"]
-    print(f"dispute {view['dispute_id']}: suspect {suspect['sha256']} first seen at log "
-          f"index {suspect['leaf_index']} ({suspect['source']})")
-    for claim in verdict["claims"]:
-        print(f"  {'WON ' if claim['won'] else 'lost'} card {claim['card_id']}: {claim['reason']}")
-    print(f"winner: {verdict['winner'] or 'none'} ({verdict['reason']})")
+    else:
+        verdict = answers.get(view, where, "verdict", kind=dict)
+        print("warning: verdict signature NOT checked; pass --service-key", file=sys.stderr)
+    for line in answers.verdict_lines(verdict):
+        print(line)
+    return verdict
 
 
 def cmd_dispute_open(args) -> int:
@@ -420,25 +438,26 @@ def cmd_dispute_open(args) -> int:
             raise LaminateError(f"--claim {item!r}: expected CARD_ID=OPENING_FILE")
         try:
             opening = json.loads(_read(opening_path, "opening"))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise LaminateError(f"{opening_path}: not a JSON watermark opening") from None
         claims.append({"card_id": card_id, "opening": opening})
     fields, files = {"claims": json.dumps(claims)}, {}
     if args.suspect:
         files["model"] = (Path(args.suspect).name, _read(args.suspect, "suspect model"))
-    elif args.suspect_url and args.suspect_sha256:
-        fields.update(prediction_url=args.suspect_url, model_sha256=args.suspect_sha256)
+    elif args.suspect_url:
+        fields["prediction_url"] = args.suspect_url
     else:
-        raise LaminateError("give --suspect MODEL.onnx, or --suspect-url with --suspect-sha256")
+        raise LaminateError("give --suspect MODEL.onnx or --suspect-url URL")
     body, content_type = _multipart(fields, files)
     status, view = _request("POST", f"{args.server.rstrip('/')}/v1/disputes", token=args.token,
                             body=body, content_type=content_type, timeout=600)
     if status != 201:
         raise _fail(status, view, "dispute")
+    verdict = _print_verdict(view, keys.load_public_key(args.service_key)
+                             if args.service_key else None)
     if args.out:
         Path(args.out).write_text(json.dumps(view, indent=2) + "\n", encoding="utf-8")
-    _print_verdict(view, keys.load_public_key(args.service_key) if args.service_key else None)
-    return 0 if view["verdict"]["winner"] else 1
+    return 0 if verdict.get("winner") else 1
 
 
 def cmd_dispute_show(args) -> int:
@@ -448,5 +467,6 @@ def cmd_dispute_show(args) -> int:
                             + urllib.parse.quote(args.dispute_id, safe=""))
     if status != 200:
         raise _fail(status, view, f"dispute {args.dispute_id}")
-    _print_verdict(view, keys.load_public_key(args.service_key) if args.service_key else None)
-    return 0 if view["verdict"]["winner"] else 1
+    verdict = _print_verdict(view, keys.load_public_key(args.service_key)
+                             if args.service_key else None)
+    return 0 if verdict.get("winner") else 1

@@ -17,6 +17,10 @@ class ServiceConfig:
     key_path: str | None = None
     max_upload_mb: float = 64.0
     allow_prediction_urls: bool = False
+    # Every suspect evaluation (an uploaded ONNX model runs in a child process, a
+    # prediction URL is queried batch by batch) stops at these bounds.
+    suspect_seconds: float = 30.0
+    suspect_memory_mb: int = 2048
 
     @classmethod
     def from_env(cls, env=None) -> "ServiceConfig":
@@ -28,6 +32,12 @@ class ServiceConfig:
             raise LaminateError("LAMINATE_MAX_UPLOAD_MB: expected a number of megabytes") from None
         if max_mb <= 0:
             raise LaminateError("LAMINATE_MAX_UPLOAD_MB: must be positive")
+        try:
+            suspect_seconds = float(env.get("LAMINATE_SUSPECT_SECONDS", "30"))
+        except ValueError:
+            raise LaminateError("LAMINATE_SUSPECT_SECONDS: expected a number of seconds") from None
+        if not 0 < suspect_seconds <= 3600:
+            raise LaminateError("LAMINATE_SUSPECT_SECONDS: expected 0 < seconds <= 3600")
         return cls(
             database_url=env.get("LAMINATE_DATABASE_URL") or DEFAULT_DATABASE_URL,
             policy_path=env.get("LAMINATE_POLICY") or None,
@@ -35,6 +45,7 @@ class ServiceConfig:
             key_path=env.get("LAMINATE_SERVICE_KEY") or None,
             max_upload_mb=max_mb,
             allow_prediction_urls=env.get("LAMINATE_ALLOW_PREDICTION_URLS", "") in ("1", "true", "yes"),
+            suspect_seconds=suspect_seconds,
         )
 
     @property

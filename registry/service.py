@@ -24,13 +24,14 @@ from cards import cbor, keys
 from cards.errors import LaminateError
 from verifier.receipts import make_receipt
 
-from . import disputes
+from . import clocks, disputes
 from .config import ServiceConfig
 from .db import (
     ApiToken,
     CardRow,
     CommitmentRow,
     DisputeRow,
+    EndpointRow,
     ModelRow,
     now_ms,
     open_database,
@@ -42,11 +43,17 @@ from .tlog import TransparencyLog
 GENESIS_TYPE = "laminate-log-genesis/1"
 COMMITMENT_TYPE = "laminate-watermark-commitment/1"
 MODEL_TYPE = "laminate-model-observed/1"
+ENDPOINT_TYPE = "laminate-endpoint-observed/1"
+MAX_URL = 2048
 KEY_FILE = "laminate-service-key.pem"
 CARD_CACHE = 1024
 WORKER_THREADS = 4
 MODEL_CACHE = 100_000
 _HEX64 = frozenset("0123456789abcdef")
+
+
+class _ClockRefused(Exception):
+    """Rolls back a registration whose TPM quote breaks the device's clock rule."""
 
 
 class NotFound(LaminateError):
@@ -231,30 +238,48 @@ class Service:
         return dict(record)
 
     # log views -----------------------------------------------------------
-    def _inclusion(self, leaf_index: int, tree_size: int) -> dict:
-        """A leaf's inclusion proof and COSE Receipt in the tree of ``tree_size``."""
-        root = self.log.root(tree_size)
-        path = self.log.inclusion_proof(leaf_index, tree_size)
+    def _inclusion(self, leaf_index: int, head) -> dict:
+        """A leaf's inclusion proof and COSE Receipt in the signed tree ``head``."""
+        path = self.log.inclusion_proof(leaf_index, head.tree_size)
         return {"leaf_index": leaf_index,
                 "leaf_hash": self.log.leaf_hashes(leaf_index + 1)[leaf_index].hex(),
                 "inclusion_proof": [p.hex() for p in path],
-                "receipt": b64(make_receipt(self.key, tree_size, leaf_index, path, root))}
+                "receipt": b64(make_receipt(self.key, head.tree_size, leaf_index, path,
+                                            head.root_hash))}
 
-    def proof_bundle(self, leaf_index: int, tree_size: int | None = None) -> dict:
-        """Inclusion proof, signed tree head and COSE Receipt of one leaf."""
-        if tree_size is None:
-            tree_size = self.log.size()
-        head = self.log.tree_head(tree_size)
-        return {**self._inclusion(leaf_index, tree_size), "tree_size": tree_size,
+    def proof_bundle(self, leaf_index: int) -> dict:
+        """Inclusion proof, signed tree head and COSE Receipt of one leaf, in the current
+        tree: the service signs only its current head, so an old size can never be
+        presented to a client (a freeze) under a fresh signature."""
+        head = self.log.tree_head()
+        return {**self._inclusion(leaf_index, head), "tree_size": head.tree_size,
                 "root_hash": head.root_hash.hex(), "tree_head": head.to_dict()}
 
-    def registration(self, row: CardRow, tree_size: int | None = None) -> dict:
-        body = {"card_id": row.card_id, **self.proof_bundle(row.leaf_index, tree_size)}
+    def old_inclusion(self, leaf_index: int, tree_size: int) -> dict:
+        """A leaf's inclusion proof in an older tree the caller already holds a signed
+        head for, linked to the current signed head by a consistency proof; nothing here
+        is signed for the old size."""
+        head = self.log.tree_head()
+        if tree_size > head.tree_size:
+            raise LaminateError(f"tree_size {tree_size} is larger than the log")
+        path = self.log.inclusion_proof(leaf_index, tree_size)
+        return {"leaf_index": leaf_index,
+                "leaf_hash": self.log.leaf_hashes(leaf_index + 1)[leaf_index].hex(),
+                "inclusion_proof": [p.hex() for p in path], "tree_size": tree_size,
+                "root_hash": self.log.root(tree_size).hex(),
+                "consistency_proof": [p.hex() for p in
+                                      self.log.consistency_proof(tree_size, head.tree_size)],
+                "tree_head": head.to_dict()}
+
+    def registration(self, row: CardRow) -> dict:
+        head = self.log.tree_head()
+        body = {"card_id": row.card_id, **self._inclusion(row.leaf_index, head),
+                "tree_size": head.tree_size, "root_hash": head.root_hash.hex(),
+                "tree_head": head.to_dict()}
         commitment = None
         if row.commitment is not None:
             index = self.commitment_index(row.commitment)
-            commitment = {"commitment": row.commitment,
-                          **self._inclusion(index, body["tree_size"])}
+            commitment = {"commitment": row.commitment, **self._inclusion(index, head)}
         body["commitment"] = commitment
         body["model_sha256"] = row.model_sha256
         body["appraisal"] = json.loads(row.appraisal_json)
@@ -280,6 +305,21 @@ class Service:
         model_sha = card.claims["model"]["sha256"]
         watermark = card.claims["defenses"]["watermark"]
         commitment = watermark["commitment"] if watermark else None
+        quoted = clocks.quoted_clock(card.evidence, self.policy)
+        try:
+            status, row = self._append_card(card_id, card_bytes, model_sha, commitment,
+                                            result, quoted)
+        except _ClockRefused as exc:
+            REGISTRATIONS.labels("rejected").inc()
+            return 422, {"detail": f"card rejected: {exc}", "result": result.to_dict()}
+        if status == 200:
+            return 200, {**self.registration(row), "already_registered": True}
+        REGISTRATIONS.labels("accepted").inc()
+        return 201, {**self.registration(row), "already_registered": False}
+
+    def _append_card(self, card_id, card_bytes, model_sha, commitment, result, quoted):
+        """Log an appraised card (and its commitment) in one transaction; a TPM quote
+        whose clock goes back for its device rolls the whole registration back."""
         with self.db.write() as (session, head):
             if session.get(CardRow, card_id) is not None:   # a concurrent twin won
                 row = session.get(CardRow, card_id)
@@ -300,11 +340,12 @@ class Service:
                 session.add(row)
                 if session.get(ModelRow, model_sha) is None:
                     session.add(ModelRow(sha256=model_sha, leaf_index=index, source="registered"))
+                if quoted is not None:
+                    problem = clocks.check_and_record(session, quoted, index)
+                    if problem:
+                        raise _ClockRefused(problem)
                 size = head.size
-        if size is None:
-            return 200, {**self.registration(row), "already_registered": True}
-        REGISTRATIONS.labels("accepted").inc()
-        return 201, {**self.registration(row, size), "already_registered": False}
+        return (200 if size is None else 201), row
 
     def observe_model(self, sha256: str) -> dict:
         """The model's first log index; logs the digest now if never seen before."""
@@ -319,6 +360,23 @@ class Service:
                 row = ModelRow(sha256=sha256, leaf_index=index, source="submitted")
                 session.add(row)
             return {"sha256": row.sha256, "leaf_index": row.leaf_index, "source": row.source}
+
+    def observe_endpoint(self, url: str) -> dict:
+        """A prediction URL's first log index, as a suspect of its own; logs it now if
+        never queried before. The URL is never tied to a model digest: an answer over
+        HTTP shows what the endpoint answers, not which model file it serves."""
+        if not isinstance(url, str) or len(url) > MAX_URL:
+            raise LaminateError(f"prediction_url: expected a URL of at most {MAX_URL} characters")
+        key = hashlib.sha256(url.encode("utf-8")).hexdigest()
+        with self.db.write() as (session, head):
+            row = session.get(EndpointRow, key)
+            if row is None:
+                index, _ = self.log.append(session, head, "endpoint", key,
+                                           cbor.dumps({"type": ENDPOINT_TYPE, "url": url}))
+                row = EndpointRow(url_sha256=key, url=url, leaf_index=index)
+                session.add(row)
+            return {"prediction_url": row.url, "leaf_index": row.leaf_index,
+                    "source": "endpoint"}
 
     def record_dispute(self, verdict: dict) -> DisputeRow:
         dispute_id = secrets.token_hex(16)
