@@ -28,10 +28,10 @@ OPENING_FORMAT = "laminate-watermark-opening/1"
 SEED_BYTES = 32
 SALT_BYTES = 32
 _INPUT_BITS = 24            # float32 has a 24-bit significand: every draw is exact
-# Bounds on what an opening or a card may ask of an arbiter: the sequential test's
-# tables grow faster than quadratically in the trigger count (1,024 build in under a
-# second), and the triggers are generated in memory before any query.
-MAX_TRIGGERS = 1024
+# Bounds on what an opening may ask of whoever generates its triggers (in memory,
+# before any query); the ownership test bounds the count further (its tables grow
+# faster than quadratically).
+MAX_TRIGGERS = 1 << 16
 MAX_CLASSES = 1 << 16
 MAX_INPUT_RANK = 8
 MAX_TRIGGER_ELEMENTS = 1 << 24     # all triggers together: 64 MiB of float32
@@ -155,6 +155,8 @@ class Opening:
             doc = json.loads(text)
         except (ValueError, TypeError) as exc:
             raise LaminateError(f"{source}: not JSON ({exc})") from None
+        except RecursionError:
+            raise LaminateError(f"{source}: JSON nested too deeply") from None
         if type(doc) is not dict or doc.get("format") != OPENING_FORMAT:
             raise LaminateError(f"{source}: format: expected {OPENING_FORMAT!r}")
         unknown = set(doc) - {"format", "seed", "salt", "parameters", "commitment"}
