@@ -201,10 +201,11 @@ class HttpSuspect:
             if limit <= 0:
                 raise LaminateError(f"{self.url}: suspect evaluation exceeded its time limit")
 
+        sockets = []        # kept here: http.client drops conn.sock once the answer starts
+
         def expire():
             expired.set()
-            sock = conn.sock
-            if sock is not None:
+            for sock in sockets:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
@@ -215,6 +216,10 @@ class HttpSuspect:
         if parts.query:
             target += "?" + parts.query
         try:
+            conn.connect()
+            sockets.append(conn.sock)
+            if expired.is_set():
+                raise OSError("deadline passed while connecting")
             conn.request("POST", target, body=body, headers={
                 "Content-Type": "application/json", "Accept": "application/json"})
             response = conn.getresponse()
