@@ -1,9 +1,13 @@
-"""The service's settings, from `laminate serve` options or LAMINATE_* variables."""
+"""The service's settings, from `laminate serve` options or LAMINATE_* variables, and
+its signing key file."""
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from cards import keys
 from cards.errors import LaminateError
 
 from .db import DEFAULT_DATABASE_URL
@@ -52,3 +56,20 @@ class ServiceConfig:
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
+
+def load_or_create_key(path: Path):
+    """Load the service key, or create it once: the file appears atomically (link of a
+    finished temp file), so two processes starting together end up with the same key."""
+    if path.exists():
+        return keys.load_private_key(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = keys.generate_private_key("ed25519")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    keys.save_private_key(key, tmp)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        key = keys.load_private_key(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return key

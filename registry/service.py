@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import secrets
 import threading
 from collections import OrderedDict
@@ -25,7 +24,7 @@ from cards.errors import LaminateError
 from verifier.receipts import make_receipt
 
 from . import clocks, disputes
-from .config import ServiceConfig
+from .config import ServiceConfig, load_or_create_key
 from .db import (
     ApiToken,
     CardRow,
@@ -67,24 +66,6 @@ class Forbidden(LaminateError):
 def is_sha256_hex(value: str) -> bool:
     return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX64
 
-
-
-def load_or_create_key(path: Path):
-    """Load the service key, or create it once: the file appears atomically (link of a
-    finished temp file), so two processes starting together end up with the same key."""
-    if path.exists():
-        return keys.load_private_key(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = keys.generate_private_key("ed25519")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    keys.save_private_key(key, tmp)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        key = keys.load_private_key(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return key
 
 
 def b64(data: bytes) -> str:

@@ -92,7 +92,7 @@ def test_verdict_lines_read_any_verdict(verdict):
 @given(verdicts.filter(lambda v: isinstance(v, dict)))
 def test_signed_but_malformed_verdicts_are_clean_errors(verdict):
     """Even a verdict the service really signed may be malformed: reading it is checked."""
-    from registry.cli import _print_verdict
+    from registry.client import _print_verdict
 
     verdict = {**verdict, "type": "laminate-dispute-verdict/1"}
     try:
