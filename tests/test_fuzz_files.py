@@ -6,23 +6,24 @@ import math
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from attest.config import from_dict, load_config
 from cards import watermark
 from cards.errors import LaminateError
-from fuzzing import FUZZ, json_values
+from fuzzing import FUZZ, FUZZ_SLOW, json_values
 from verifier import predicates
 from verifier.policy import Policy
 
 POLICY_KEYS = ["policy_id", "allow_backends", "trusted_roots", "trusted_release_keys",
                "reference_values", "require", "ownership", "dp", "unknown"]
 CONFIG_KEYS = ["dataset", "model", "training", "dp", "watermark", "output", "seed", "backend"]
+DEEP = "a: " + "[" * 3000 + "]" * 3000          # always tried: past the parser's stack
 yaml_text = (st.text(max_size=200)
              | json_values.map(lambda v: yaml.safe_dump(v))
-             | st.integers(1, 3000).map(lambda n: "a: " + "[" * n + "]" * n)
-             | st.integers(1, 300).map(lambda n: "a:\n" + "".join(" " * i + "- \n" for i in range(n))))
+             | st.integers(1, 1000).map(lambda n: "a: " + "[" * n + "]" * n)
+             | st.integers(1, 120).map(lambda n: "a:\n" + "".join(" " * i + "- \n" for i in range(n))))
 
 
 def _mapping(keys):
@@ -45,8 +46,9 @@ def scratch(tmp_path_factory):
 
 
 def test_policy_files(scratch):
-    @FUZZ
+    @FUZZ_SLOW
     @given(yaml_text)
+    @example(DEEP)
     def check(text):
         path = scratch / "policy.yaml"
         path.write_text(text, encoding="utf-8")
@@ -67,8 +69,9 @@ def test_config_mappings(doc):
 
 
 def test_config_files(scratch):
-    @FUZZ
+    @FUZZ_SLOW
     @given(yaml_text)
+    @example(DEEP)
     def check(text):
         path = scratch / "config.yaml"
         path.write_text(text, encoding="utf-8")
@@ -88,6 +91,7 @@ parameters = st.fixed_dictionaries({
 
 
 @FUZZ
+@example("[" * 100_000 + "]" * 100_000)
 @given(st.text(max_size=200) | st.fixed_dictionaries(
     {"format": st.just(watermark.OPENING_FORMAT), "seed": st.just("01" * 32),
      "salt": st.just("02" * 32) | st.text(max_size=70), "parameters": parameters,
