@@ -67,8 +67,8 @@ def verdict_lines(verdict: dict) -> list[str]:
         raise LaminateError(f"{where}.suspect: names neither a model digest nor a URL")
     index = get(suspect, f"{where}.suspect", "leaf_index", kind=int)
     label = "model" if suspect.get("sha256") else "prediction URL"
-    lines = [f"dispute {clean(verdict.get('dispute_id', '?'))}: suspect {label} {clean(name)} "
-             f"first seen at log index {index} ({clean(suspect.get('source', '?'))})"]
+    lines = [(f"dispute {clean(verdict.get('dispute_id', '?'))}: suspect {label} {clean(name)} "
+              f"first seen at log index {index} ({clean(suspect.get('source', '?'))})")]
     for i, claim in enumerate(get(verdict, where, "claims", kind=list)):
         won = get(claim, f"{where}.claims[{i}]", "won", kind=bool)
         card = get(claim, f"{where}.claims[{i}]", "card_id", kind=str)

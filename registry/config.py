@@ -27,7 +27,7 @@ class ServiceConfig:
     suspect_memory_mb: int = 2048
 
     @classmethod
-    def from_env(cls, env=None) -> "ServiceConfig":
+    def from_env(cls, env=None) -> ServiceConfig:
         env = os.environ if env is None else env
         tokens = [t.strip() for t in env.get("LAMINATE_API_TOKEN", "").split(",") if t.strip()]
         try:

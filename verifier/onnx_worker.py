@@ -33,7 +33,7 @@ def _open(path: str):
     options.log_severity_level = 3
     try:
         session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ValueError(f"not a loadable ONNX model ({_first_line(exc)})") from None
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1:
@@ -76,7 +76,7 @@ def main(path: str, memory_mb: int) -> None:
         except MemoryError:
             _answer(False, b"out of memory")
             continue
-        except Exception as exc:  # onnxruntime raises its own exception types
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             _answer(False, _first_line(exc).encode())
             continue
         if scores.dtype == object:
