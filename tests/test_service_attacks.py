@@ -183,3 +183,42 @@ def test_tpm_clock_moving_forward_and_other_devices_are_accepted(service, kits, 
     monkeypatch.setattr(clocks, "quoted_clock", lambda evidence, policy: next(quotes))
     for i in range(3):
         assert service.register_card(card_variant(kits["owner"], 20 + i))[0] == 201
+
+
+def test_untrusted_card_is_refused_before_its_costly_checks(tmp_path):
+    """CPU amplification: a card with 1,000 triggers (seconds of exact power computation)
+    signed by a key the policy does not trust is refused without that work."""
+    from verifier.appraise import appraise
+    from verifier.policy import Policy
+
+    heavy = make_card(tmp_path / "heavy", watermark_claim={"trigger_count": 1000})
+    stranger = make_card(tmp_path / "stranger")
+    doc = yaml_policy(heavy, release=stranger)
+    started = time.perf_counter()
+    result = appraise(heavy.card_bytes, policy=Policy.from_mapping(doc))
+    elapsed = time.perf_counter() - started
+    assert [c.check for c in result.failed()] == ["release_signature"]
+    assert result.get("watermark_power") is None and result.get("log_replay") is None
+    assert "release signature failed" in result.get("remaining_checks").reason
+    assert elapsed < 0.5, elapsed
+    trusted = appraise(heavy.card_bytes, policy=Policy.from_mapping(yaml_policy(heavy)))
+    assert trusted.get("watermark_power") is not None      # the work a trusted card gets
+
+
+def test_untrusted_root_stops_after_the_evidence_checks(tmp_path):
+    from verifier.appraise import appraise
+    from verifier.policy import Policy
+
+    kit, other = make_card(tmp_path / "kit"), make_card(tmp_path / "other")
+    doc = {**yaml_policy(kit), "trusted_roots": [str(other.root_pem_path)]}
+    result = appraise(kit.card_bytes, policy=Policy.from_mapping(doc))
+    assert "cert_chain" in {c.check for c in result.failed()}
+    assert result.get("claims_in_log") is None and result.get("dp_epsilon") is None
+    assert "trust chain failed" in result.get("remaining_checks").reason
+
+
+def yaml_policy(kit, release=None):
+    return {"policy_id": "amplification", "allow_backends": ["sim"],
+            "trusted_roots": [str(kit.root_pem_path)],
+            "trusted_release_keys": [str((release or kit).release_public_pem_path)],
+            "reference_values": {"code": [kit.code_sha256]}}
