@@ -71,6 +71,7 @@ from pathlib import Path
 
 import yaml
 
+from cards import yamlload
 from cards.errors import LaminateError
 
 NAMED_DATASETS = ("digits", "mnist-5k")
@@ -265,11 +266,12 @@ def load_config(path) -> TrainConfig:
     except OSError as exc:
         raise LaminateError(f"{path}: cannot read config: {exc.strerror or exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yamlload.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise LaminateError(f"{path}: not valid YAML{where}") from None
+        problem = f": {exc.problem}" if getattr(exc, "problem", None) else ""
+        raise LaminateError(f"{path}: not valid YAML{where}{problem}") from None
     return from_dict(raw, source=path.resolve())
 
 

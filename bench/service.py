@@ -70,7 +70,8 @@ def in_process_verifications(card, policy, digest, count):
 
 
 def in_process_registrations(cards, policy_path, workdir):
-    from registry.app import Service, ServiceConfig
+    from registry.config import ServiceConfig
+    from registry.service import Service
 
     service = Service(ServiceConfig(database_url=f"sqlite:///{workdir / 'inproc.sqlite'}",
                                     policy_path=str(policy_path),

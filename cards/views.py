@@ -24,12 +24,23 @@ def _simulated(payload: dict) -> bool:
     return isinstance(evidence, dict) and evidence.get("backend") == "sim"
 
 
+def _printable(text: str) -> str:
+    """Control and format characters shown as \\uXXXX: a claim is the provider's text,
+    and raw ESC sequences (or CR, or bidi overrides) reaching a terminal or page could
+    rewrite what is shown above them, the simulated-hardware banner included."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+
+
 def _readable(value):
-    """Byte strings become hex so every view is plain text."""
+    """Byte strings become hex and text becomes printable, so every view is plain text."""
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).hex()
+    if isinstance(value, str):
+        return _printable(value)
     if isinstance(value, dict):
-        return {str(k): _readable(v) for k, v in value.items()}
+        return {_printable(str(k)): _readable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_readable(v) for v in value]
     return value
@@ -72,12 +83,12 @@ def _md(value) -> str:
         text = ", ".join(_plain_text(v) for v in value)
     else:
         text = str(value)
-    text = " ".join(text.split())
+    text = _printable(" ".join(text.split()))
     return re.sub(r"([\\`*\[\]<>|~])", r"\\\1", text)
 
 
 def _plain_text(value) -> str:
-    return _number(value) if isinstance(value, float) else str(value)
+    return _number(value) if isinstance(value, float) else _printable(str(value))
 
 
 def _number(value: float) -> str:
@@ -238,7 +249,7 @@ def _h(value) -> str:
         value = bytes(value).hex()
     elif value is None:
         value = "none"
-    return html.escape(str(value), quote=True)
+    return html.escape(_printable(str(value)), quote=True)
 
 
 def _status_badge(status) -> str:

@@ -28,6 +28,13 @@ OPENING_FORMAT = "laminate-watermark-opening/1"
 SEED_BYTES = 32
 SALT_BYTES = 32
 _INPUT_BITS = 24            # float32 has a 24-bit significand: every draw is exact
+# Bounds on what an opening may ask of whoever generates its triggers (in memory,
+# before any query); the ownership test bounds the count further (its tables grow
+# faster than quadratically).
+MAX_TRIGGERS = 1 << 16
+MAX_CLASSES = 1 << 16
+MAX_INPUT_RANK = 8
+MAX_TRIGGER_ELEMENTS = 1 << 24     # all triggers together: 64 MiB of float32
 
 
 def make_parameters(trigger_count: int, classes: int, input_shape, value_range) -> dict:
@@ -57,13 +64,19 @@ def validate_parameters(params) -> None:
                               "unknown field" if extra else "missing")
     if params["scheme"] != SCHEME:
         raise CardFormatError(f"{where}.scheme", f"expected {SCHEME!r}, got {params['scheme']!r}")
-    for name, low in (("trigger_count", 1), ("classes", 2)):
+    for name, low, high in (("trigger_count", 1, MAX_TRIGGERS), ("classes", 2, MAX_CLASSES)):
         value = params[name]
-        if type(value) is not int or value < low:
-            raise CardFormatError(f"{where}.{name}", f"expected an integer >= {low}, got {value!r}")
+        if type(value) is not int or not low <= value <= high:
+            raise CardFormatError(f"{where}.{name}",
+                                  f"expected an integer from {low} to {high}, got {value!r}")
     shape = params["input_shape"]
-    if type(shape) is not list or not shape or any(type(d) is not int or d < 1 for d in shape):
-        raise CardFormatError(f"{where}.input_shape", "expected a non-empty list of positive integers")
+    if (type(shape) is not list or not 1 <= len(shape) <= MAX_INPUT_RANK
+            or any(type(d) is not int or d < 1 for d in shape)):
+        raise CardFormatError(f"{where}.input_shape", f"expected a list of 1 to "
+                              f"{MAX_INPUT_RANK} positive integers")
+    if params["trigger_count"] * math.prod(shape) > MAX_TRIGGER_ELEMENTS:
+        raise CardFormatError(f"{where}.input_shape", f"trigger_count x input size exceeds "
+                              f"{MAX_TRIGGER_ELEMENTS} values")
     span = params["value_range"]
     if (type(span) is not list or len(span) != 2 or any(type(v) is not float for v in span)
             or not all(math.isfinite(v) for v in span) or not span[0] < span[1]):
@@ -156,6 +169,8 @@ class Opening:
             doc = json.loads(text)
         except (ValueError, TypeError) as exc:
             raise LaminateError(f"{source}: not JSON ({exc})") from None
+        except RecursionError:
+            raise LaminateError(f"{source}: JSON nested too deeply") from None
         if type(doc) is not dict or doc.get("format") != OPENING_FORMAT:
             raise LaminateError(f"{source}: format: expected {OPENING_FORMAT!r}")
         unknown = set(doc) - {"format", "seed", "salt", "parameters", "commitment"}

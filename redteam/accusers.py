@@ -57,6 +57,12 @@ class DisputeLog:
         index = self.first("model", model_sha256)
         return self.append("model", model_sha256) if index is None else index
 
+    def observe_endpoint(self, url: str) -> int:
+        """A prediction URL's first sighting: its own suspect identity, as in the registry
+        (answers over HTTP never prove which model file is behind them)."""
+        index = self.first("endpoint", url)
+        return self.append("endpoint", url) if index is None else index
+
 
 # ---------------------------------------------------------------- claims and the judge
 
@@ -83,6 +89,8 @@ class Claim:
     card_bytes: bytes | None   # the card the accuser points to; None: a bare commitment
     opening: object            # a cards.watermark.Opening the accuser reveals
     presented: PresentedTriggers | None = None  # triggers argued with, when not the opening's
+    endpoint: object = None    # a prediction URL's answers, when the claim is made over one
+    url: str | None = None     # that URL: the suspect's identity in the dispute
 
 
 @dataclass
@@ -91,12 +99,18 @@ class Judgement(rule.Judgement):
 
     alone: object = None       # OwnershipResult of the test alone on the presented triggers
 
+    url: str | None = None     # set when the suspect was a URL, not the model file named
+
     @property
     def verdict(self) -> str:
-        return "shown" if self.won else "not shown"
+        """Ownership of the model file accused; a win over a URL is a win over that URL
+        only, never over a logged model digest it was not proven to serve."""
+        return "shown" if self.won and self.url is None else "not shown"
 
     @property
     def stopped_by(self) -> str:
+        if self.url is not None:
+            return "identity"
         failed = ",".join(c for c in CHECKS if not self.checks[c][0])
         if failed:
             return failed
@@ -116,7 +130,7 @@ def judge(claim: Claim, suspect_path, suspect_sha256: str, log: DisputeLog, poli
     from verifier.ownership import ownership_test
     from verifier.suspect import OnnxSuspect
 
-    suspect = OnnxSuspect(suspect_path)
+    suspect = OnnxSuspect(suspect_path) if claim.endpoint is None else claim.endpoint
     opening = claim.opening
     wm, problem, start, card_model = None, "no card: a bare commitment", None, None
     if claim.card_bytes is not None:
@@ -132,7 +146,7 @@ def judge(claim: Claim, suspect_path, suspect_sha256: str, log: DisputeLog, poli
                                      claims["model"]["sha256"])
             problem = None if wm is not None else "the card carries no watermark commitment"
     sealed = wm["commitment"] if wm else opening.commitment
-    seen = log.observe(suspect_sha256)
+    seen = log.observe(suspect_sha256) if claim.url is None else log.observe_endpoint(claim.url)
     judged = rule.judge_claim(card_problem=problem, commitment=sealed,
                               commitment_index=log.first("commitment", sealed),
                               suspect_index=seen, opening=opening, watermark=wm,
@@ -143,7 +157,7 @@ def judge(claim: Claim, suspect_path, suspect_sha256: str, log: DisputeLog, poli
                    "trigger_count": presented.parameters["trigger_count"],
                    "classes": presented.parameters["classes"]}
     alone = ownership_test(presented, alone_claim, suspect, alpha=alpha)
-    return Judgement(**vars(judged), alone=alone)
+    return Judgement(**vars(judged), alone=alone, url=claim.url)
 
 
 def dispute(claims: list[Claim], suspect_path, suspect_sha256: str, log: DisputeLog, policy,
@@ -244,3 +258,30 @@ def laundering(card_bytes: bytes, opening) -> Claim:
     external with the victim model's digest, which the dispute rule's start check refuses."""
     return Claim("laundering", "victim's weights 'trained' at lr 1e-300 through the wrapper "
                  "(byte-identical file), card registered before the owner's", card_bytes, opening)
+
+
+class OwnLabelsEndpoint:
+    """What a thief serves at its own prediction URL: its own opening's trigger labels
+    (nearest trigger), whatever model it names."""
+
+    batch_size = 8
+
+    def __init__(self, opening, url: str):
+        x, self._y = opening.triggers()
+        self._x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+        self.name = url
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+        nearest = ((flat[:, None, :] - self._x[None, :, :]) ** 2).sum(-1).argmin(1)
+        return np.asarray(self._y)[nearest]
+
+
+def url_thief(thief_card: bytes, thief_opening, victim_sha256: str) -> Claim:
+    """A thief holding its own genuine card points the arbiter at a URL answering its own
+    trigger labels and names the victim's registered model digest. The dispute judges
+    the URL (its own first sighting), so the victim's model is never the one found owned."""
+    url = f"http://thief.invalid/predict/{victim_sha256[:12]}"
+    return Claim("url-thief", "own genuine card + own trigger labels at a prediction URL, "
+                 "naming the victim's model digest", thief_card, thief_opening,
+                 endpoint=OwnLabelsEndpoint(thief_opening, url), url=url)

@@ -267,6 +267,8 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
         ]
         for claim in claims:
             judge_row("accuser", target_name, claim.description, path, claim)
+    claim = acc.url_thief(thief.card_bytes, Opening.load(thief.opening_path), _sha256(victim_file))
+    judge_row("accuser", "victim", claim.description, victim_file, claim)
     progress(f"[{name}] false accusers judged")
 
     return {

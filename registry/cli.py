@@ -1,22 +1,23 @@
-"""`laminate serve`, `laminate log ...` and `laminate dispute ...`.
-
-The log and dispute commands are thin HTTP clients of a running service, plus the one
-check that needs no service at all: `laminate log verify` proves offline, with the
-service's public key, that a card is in the log (card + COSE Receipt).
+"""`laminate serve`, `laminate log ...` and `laminate dispute ...`: the arguments, and
+the server's process supervision. The log and dispute commands are the HTTP clients in
+``registry.client``.
 """
 from __future__ import annotations
 
-import base64
-import json
 import os
 import secrets
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
-from pathlib import Path
 
 from cards.errors import LaminateError
+
+from .client import (
+    cmd_dispute_open,
+    cmd_dispute_show,
+    cmd_log_consistency,
+    cmd_log_submit,
+    cmd_log_tree_head,
+    cmd_log_verify,
+)
 
 
 def _env(name, default=None):
@@ -95,8 +96,8 @@ def register(sub) -> None:
     d_open = d_sub.add_parser("open", help="submit claims against a suspect model")
     _server_args(d_open, token=True)
     d_open.add_argument("--suspect", help="suspect ONNX model file")
-    d_open.add_argument("--suspect-url", help="suspect prediction URL (needs --suspect-sha256)")
-    d_open.add_argument("--suspect-sha256", help="digest of the model behind --suspect-url")
+    d_open.add_argument("--suspect-url", help="suspect prediction URL; the verdict names the "
+                                              "URL, never a model digest it cannot prove")
     d_open.add_argument("--claim", action="append", required=True, metavar="CARD_ID=OPENING",
                         help="a claim: registered card id and the watermark opening JSON file; "
                              "repeatable")
@@ -121,7 +122,8 @@ def _server_args(parser, *, token=False) -> None:
 # ---------------------------------------------------------------- serve
 
 def cmd_serve(args) -> int:
-    from registry.app import Service, ServiceConfig
+    from registry.config import ServiceConfig
+    from registry.service import Service
 
     config = ServiceConfig.from_env()
     if args.database:
@@ -238,214 +240,3 @@ def _serve_many(host: str, port: int, workers: int) -> int:
                 proc.terminate()
         for proc in procs:
             proc.join(timeout=10)
-
-
-# ---------------------------------------------------------------- HTTP client
-
-def _request(method, url, *, token=None, body=None, content_type=None, timeout=120.0):
-    headers = {"Accept": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    if content_type:
-        headers["Content-Type"] = content_type
-    request = urllib.request.Request(url, data=body, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        try:
-            detail = json.loads(exc.read()).get("detail")
-        except (ValueError, AttributeError):
-            detail = exc.reason
-        return exc.code, {"detail": detail}
-    except (urllib.error.URLError, OSError) as exc:
-        raise LaminateError(f"{url}: service unreachable ({getattr(exc, 'reason', exc)})") from None
-
-
-def _multipart(fields: dict, files: dict) -> tuple[bytes, str]:
-    boundary = "laminate" + secrets.token_hex(12)
-    parts = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-                     .encode() + str(value).encode() + b"\r\n")
-    for name, (filename, data) in files.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-                     f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
-                     .encode() + data + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
-def _read(path, what) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise LaminateError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-
-
-def _fail(status, answer, what) -> LaminateError:
-    detail = answer.get("detail") if isinstance(answer, dict) else answer
-    return LaminateError(f"{what}: service answered HTTP {status}: {detail}")
-
-
-# ---------------------------------------------------------------- log commands
-
-def cmd_log_verify(args) -> int:
-    from cards import keys
-    from verifier.logproof import LogProofError
-    from verifier.receipts import verify_receipt
-
-    card = _read(args.card, "card")
-    raw = _read(args.receipt, "receipt")
-    try:
-        receipt = base64.b64decode(raw.strip(), validate=True) if raw[:1] != b"\xd2" else raw
-    except ValueError:
-        receipt = raw
-    public_key = keys.load_public_key(args.service_key)
-    try:
-        check = verify_receipt(receipt, card, public_key)
-    except LogProofError as exc:
-        print(f"NOT in the log: {args.card}: {exc}")
-        return 1
-    print(f"in the log: {args.card} is leaf {check.leaf_index} of the tree of size "
-          f"{check.tree_size} with root {check.root_hash.hex()} signed by the service key")
-    return 0
-
-
-def cmd_log_submit(args) -> int:
-    card = _read(args.card, "card")
-    status, answer = _request("POST", f"{args.server.rstrip('/')}/v1/cards", token=args.token,
-                              body=card, content_type="application/cbor")
-    if status == 422 and isinstance(answer, dict) and "result" in answer:
-        print(f"rejected: {answer['detail']}")
-        return 1
-    if status not in (200, 201):
-        raise _fail(status, answer, args.card)
-    if args.receipt_out:
-        Path(args.receipt_out).write_bytes(base64.b64decode(answer["receipt"]))
-    word = "already registered" if answer.get("already_registered") else "registered"
-    print(f"{word}: card {answer['card_id']} at log index {answer['leaf_index']} "
-          f"(tree size {answer['tree_size']}, root {answer['root_hash']})")
-    return 0
-
-
-def _service_key(server, pinned):
-    from cards import keys
-
-    if pinned:
-        return keys.load_public_key(pinned)
-    status, answer = _request("GET", f"{server.rstrip('/')}/v1/log/key")
-    if status != 200:
-        raise _fail(status, answer, "service key")
-    print("warning: trusting the key the service presents; pin it with --service-key",
-          file=sys.stderr)
-    return keys.load_public_key(answer["public_key_pem"].encode())
-
-
-def _fetch_head(server, public_key):
-    from verifier.logproof import verify_tree_head
-
-    status, answer = _request("GET", f"{server.rstrip('/')}/v1/log/tree-head")
-    if status != 200:
-        raise _fail(status, answer, "tree head")
-    head = verify_tree_head(base64.b64decode(answer["signed"]), public_key)
-    return head, answer
-
-
-def cmd_log_tree_head(args) -> int:
-    head, answer = _fetch_head(args.server, _service_key(args.server, args.service_key))
-    if args.out:
-        Path(args.out).write_text(json.dumps(answer, indent=2) + "\n", encoding="utf-8")
-    print(f"tree size {head.tree_size}, root {head.root_hash.hex()} (signature checked)")
-    return 0
-
-
-def cmd_log_consistency(args) -> int:
-    from cards import keys
-    from verifier.logproof import LogProofError, check_consistency, verify_tree_head
-
-    public_key = keys.load_public_key(args.service_key)
-    try:
-        saved = json.loads(_read(args.since, "tree head"))
-        old = verify_tree_head(base64.b64decode(saved["signed"]), public_key)
-    except (ValueError, KeyError, TypeError):
-        raise LaminateError(f"{args.since}: not a tree head saved by `laminate log tree-head`") from None
-    new, answer = _fetch_head(args.server, public_key)
-    if new.tree_size < old.tree_size:
-        print(f"INCONSISTENT: the log shrank from {old.tree_size} to {new.tree_size} leaves")
-        return 1
-    status, proof = _request("GET", f"{args.server.rstrip('/')}/v1/log/consistency?"
-                             + urllib.parse.urlencode({"first": old.tree_size,
-                                                       "second": new.tree_size}))
-    if status != 200:
-        raise _fail(status, proof, "consistency proof")
-    try:
-        check_consistency(old.tree_size, new.tree_size,
-                          [bytes.fromhex(p) for p in proof["consistency_proof"]],
-                          old.root_hash, new.root_hash)
-    except (LogProofError, ValueError) as exc:
-        print(f"INCONSISTENT: {exc}")
-        return 1
-    if args.update:
-        Path(args.since).write_text(json.dumps(answer, indent=2) + "\n", encoding="utf-8")
-    print(f"consistent: the log grew append-only from {old.tree_size} to {new.tree_size} leaves")
-    return 0
-
-
-# ---------------------------------------------------------------- disputes
-
-def _print_verdict(view, public_key) -> None:
-    from registry.disputes import verify_verdict
-
-    verdict = view["verdict"]
-    if public_key is not None:
-        verify_verdict(base64.b64decode(view["signed_verdict"]), public_key)
-        print("verdict signature checked with the service key")
-    suspect = verdict["suspect"]
-    print(f"dispute {view['dispute_id']}: suspect {suspect['sha256']} first seen at log "
-          f"index {suspect['leaf_index']} ({suspect['source']})")
-    for claim in verdict["claims"]:
-        print(f"  {'WON ' if claim['won'] else 'lost'} card {claim['card_id']}: {claim['reason']}")
-    print(f"winner: {verdict['winner'] or 'none'} ({verdict['reason']})")
-
-
-def cmd_dispute_open(args) -> int:
-    from cards import keys
-
-    claims = []
-    for item in args.claim:
-        card_id, sep, opening_path = item.partition("=")
-        if not sep or not card_id or not opening_path:
-            raise LaminateError(f"--claim {item!r}: expected CARD_ID=OPENING_FILE")
-        try:
-            opening = json.loads(_read(opening_path, "opening"))
-        except ValueError:
-            raise LaminateError(f"{opening_path}: not a JSON watermark opening") from None
-        claims.append({"card_id": card_id, "opening": opening})
-    fields, files = {"claims": json.dumps(claims)}, {}
-    if args.suspect:
-        files["model"] = (Path(args.suspect).name, _read(args.suspect, "suspect model"))
-    elif args.suspect_url and args.suspect_sha256:
-        fields.update(prediction_url=args.suspect_url, model_sha256=args.suspect_sha256)
-    else:
-        raise LaminateError("give --suspect MODEL.onnx, or --suspect-url with --suspect-sha256")
-    body, content_type = _multipart(fields, files)
-    status, view = _request("POST", f"{args.server.rstrip('/')}/v1/disputes", token=args.token,
-                            body=body, content_type=content_type, timeout=600)
-    if status != 201:
-        raise _fail(status, view, "dispute")
-    if args.out:
-        Path(args.out).write_text(json.dumps(view, indent=2) + "\n", encoding="utf-8")
-    _print_verdict(view, keys.load_public_key(args.service_key) if args.service_key else None)
-    return 0 if view["verdict"]["winner"] else 1
-
-
-def cmd_dispute_show(args) -> int:
-    from cards import keys
-
-    status, view = _request("GET", f"{args.server.rstrip('/')}/v1/disputes/"
-                            + urllib.parse.quote(args.dispute_id, safe=""))
-    if status != 200:
-        raise _fail(status, view, f"dispute {args.dispute_id}")
-    _print_verdict(view, keys.load_public_key(args.service_key) if args.service_key else None)
-    return 0 if view["verdict"]["winner"] else 1

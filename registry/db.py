@@ -84,6 +84,29 @@ class ModelRow(Base):
     source: Mapped[str] = mapped_column(String(16), nullable=False)
 
 
+class EndpointRow(Base):
+    """First log index at which a prediction URL was queried as a suspect. A URL is its
+    own suspect identity: answering over HTTP proves nothing about which model file
+    sits behind it, so it is never identified with a logged model digest."""
+    __tablename__ = "laminate_endpoints"
+    url_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    leaf_index: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("laminate_log_entries.leaf_index"), nullable=False)
+
+
+class DeviceClockRow(Base):
+    """The latest TPM clock seen for each attesting device in a registered card's quote
+    (resetCount, restartCount and clock must never go back across its quotes)."""
+    __tablename__ = "laminate_device_clocks"
+    device: Mapped[str] = mapped_column(String(128), primary_key=True)
+    clock: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    reset_count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    restart_count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    leaf_index: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("laminate_log_entries.leaf_index"), nullable=False)
+
+
 class DisputeRow(Base):
     __tablename__ = "laminate_disputes"
     dispute_id: Mapped[str] = mapped_column(String(64), primary_key=True)

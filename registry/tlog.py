@@ -68,8 +68,10 @@ class TransparencyLog:
             self._roots[size] = root
         return root
 
-    def tree_head(self, size: int | None = None) -> TreeHead:
-        size = self.sync() if size is None else size
+    def tree_head(self) -> TreeHead:
+        """The signed head of the current tree; no other size is ever signed, so a
+        signature never vouches for a view of the log that is already stale."""
+        size = self.sync()
         return sign_tree_head(size, self.root(size), self.private_key)
 
     def inclusion_proof(self, leaf_index: int, tree_size: int) -> list[bytes]:

@@ -17,6 +17,7 @@ class PredictEndpoint:
     def __init__(self, model_path):
         self.model = OnnxSuspect(model_path)
         self.mode = "ok"
+        self.closed = threading.Event()
         self.batches = []
         endpoint = self
 
@@ -39,6 +40,18 @@ class PredictEndpoint:
                     payload = b'{"labels": [' + b"0, " * (1 << 19) + b"0]}"
                 elif endpoint.mode == "nested":
                     payload = b"[" * 100_000 + b"]" * 100_000
+                elif endpoint.mode == "hugeint":
+                    payload = json.dumps({"labels": [10**30] * len(labels)}).encode()
+                elif endpoint.mode == "drip":      # one byte a second, each read on time
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    for byte in payload:
+                        if endpoint.closed.wait(1.0):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    return
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -54,6 +67,7 @@ class PredictEndpoint:
         self.thread.start()
 
     def close(self):
+        self.closed.set()
         self.server.shutdown()
         self.server.server_close()
 

@@ -96,8 +96,9 @@ def test_dispute_open_and_show(setup, capsys):
             "--suspect", suspect, "--claim", "nonsense")
 
 
-def test_dispute_against_a_prediction_url(setup, tmp_path):
-    """A suspect known only by its endpoint (labels over HTTP) and its claimed digest."""
+def test_dispute_against_a_prediction_url(setup, tmp_path, capsys):
+    """A suspect known only by its endpoint (labels over HTTP): the verdict names the URL
+    and its own first sighting, never a model digest."""
     from predict_server import PredictEndpoint
 
     kit = setup["kit"]
@@ -108,9 +109,14 @@ def test_dispute_against_a_prediction_url(setup, tmp_path):
     try:
         assert run("log", "submit", kit.card_path, "--server", server.url, "--token", TOKEN) == 0
         card_id = hashlib.sha256(kit.card_bytes).hexdigest()
+        capsys.readouterr()
+        out = tmp_path / "verdict.json"
         assert run("dispute", "open", "--server", server.url, "--token", TOKEN,
-                   "--suspect-url", endpoint.url, "--suspect-sha256", "ef" * 32,
-                   "--claim", f"{card_id}={kit.opening_path}") == 0
+                   "--suspect-url", endpoint.url, "--claim", f"{card_id}={kit.opening_path}",
+                   "--out", out) == 0
+        assert f"suspect prediction URL {endpoint.url}" in capsys.readouterr().out
+        suspect = json.loads(out.read_text())["verdict"]["suspect"]
+        assert suspect["prediction_url"] == endpoint.url and "sha256" not in suspect
     finally:
         server.stop()
         endpoint.close()

@@ -176,3 +176,27 @@ def test_receipt_layout_and_verification(tmp_path, kind):
         receipts.verify_receipt(cbor.dumps(cbor2.CBORTag(18, [wrong_vds, unprotected, None, _sig])),
                                 statements[index], key.public_key())
     db.dispose()
+
+
+def test_receipt_position_is_bound_by_the_signature(tmp_path):
+    """The same path and root also prove leaf 2 of a tree of 4 (the left/right pattern
+    of leaf 4 in a tree of 6): with the position only in the unprotected header, a
+    receipt could be moved there. The signed position refuses it."""
+    db = dbmod.open_database(f"sqlite:///{tmp_path / 'p.sqlite'}")
+    key = keys.generate_private_key("ed25519")
+    tl = tlog.TransparencyLog(db, key)
+    statements = [f"statement {i}".encode() for i in range(6)]
+    _append(db, tl, statements)
+    size, index = 6, 4
+    path = tl.inclusion_proof(index, size)
+    receipt = receipts.make_receipt(key, size, index, path, tl.root(size))
+    leaf = merkle.leaf_hash(statements[index])
+    assert logproof.root_from_inclusion(leaf, 2, 4, path) == tl.root(size)   # the attack
+
+    protected, _unprotected, _payload, signature = cbor2.loads(receipt).value
+    moved = cbor2.CBORTag(18, [protected, {396: {-1: [cbor.dumps([4, 2, path])]}}, None,
+                               signature])
+    with pytest.raises(logproof.LogProofError, match="signed position does not match"):
+        receipts.verify_receipt(cbor.dumps(moved), statements[index], key.public_key())
+    check = receipts.verify_receipt(receipt, statements[index], key.public_key())
+    assert (check.tree_size, check.leaf_index) == (size, index)

@@ -245,7 +245,11 @@ def test_tpm_card_is_affirmed_and_default_policy_rejects_it(kit):
     made, _ = kit
     assert appraised(made.card_bytes, kit).status == "affirming"
     default = appraise(made.card_bytes, policy=Policy.default(), model_path=made.model_path)
-    assert {"cert_chain", "quote_signature"} <= set(failed(default))
+    assert "release_signature" in failed(default)      # the appraisal stops there
+    # Trusting the release key but none of the TPM roots: the evidence is refused.
+    no_roots = Policy.from_mapping({"trusted_release_keys": [str(made.release_public_pem_path)]})
+    untrusted = appraise(made.card_bytes, policy=no_roots, model_path=made.model_path)
+    assert {"cert_chain", "quote_signature"} <= set(failed(untrusted))
 
 
 def test_replayed_quote_with_other_qualifying_data_is_rejected(rig, kit):

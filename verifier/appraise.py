@@ -47,9 +47,13 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None) -
     checks.append(_release_signature(card, policy))
     allowed = backend in policy.allow_backends
     checks.append(_backend(backend, allowed, policy))
+    if checks[1].status == CONTRAINDICATED:
+        return _stopped(checks, "release signature failed", policy, card)
 
     evidence_checks, quoted = check_evidence(evidence, policy)
     checks.extend(evidence_checks)
+    if any(c.check == "cert_chain" and c.status == CONTRAINDICATED for c in evidence_checks):
+        return _stopped(checks, "trust chain failed", policy, card)
     if quoted is None:
         failed = next((c for c in evidence_checks if c.check == "quote_signature"), None)
         why = ("not checked: quote signature failed" if failed and failed.status == CONTRAINDICATED
@@ -92,6 +96,16 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None) -
                             "evidence comes from the software simulator: it shows the card is "
                             "internally consistent, not that real hardware measured anything"))
     return Result(checks, policy_id=policy.policy_id, backend=backend, simulated=card.simulated)
+
+
+def _stopped(checks, why: str, policy, card) -> Result:
+    """The result of a card whose signer or hardware root is not trusted: the claims of
+    such a card prove nothing, so the costly checks over them (log replay, DP accounting,
+    watermark power) are not run for anyone who asks; the failures say why."""
+    checks.append(Check("remaining_checks", SKIPPED, "card",
+                        f"not checked: {why}, so the card's claims are not evaluated"))
+    return Result(checks, policy_id=policy.policy_id, backend=card.backend,
+                  simulated=card.simulated)
 
 
 def _model_digests(model_path, model_sha256) -> list:

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from cryptography import x509
 
-from cards import keys
+from cards import keys, yamlload
 from cards.errors import LaminateError
 from verifier import predicates, tee_policy
 
@@ -100,7 +100,7 @@ class Policy:
         if len(raw) > MAX_POLICY_BYTES:
             raise LaminateError(f"{path}: policy larger than {MAX_POLICY_BYTES} bytes")
         try:
-            doc = yaml.safe_load(raw.decode("utf-8"))
+            doc = yamlload.safe_load(raw.decode("utf-8"))
         except (UnicodeDecodeError, yaml.YAMLError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise LaminateError(f"{path}: not valid YAML ({first})") from None

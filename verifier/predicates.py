@@ -131,7 +131,18 @@ def parse(text: str) -> Predicate:
         raise PredicateError(f"{text!r}: '{op}' needs a list such as [\"sim\", \"tpm\"]")
     if op in _COMPARE and not (_is_number(value) or isinstance(value, str)):
         raise PredicateError(f"{text!r}: '{op}' needs a number or a string")
-    return Predicate(text=" ".join(text.split()), func=func, path=path, op=op, value=value)
+    return Predicate(text=_normalise(text), func=func, path=path, op=op, value=value)
+
+
+_STRING = re.compile(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+
+
+def _normalise(text: str) -> str:
+    """Whitespace runs collapsed to one space, except inside string literals: the text
+    is parsed again later, and "banned  model" must stay a different name from
+    "banned model"."""
+    pieces = _STRING.split(text)     # odd pieces are the literals, kept exactly
+    return "".join(p if i % 2 else re.sub(r"\s+", " ", p) for i, p in enumerate(pieces)).strip()
 
 
 def _tokenize(text: str) -> list:

@@ -8,7 +8,11 @@ statement and the path before the signature can verify, so a valid signature can
 be paired with a proof that does not lead to the signed root. A card plus its receipt is
 a transparent statement (RFC 9943 style) checked offline with the service's public key.
 
-We issue and accept exactly one inclusion proof per receipt.
+We issue and accept exactly one inclusion proof per receipt. The proof's position
+(tree size, leaf index) sits in the unprotected header, where the same path and root can
+also prove other positions; so our receipts repeat the position in the protected header
+(a private-use label, ``HDR_POSITION``), where the signature covers it, and a receipt
+whose proof names another position is refused.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ HDR_VDS = 395
 HDR_VDP = 396
 VDS_RFC9162_SHA256 = 1
 PROOF_INCLUSION = -1
+HDR_POSITION = -65537      # private use (RFC 9052 §3.1): [tree-size, leaf-index], signed
 
 
 def make_receipt(private_key, tree_size: int, leaf_index: int, path: list[bytes],
@@ -32,7 +37,8 @@ def make_receipt(private_key, tree_size: int, leaf_index: int, path: list[bytes]
     """Sign ``root`` (detached) and attach the inclusion proof of ``leaf_index``."""
     alg = cose.alg_for_key(private_key)
     protected_bytes = cbor.dumps({cose.HDR_ALG: alg, HDR_VDS: VDS_RFC9162_SHA256,
-                                  cose.HDR_KID: keys.key_id(keys.public_key_of(private_key))})
+                                  cose.HDR_KID: keys.key_id(keys.public_key_of(private_key)),
+                                  HDR_POSITION: [tree_size, leaf_index]})
     signature = cose.sign_bytes(private_key, alg, cose.sig_structure(protected_bytes, root))
     proof = cbor.dumps([tree_size, leaf_index, [bytes(p) for p in path]])
     unprotected = {HDR_VDP: {PROOF_INCLUSION: [proof]}}
@@ -104,6 +110,9 @@ def parse_receipt(data: bytes) -> Receipt:
     tree_size, leaf_index, path = proof
     if not path:
         raise LogProofError("receipt inclusion proof: the inclusion path must not be empty")
+    if protected.get(HDR_POSITION) != [tree_size, leaf_index]:
+        raise LogProofError("receipt.protected.position: the signed position does not match "
+                            "the inclusion proof's (tree size, leaf index)")
     return Receipt(alg, kid, protected_bytes, tree_size, leaf_index, path, signature)
 
 
