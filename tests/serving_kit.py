@@ -1,7 +1,7 @@
 """A real digits victim behind `serve-model`, for the serving tests (no torch).
 
-The victim and every thief or independent model are small sklearn MLPs on the 8x8
-digits (64 features in [0, 1]) exported to ONNX as Gemm/Relu graphs, so the suspects go
+The victim and every thief or independent model are one-hidden-layer networks on the
+8x8 digits (64 features in [0, 1]) exported to ONNX as Gemm/Relu graphs, so the suspects go
 through the same onnxruntime path an arbiter uses. The victim's card comes from the
 card kit (the genuine prover path on a simulated device).
 """
@@ -27,11 +27,12 @@ TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab"}
 
 @functools.lru_cache(maxsize=1)
 def digits():
-    """(x, y) of all 1,797 digits, x float32 [n, 64] in [0, 1]."""
+    """(x, y) of all 1,797 digits in a fixed shuffled order, x float32 [n, 64] in [0, 1]."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    return (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(d.target))
+    return (d.data[order] / 16.0).astype(np.float32), d.target[order].astype(np.int64)
 
 
 def split():
@@ -40,36 +41,45 @@ def split():
     return (x[:500], y[:500]), (x[500:797], y[500:797]), (x[797:], y[797:])
 
 
-def fit_mlp(x, y, *, hidden=64, seed=0, max_iter=400):
-    from sklearn.neural_network import MLPClassifier
+@dataclass
+class Net:
+    """One hidden ReLU layer of random features, output layer fit by ridge regression in
+    closed form: a second to train on a shared CPU, and wide enough (4,096) to memorise
+    its training answers, flips included, as an extracted copy does."""
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
 
-    model = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=max_iter, random_state=seed,
-                          alpha=1e-5, tol=1e-6, n_iter_no_change=50)
-    model.fit(x, y)
-    return model
+    def predict(self, x):
+        return (np.maximum(x @ self.w1 + self.b1, 0) @ self.w2).argmax(axis=1)
 
 
-def export_mlp(model, path) -> Path:
-    """An sklearn MLP with one hidden layer as ONNX logits (classes fixed to 10)."""
+def fit(x, y, *, hidden=4096, seed=0, ridge=0.1, scale=0.25) -> Net:
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, scale, (x.shape[1], hidden)).astype(np.float32)
+    b1 = (rng.normal(0, 0.5, hidden)).astype(np.float32)
+    h = np.maximum(x @ w1 + b1, 0).astype(np.float64)
+    w2 = h.T @ np.linalg.solve(h @ h.T + ridge * np.eye(len(x)), np.eye(10)[y])
+    return Net(w1, b1, w2.astype(np.float32))
+
+
+def export(net: Net, path) -> Path:
+    """The network as ONNX logits: Gemm, Relu, Gemm."""
     from onnx import helper, numpy_helper
 
-    w1, w2 = model.coefs_
-    b1, b2 = model.intercepts_
-    if len(model.classes_) != 10:
-        raise ValueError("the kit's models see all 10 digits")
-    inits = [numpy_helper.from_array(np.asarray(a, np.float32), n)
-             for a, n in ((w1, "W1"), (b1, "b1"), (w2, "W2"), (b2, "b2"))]
+    inits = [numpy_helper.from_array(np.asarray(a, np.float32), n) for a, n in (
+        (net.w1, "W1"), (net.b1, "b1"), (net.w2, "W2"), (np.zeros(10), "b2"))]
     nodes = [helper.make_node("Gemm", ["input", "W1", "b1"], ["h"]),
              helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("Gemm", ["r", "W2", "b2"], ["logits"])]
     return cardkit.save_onnx_classifier(path, nodes, inits, input_shape=[64], classes=10,
-                                        name="mlp")
+                                        name="random-features")
 
 
 @functools.lru_cache(maxsize=1)
-def victim_model():
+def victim_model() -> Net:
     (x, y), _, _ = split()
-    return fit_mlp(x, y, hidden=64, seed=0)
+    return fit(x, y, hidden=2048, seed=0, ridge=1.0, scale=0.125)
 
 
 @dataclass
@@ -95,7 +105,7 @@ def make_kit(tmp_path, model=None, monkeypatch=None):
     """A card for the digits victim (or ``model``), sealed by the card kit."""
     model = model if model is not None else victim_model()
     original = cardkit.make_onnx_model
-    cardkit.make_onnx_model = lambda path, **_: export_mlp(model, path)
+    cardkit.make_onnx_model = lambda path, **_: export(model, path)
     try:
         return cardkit.make_card(tmp_path)
     finally:

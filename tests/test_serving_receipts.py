@@ -70,7 +70,7 @@ def test_a_forged_receipt_signature_is_rejected(served, answer):
 def test_a_receipt_for_another_model_is_rejected(served, answer, tmp_path):
     _, (x, _), (xq, yq) = sk.split()
     other = sk.serve(tmp_path, rate=0.2, kit=sk.make_kit(tmp_path / "kit",
-                                                         sk.fit_mlp(xq, yq, seed=3, max_iter=60)))
+                                                         sk.fit(xq, yq, hidden=64, seed=3)))
     theirs = other.predict(x[:8])
     result = verify(served.deployment.card_bytes, theirs, served.policy)
     assert status(result, "receipt_model") == (CONTRAINDICATED, "receipt.model_sha256")
