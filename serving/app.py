@@ -22,9 +22,10 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from cards import keys, merkle
 from cards.errors import LaminateError
 from serving.deploy import Deployment
-from serving.log import QueryLog
+from serving.log import LogUnavailable, QueryLog
 from verifier import dawn, receipts_inference
 
 MAX_BATCH = 256
@@ -84,6 +85,7 @@ class Server:
         self.plain = plain
         self.model = Model(deployment.model_path, deployment.input_shape)
         self.key = deployment.opening.key if deployment.opening else None
+        self.kid = keys.key_id(deployment.receipt_key.public_key())
 
     def parse(self, body: bytes) -> np.ndarray:
         """The request's inputs as float32 [batch, *shape]; LaminateError names the field."""
@@ -121,7 +123,7 @@ class Server:
             return out
         canonical = dawn.canonical_inputs(x)
         digests = [hashlib.sha256(c).digest() for c in canonical]
-        served, rows, leaves = [], [], []
+        served, leaves = [], []
         for i, c in enumerate(canonical):
             label, flipped = dawn.answer(self.key, self.d.rate, c, int(labels[i]), self.d.classes)
             probs = None
@@ -134,11 +136,11 @@ class Server:
             item = receipts_inference.leaf(digests[i], label, probs)
             served.append((label, probs))
             leaves.append(item)
-            rows.append((digests[i], c, label, item))
-        first = self.log.append(client, rows)
-        receipt = receipts_inference.sign_receipt(
-            self.d.receipt_key, serving_card=self.d.card.digest, model_sha256=self.d.model_sha256,
-            client=client, first_index=first, leaves=leaves)
+        hashes = [merkle.leaf_hash(item) for item in leaves]
+        first, payload = self.log.append(client, canonical, leaves, lambda first: receipts_inference.receipt_payload(
+            serving_card=self.d.card.digest, model_sha256=self.d.model_sha256, client=client,
+            first_index=first, leaf_hashes=hashes))
+        receipt = receipts_inference.sign_receipt(self.d.receipt_key, payload, self.kid)
         out = {"labels": [label for label, _ in served]}
         if probabilities is not None:
             out["probabilities"] = [probs for _, probs in served]
@@ -164,7 +166,8 @@ def create_app(server: Server, tokens: dict[bytes, str]) -> FastAPI:
 
     @app.exception_handler(LaminateError)
     async def _user_error(_request, exc):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        status = 503 if isinstance(exc, LogUnavailable) else 422
+        return JSONResponse({"detail": str(exc)}, status_code=status)
 
     @app.get("/healthz")
     def healthz():
@@ -185,7 +188,8 @@ def create_app(server: Server, tokens: dict[bytes, str]) -> FastAPI:
             if len(body) > max_body:
                 raise HTTPException(413, f"request body larger than {max_body} bytes")
         x = server.parse(bytes(body))
-        return await anyio.to_thread.run_sync(server.answer, client, x)
+        out = await anyio.to_thread.run_sync(server.answer, client, x)
+        return Response(json.dumps(out, separators=(",", ":")), media_type="application/json")
 
     @app.get("/v1/clients/{client_id}/log")
     def client_log(client_id: str, start: int = 0, limit: int = 100,

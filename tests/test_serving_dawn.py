@@ -82,6 +82,7 @@ def stolen(tmp_path_factory):
     surrogate = sk.fit(xq, labels, seed=1)
     independent = sk.fit(xq, yq, seed=2)
     served.predict(xt[:200], token=sk.TOKENS["bob"])
+    served.server.log.flush()
     paths = {"surrogate": sk.export(surrogate, tmp / "surrogate.onnx"),
              "independent": sk.export(independent, tmp / "independent.onnx")}
     accuracy = {name: float((OnnxSuspect(p).predict(xt) == yt).mean()) for name, p in paths.items()}
@@ -90,6 +91,7 @@ def stolen(tmp_path_factory):
 
 
 def replay(served, client, suspect_path, *, opening=None, alpha=1e-6):
+    served.server.log.flush()
     rows = dawn_ownership.client_rows(served.state / "log.sqlite", client)
     return dawn_ownership.dawn_ownership_test(
         served.deployment.card, opening or served.deployment.opening, rows,

@@ -83,12 +83,13 @@ def test_a_client_reads_its_own_log_and_not_another_clients(served):
 def test_the_log_is_append_only_and_its_root_covers_every_answer(served):
     _, (x, _), _ = sk.split()
     served.predict(x[:3])
+    served.server.log.flush()
     size, root = served.server.log.tree_head()
     db = sqlite3.connect(served.state / "log.sqlite")
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        db.execute("UPDATE entries SET label = 0 WHERE idx = 0")
+        db.execute("UPDATE batches SET leaves = x'80' WHERE seq = 0")
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        db.execute("DELETE FROM entries WHERE idx = 0")
+        db.execute("DELETE FROM batches WHERE seq = 0")
     db.close()
     from serving.log import QueryLog
 
@@ -135,3 +136,19 @@ def test_plain_mode_answers_without_log_or_receipt(tmp_path, served):
     doc = plain.predict(x[:4])
     assert set(doc) == {"labels"}
     assert doc["labels"] == plain.server.model.logits(x[:4]).argmax(axis=1).tolist()
+
+
+def test_a_log_that_cannot_be_written_stops_the_answers(tmp_path, served):
+    broken = sk.serve(tmp_path, rate=0.1, kit=served.kit)
+    db = sqlite3.connect(broken.state / "log.sqlite")
+    db.execute("CREATE TRIGGER full BEFORE INSERT ON batches "
+               "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    db.commit()
+    db.close()
+    _, (x, _), _ = sk.split()
+    broken.predict(x[:2])                 # answered, then its rows fail to commit
+    with pytest.raises(Exception, match="disk full"):
+        broken.server.log.flush()
+    response = broken.client.post("/v1/predict", json={"inputs": x[:2].tolist()},
+                                  headers=headers("alice"))
+    assert response.status_code == 503 and "cannot be written" in response.json()["detail"]

@@ -14,6 +14,7 @@ distinct inputs get independent draws (cards/FORMAT.md, "Serving").
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -71,10 +72,18 @@ def commitment(key: bytes, salt: bytes) -> str:
     return hashlib.sha256(bytes(salt) + bytes(key)).hexdigest()
 
 
+@functools.lru_cache(maxsize=8)
+def _flip_mac(key: bytes):
+    """HMAC(key) with the flip domain already absorbed: a server computes one per query,
+    and copying a keyed state skips the key schedule each time."""
+    return hmac.new(key, _FLIP_DOMAIN, hashlib.sha256)
+
+
 def flipped(key: bytes, canonical: bytes, rate: float) -> bool:
     """HMAC(key, "flip" || input) read as a fraction in [0, 1) below ``rate``."""
-    mac = hmac.new(key, _FLIP_DOMAIN + canonical, hashlib.sha256).digest()
-    return int.from_bytes(mac[:8], "big") / _TWO_64 < rate
+    mac = _flip_mac(bytes(key)).copy()
+    mac.update(canonical)
+    return int.from_bytes(mac.digest()[:8], "big") / _TWO_64 < rate
 
 
 def wrong_label(key: bytes, canonical: bytes, true_label: int, classes: int) -> int:
@@ -83,8 +92,7 @@ def wrong_label(key: bytes, canonical: bytes, true_label: int, classes: int) -> 
     others = classes - 1
     limit = (1 << 256) - (1 << 256) % others
     for counter in range(256):
-        mac = hmac.new(key, _LABEL_DOMAIN + bytes([counter]) + canonical,
-                       hashlib.sha256).digest()
+        mac = hmac.digest(key, _LABEL_DOMAIN + bytes([counter]) + canonical, "sha256")
         value = int.from_bytes(mac, "big")
         if value < limit:
             pick = value % others

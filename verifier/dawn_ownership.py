@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cards.errors import LaminateError
+from cards import cbor
+from cards.errors import CardFormatError, LaminateError
 from verifier import dawn
 from verifier.binomial import NOT_SHOWN
 from verifier.ownership import OPENING_MISMATCH, OwnershipResult, ownership_test
@@ -50,12 +51,24 @@ def client_rows(log_path, client: str) -> list:
     try:
         db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
         try:
-            return db.execute("SELECT idx, input_sha256, input, label FROM entries "
-                              "WHERE client = ? ORDER BY idx LIMIT ?", (client, MAX_ROWS)).fetchall()
+            batches = db.execute("SELECT first_index, inputs, leaves FROM batches WHERE "
+                                 "client = ? ORDER BY seq", (client,)).fetchall()
         finally:
             db.close()
     except sqlite3.Error as exc:
         raise LaminateError(f"{path}: not a deployment log ({exc})") from None
+    rows = []
+    for first, inputs, leaves in batches:
+        try:
+            inputs, leaves = cbor.loads(inputs), cbor.loads(leaves)
+            for i, (canonical, leaf) in enumerate(zip(inputs, leaves, strict=True)):
+                digest, label, *_ = cbor.loads(leaf)
+                rows.append((first + i, digest, canonical, label))
+        except (CardFormatError, ValueError, TypeError):
+            raise LaminateError(f"{path}: batch at index {first}: not a well-formed batch") from None
+        if len(rows) >= MAX_ROWS:
+            break
+    return rows
 
 
 def flipped_queries(card, opening: dawn.Opening, rows, victim) -> tuple[np.ndarray, np.ndarray]:

@@ -28,8 +28,14 @@ _PAYLOAD_FIELDS = {"format", "serving_card", "model_sha256", "client", "first_in
                    "count", "root"}
 
 
+_LABEL_LEAF_HEAD = b"\x82\x58\x20"   # an array of two, then a 32-byte string
+
+
 def leaf(input_sha256: bytes, label: int, probabilities=None) -> bytes:
-    """The leaf bytes of one answer (hashed as an RFC 9162 leaf)."""
+    """The leaf bytes of one answer, dcbor([digest, label(, probabilities)]), hashed as an
+    RFC 9162 leaf. A label-only leaf is written directly: its encoding has one form."""
+    if probabilities is None and len(input_sha256) == 32 and 0 <= label < 24:
+        return _LABEL_LEAF_HEAD + bytes(input_sha256) + bytes([label])
     item = [bytes(input_sha256), int(label)]
     if probabilities is not None:
         item.append([float(p) for p in probabilities])
@@ -40,14 +46,20 @@ def batch_root(leaves: list[bytes]) -> bytes:
     return merkle.root_of([merkle.leaf_hash(item) for item in leaves])
 
 
-def sign_receipt(private_key, *, serving_card: str, model_sha256: str, client: str,
-                 first_index: int, leaves: list[bytes]) -> bytes:
+def receipt_payload(*, serving_card: str, model_sha256: str, client: str, first_index: int,
+                    leaf_hashes: list[bytes]) -> bytes:
+    """The signed statement of one batch; also the batch's leaf in the deployment log."""
+    return cbor.dumps({"format": FORMAT, "serving_card": serving_card,
+                       "model_sha256": model_sha256, "client": client,
+                       "first_index": first_index, "count": len(leaf_hashes),
+                       "root": merkle.root_of(leaf_hashes)})
+
+
+def sign_receipt(private_key, payload: bytes, kid: bytes | None = None) -> bytes:
     """The COSE_Sign1 receipt of one batch (one signature, whatever the batch size)."""
-    payload = {"format": FORMAT, "serving_card": serving_card, "model_sha256": model_sha256,
-               "client": client, "first_index": first_index, "count": len(leaves),
-               "root": batch_root(leaves)}
-    return cose.sign1(cbor.dumps(payload), private_key,
-                      kid=keys.key_id(keys.public_key_of(private_key)))
+    if kid is None:
+        kid = keys.key_id(keys.public_key_of(private_key))
+    return cose.sign1(payload, private_key, kid=kid)
 
 
 def _answers(doc) -> tuple[list, list, list | None]:
