@@ -123,9 +123,9 @@ class Server:
             return out
         canonical = dawn.canonical_inputs(x)
         digests = [hashlib.sha256(c).digest() for c in canonical]
+        decided = dawn.answers(self.key, self.d.rate, canonical, labels.tolist(), self.d.classes)
         served, leaves = [], []
-        for i, c in enumerate(canonical):
-            label, flipped = dawn.answer(self.key, self.d.rate, c, int(labels[i]), self.d.classes)
+        for i, (label, flipped) in enumerate(decided):
             probs = None
             if probabilities is not None:
                 probs = probabilities[i]
@@ -133,9 +133,8 @@ class Server:
                     probs = probs.copy()
                     probs[[label, labels[i]]] = probs[[labels[i], label]]
                 probs = probs.tolist()
-            item = receipts_inference.leaf(digests[i], label, probs)
             served.append((label, probs))
-            leaves.append(item)
+            leaves.append(receipts_inference.leaf(digests[i], label, probs))
         hashes = [merkle.leaf_hash(item) for item in leaves]
         first, payload = self.log.append(client, canonical, leaves, lambda first: receipts_inference.receipt_payload(
             serving_card=self.d.card.digest, model_sha256=self.d.model_sha256, client=client,

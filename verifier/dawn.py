@@ -81,7 +81,11 @@ def _flip_mac(key: bytes):
 
 def flipped(key: bytes, canonical: bytes, rate: float) -> bool:
     """HMAC(key, "flip" || input) read as a fraction in [0, 1) below ``rate``."""
-    mac = _flip_mac(bytes(key)).copy()
+    return _below(_flip_mac(bytes(key)), canonical, rate)
+
+
+def _below(base, canonical: bytes, rate: float) -> bool:
+    mac = base.copy()
     mac.update(canonical)
     return int.from_bytes(mac.digest()[:8], "big") / _TWO_64 < rate
 
@@ -100,12 +104,26 @@ def wrong_label(key: bytes, canonical: bytes, true_label: int, classes: int) -> 
     raise AssertionError("256 rejections in a row: probability below 2^-256")
 
 
+def answers(key: bytes | None, rate: float, canonicals: list[bytes], labels,
+            classes: int) -> list[tuple[int, bool]]:
+    """(the label served, whether it was flipped) for each input of a batch the model
+    labels ``labels``; the keyed state is prepared once per batch."""
+    if key is None or rate <= 0.0:
+        return [(int(label), False) for label in labels]
+    base = _flip_mac(bytes(key))
+    out = []
+    for canonical, label in zip(canonicals, labels):
+        if _below(base, canonical, rate):
+            out.append((wrong_label(key, canonical, int(label), classes), True))
+        else:
+            out.append((int(label), False))
+    return out
+
+
 def answer(key: bytes | None, rate: float, canonical: bytes, label: int,
            classes: int) -> tuple[int, bool]:
-    """(the label served, whether it was flipped) for an input the model labels ``label``."""
-    if key is None or rate <= 0.0 or not flipped(key, canonical, rate):
-        return label, False
-    return wrong_label(key, canonical, label, classes), True
+    """``answers`` for one input."""
+    return answers(key, rate, [canonical], [label], classes)[0]
 
 
 def check_rate(rate: float, where: str = "--dawn") -> float:

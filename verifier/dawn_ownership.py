@@ -128,7 +128,7 @@ def add_arguments(parser) -> None:
 def run(args, alpha: float) -> int:
     import json
 
-    from verifier.serving_card import open_serving_card
+    from verifier.serving_card import MAX_SERVING_CARD_BYTES, open_serving_card
     from verifier.suspect import OnnxSuspect, open_suspect
     from cards.errors import CardFormatError
 
@@ -136,7 +136,8 @@ def run(args, alpha: float) -> int:
         if getattr(args, name) is None:
             raise LaminateError(f"--{name.replace('_', '-')} is required with --serving-card")
     try:
-        card = open_serving_card(args.serving_card.read_bytes()[:1 << 21])
+        with args.serving_card.open("rb") as f:
+            card = open_serving_card(f.read(MAX_SERVING_CARD_BYTES + 1))
     except OSError as exc:
         raise LaminateError(f"{args.serving_card}: cannot read the serving card ({exc.strerror})") from None
     except CardFormatError as exc:
@@ -146,7 +147,11 @@ def run(args, alpha: float) -> int:
                             "without DAWN, so there is nothing to replay")
     if not args.model.is_file():
         raise LaminateError(f"{args.model}: served model file not found")
-    digest = hashlib.sha256(args.model.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with args.model.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    digest = digest.hexdigest()
     if digest != card.statement["model_sha256"]:
         raise LaminateError(f"{args.model}: sha256 {digest[:16]}... is not the served model "
                             f"(statement.model_sha256 {card.statement['model_sha256'][:16]}...)")
