@@ -6,10 +6,11 @@ The victim is the digits model of tests/serving_kit.py behind the real server lo
 Thieves query through one or several client accounts, label-only or with probabilities,
 1,000 or 10,000 queries, in-distribution (digits the victim never trained on, shifted
 copies past 1,000) or uniform random inputs, and train a copy of the same or another
-architecture (random-feature networks of several widths, or a nearest-neighbour copy). The owner replays the thief accounts' flipped queries (union of the
-accounts) against the copy with the sequential binomial test at chance 1/(C-1), alpha
-1e-6. False positives: 24 independent models (3 architectures x 8 seeds, trained on true
-labels) replayed against the thief's and an honest client's flips.
+architecture (random-feature networks of several widths, or a nearest-neighbour copy).
+The owner replays the thief accounts' flipped queries (union of the accounts) against
+the copy with the sequential binomial test at chance 1/(C-1), alpha 1e-6. False
+positives: 24 independent models (3 architectures x 8 seeds, trained on true labels)
+replayed against the thief's and an honest client's flips.
 
     python bench/dawn.py            # flip rates 0.01, 0.02, 0.05
     python bench/dawn.py --quick    # rate 0.05, 1,000-query thieves only

@@ -136,9 +136,13 @@ class Server:
             served.append((label, probs))
             leaves.append(receipts_inference.leaf(digests[i], label, probs))
         hashes = [merkle.leaf_hash(item) for item in leaves]
-        first, payload = self.log.append(client, canonical, leaves, lambda first: receipts_inference.receipt_payload(
-            serving_card=self.d.card.digest, model_sha256=self.d.model_sha256, client=client,
-            first_index=first, leaf_hashes=hashes))
+
+        def record(first: int) -> bytes:   # the log assigns the index, the receipt names it
+            return receipts_inference.receipt_payload(
+                serving_card=self.d.card.digest, model_sha256=self.d.model_sha256,
+                client=client, first_index=first, leaf_hashes=hashes)
+
+        first, payload = self.log.append(client, canonical, leaves, record)
         receipt = receipts_inference.sign_receipt(self.d.receipt_key, payload, self.kid)
         out = {"labels": [label for label, _ in served]}
         if probabilities is not None:

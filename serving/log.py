@@ -5,10 +5,11 @@ canonical bytes of its inputs (the owner needs them to replay a client's flipped
 in an ownership test) and its leaves, dcbor([input digest, answer]) each. The
 deployment's tree has one leaf per batch, the receipt payload itself (which holds the
 batch's own Merkle root), so an answer is proven by its path in the batch and the
-batch's path in the log, and a batch costs one row and one hash whatever its size. SQLite triggers refuse UPDATE and DELETE, and the tree
-head is rebuilt from the stored payloads on open. The standard
-library's sqlite3 is enough here: one writer, short transactions, no server to run.
-Clients see only their own rows (`entries(client)`); the owner reads everything.
+batch's path in the log, and a batch costs one row and one hash whatever its size.
+SQLite triggers refuse UPDATE and DELETE, and the tree head is rebuilt from the stored
+payloads on open. The standard library's sqlite3 is enough here: one writer, short
+transactions, no server to run. Clients see only their own rows (`entries(client)`); the
+owner reads everything.
 """
 from __future__ import annotations
 
