@@ -2,6 +2,8 @@
 from laminate import quickstart, tpm_commands
 from redteam import run as redteam
 from registry import cli as registry_cli
+from serving import cli as serving_cli
+from verifier import cli_inference
 
 
 def register(sub) -> None:
@@ -11,5 +13,8 @@ def register(sub) -> None:
 
 
 def register_service(sub) -> None:
-    """serve, log, dispute: after the verifier's commands, as `laminate --help` lists them."""
+    """serve, log, dispute: after the verifier's commands, as `laminate --help` lists them;
+    then the prediction server and its receipts' check."""
     registry_cli.register(sub)
+    serving_cli.register(sub)
+    cli_inference.register(sub)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = {"attest", "cards", "verifier", "enclave_sim", "registry", "redteam", "laminate"}
+PROJECT = {"attest", "cards", "verifier", "enclave_sim", "registry", "redteam", "serving", "laminate"}
 ALLOWED = {
     "cards": set(),
     "enclave_sim": set(),
@@ -14,6 +14,7 @@ ALLOWED = {
     "verifier": {"cards"},
     "registry": {"cards", "verifier"},
     "redteam": {"attest", "cards", "enclave_sim", "verifier"},
+    "serving": {"attest", "cards", "enclave_sim", "verifier"},
 }
 NEVER_IN_VERIFIER = {"torch", "opacus", "onnx", "onnxscript", "tpm2_pytss"}
 

@@ -28,8 +28,8 @@ def register(sub) -> None:
     parser = sub.add_parser(
         "ownership", help="test a suspect model for a card's watermark (labels only)",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--card", required=True, type=Path, help="the card (card.cbor)")
-    parser.add_argument("--opening", required=True, type=Path,
+    parser.add_argument("--card", type=Path, help="the card (card.cbor)")
+    parser.add_argument("--opening", type=Path,
                         help="the secret watermark opening (watermark.opening)")
     parser.add_argument("--suspect", required=True, metavar="MODEL.onnx|URL",
                         help="an ONNX file, or an http(s) endpoint that answers "
@@ -40,6 +40,9 @@ def register(sub) -> None:
     parser.add_argument("--policy", type=Path, default=None,
                         help="take alpha from this policy's ownership.alpha")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    from verifier import dawn_ownership
+
+    dawn_ownership.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -60,6 +63,13 @@ def run(args) -> int:
         alpha = (Policy.load(args.policy) if args.policy else Policy.default()).ownership.alpha
     if not 0.0 < alpha < 1.0:
         raise LaminateError(f"--alpha: must be between 0 and 1, got {alpha}")
+    if args.serving_card is not None:
+        from verifier import dawn_ownership
+
+        return dawn_ownership.run(args, alpha)
+    for name in ("card", "opening"):
+        if getattr(args, name) is None:
+            raise LaminateError(f"--{name} is required (or --serving-card for DAWN)")
     card = open_card(_read(args.card, "card"))
     if not args.opening.is_file():
         raise LaminateError(f"{args.opening}: watermark opening not found")

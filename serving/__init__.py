@@ -1,0 +1,1 @@
+"""The prediction server: attested serving with inference receipts and DAWN."""
