@@ -47,8 +47,9 @@ class NearestNeighbour:
         return self.targets[d.argmin(axis=1)].argmax(axis=1)
 
     def export(self, path):
-        import serving_kit as sk
         from onnx import helper, numpy_helper
+
+        import serving_kit as sk
 
         inits = [numpy_helper.from_array(a, n) for a, n in (
             (np.ascontiguousarray(self.x.T), "PT"), ((self.x ** 2).sum(1), "P2"),
@@ -80,7 +81,6 @@ def queries(kind: str, count: int, seed: int) -> np.ndarray:
 
 def extract(served, x, accounts, answer_kind, arch, seed):
     """Query through the accounts in batches of 100; train the copy on the answers."""
-    import serving_kit as sk
 
     served.server.d.probabilities = answer_kind == "probabilities"
     targets = []

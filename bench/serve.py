@@ -33,13 +33,14 @@ RATE = 0.05
 
 def child(mode: str, port: int, directory: str) -> None:
     """Serve the kit's digits victim in ``mode`` (plain or attested) until killed."""
+    import hashlib
+
     import uvicorn
 
     import serving_kit as sk
+    from serving import deploy
     from serving.app import Server, create_app
     from serving.log import QueryLog
-    from serving import deploy
-    import hashlib
 
     tmp = Path(directory)
     kit = sk.make_kit(tmp / "kit")

@@ -128,7 +128,6 @@ def test_a_wrong_opening_shows_nothing(stolen):
 
 
 def test_a_log_label_that_the_key_does_not_give_is_refused(stolen, tmp_path):
-    import sqlite3
     from cards.errors import LaminateError
 
     served, paths, _ = stolen

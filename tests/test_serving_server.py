@@ -39,9 +39,9 @@ def test_serve_model_refuses_it_with_one_line_and_exit_2(served, tmp_path, capsy
 
 
 def test_serve_model_prepares_a_deployment(served, tmp_path):
-    from serving.cli import prepare
-
     import argparse
+
+    from serving.cli import prepare
 
     tokens = tmp_path / "tokens"
     tokens.write_text("alice alice-token-0123456789\n")

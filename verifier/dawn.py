@@ -152,7 +152,7 @@ class Opening:
         return write_atomic(path, json.dumps(doc, indent=2).encode(), mode=0o600)
 
     @classmethod
-    def load(cls, path) -> "Opening":
+    def load(cls, path) -> Opening:
         path = Path(path)
         try:
             raw = path.read_bytes()[:4096]

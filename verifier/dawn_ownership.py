@@ -34,7 +34,8 @@ class _Flips:
 
     def __init__(self, x, y, classes):
         self._x, self._y = x, y
-        self.parameters = {"scheme": dawn.SCHEME, "trigger_count": len(y), "classes": classes}
+        self.parameters = {"scheme": dawn.SCHEME, "trigger_count": len(y), "classes": classes,
+                           "input_shape": list(x.shape[1:])}
 
     def matches(self, _commitment) -> bool:
         return True          # the opening was checked against the serving card already
@@ -128,9 +129,9 @@ def add_arguments(parser) -> None:
 def run(args, alpha: float) -> int:
     import json
 
+    from cards.errors import CardFormatError
     from verifier.serving_card import MAX_SERVING_CARD_BYTES, open_serving_card
     from verifier.suspect import OnnxSuspect, open_suspect
-    from cards.errors import CardFormatError
 
     for name in ("dawn_opening", "client", "log", "model"):
         if getattr(args, name) is None:
@@ -147,11 +148,11 @@ def run(args, alpha: float) -> int:
                             "without DAWN, so there is nothing to replay")
     if not args.model.is_file():
         raise LaminateError(f"{args.model}: served model file not found")
-    digest = hashlib.sha256()
+    hasher = hashlib.sha256()
     with args.model.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    digest = digest.hexdigest()
+            hasher.update(block)
+    digest = hasher.hexdigest()
     if digest != card.statement["model_sha256"]:
         raise LaminateError(f"{args.model}: sha256 {digest[:16]}... is not the served model "
                             f"(statement.model_sha256 {card.statement['model_sha256'][:16]}...)")

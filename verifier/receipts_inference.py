@@ -75,12 +75,12 @@ def _answers(doc) -> tuple[list, list, list | None]:
             type(v) is int for v in labels):
         raise CardFormatError("receipt.labels", "expected one integer label per input digest")
     probabilities = doc.get("probabilities")
-    if probabilities is not None:
-        if not isinstance(probabilities, list) or len(probabilities) != len(digests) or not all(
-                isinstance(row, list) and len(row) <= 100_000 and all(
-                    type(p) in (int, float) and math.isfinite(p) for p in row)
-                for row in probabilities):
-            raise CardFormatError("receipt.probabilities", "expected one list of numbers per input")
+    if probabilities is not None and (
+            not isinstance(probabilities, list) or len(probabilities) != len(digests)
+            or not all(isinstance(row, list) and len(row) <= 100_000 and all(
+                type(p) in (int, float) and math.isfinite(p) for p in row)
+                for row in probabilities)):
+        raise CardFormatError("receipt.probabilities", "expected one list of numbers per input")
     return digests, labels, probabilities
 
 
