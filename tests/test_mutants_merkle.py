@@ -115,3 +115,15 @@ def test_streaming_add_and_extend_agree_with_the_definition(size):
         tree.extend(records[:cut])
         tree.extend(records[cut:])
         assert (tree.root(), tree.size) == (expected, size)
+
+
+@pytest.mark.parametrize("bad", ["x" * 32, None, 32, b"x" * 31, b"x" * 33])
+def test_malformed_hashes_are_refused_not_raised(bad):
+    """Receipts and proofs arrive from the network: any malformed node is a refusal."""
+    two = merkle.root_of(LEAVES[:2])
+    assert merkle.inclusion_root(LEAVES[0], 0, 2, [bad]) is None
+    assert merkle.inclusion_root(bad, 0, 2, [LEAVES[1]]) is None
+    assert merkle.verify_inclusion(LEAVES[0], 0, 2, [bad], two) is False
+    assert merkle.verify_consistency(2, 4, [bad], two, merkle.root_of(LEAVES[:4])) is False
+    assert merkle.verify_consistency(3, 4, [LEAVES[2], bad], merkle.root_of(LEAVES[:3]),
+                                     merkle.root_of(LEAVES[:4])) is False
