@@ -126,3 +126,85 @@ def test_card_with_a_65_byte_signature_is_not_registrable_under_a_new_id(p256_ki
         assert "release_signature (card.signature): card signature does not verify" \
             in again.json()["detail"]
         assert client.get(f"/v1/cards/{hashlib.sha256(padded).hexdigest()}").status_code == 404
+
+
+def _sign1(protected, unprotected=None, payload=b"p", signature=b"s" * 64, tag=18):
+    body = [protected if isinstance(protected, bytes) else cbor.dumps(protected),
+            {} if unprotected is None else unprotected, payload, signature]
+    return cbor.dumps(cbor2.CBORTag(tag, body) if tag is not None else body)
+
+
+@pytest.mark.parametrize("data, field, reason", [
+    (_sign1({1: -7}, tag=17), "cose", "CBOR tag 17 is not COSE_Sign1 (18)"),
+    (cbor.dumps(cbor2.CBORTag(18, {"a": 1})), "cose", "COSE_Sign1 must be an array of 4 items"),
+    (cbor.dumps(cbor2.CBORTag(18, [b"", {}, b"p", b"s", b""])), "cose",
+     "COSE_Sign1 must be an array of 4 items"),
+    (cbor.dumps(cbor2.CBORTag(18, ["a1", {}, b"p", b"s"])), "cose.protected",
+     "expected a byte string"),
+    (cbor.dumps(cbor2.CBORTag(18, [b"\xa1\x01\x26", [], b"p", b"s"])), "cose.unprotected",
+     "expected a map"),
+    (_sign1({1: -7}, payload="p"), "cose.payload", "expected a byte string"),
+    (_sign1({1: -7}, signature=[b"s"]), "cose.signature", "expected a byte string"),
+    (_sign1(cbor.dumps([1, -7])), "cose.protected", "expected a serialized map"),
+    (_sign1({1: -7, 4: b"k"}, {4: b"k"}), "cose.unprotected",
+     "header 4 is both protected and unprotected"),
+    (_sign1({1: -7, 2: []}), "cose.protected.crit", "expected a non-empty array"),
+    (_sign1({1: -7, 2: 1}), "cose.protected.crit", "expected a non-empty array"),
+    (_sign1({1: -7, 2: [2]}), "cose.protected.crit", "critical header 2 is not understood"),
+    (_sign1({1: -7, 2: ["1"]}), "cose.protected.crit", "critical header '1' is not understood"),
+    (_sign1({1: True}), "cose.protected.alg", "unsupported algorithm True"),
+    (_sign1({1: -7, 4: "kid"}), "cose.protected.kid", "expected a byte string"),
+])
+def test_malformed_sign1_names_field_and_reason(data, field, reason):
+    with pytest.raises(cose.CardFormatError) as err:
+        cose.parse_sign1(data)
+    assert (err.value.field, err.value.reason) == (field, reason)
+
+
+def test_headers_that_are_accepted():
+    msg = cose.parse_sign1(_sign1({1: -7, 2: [1, 4], 4: b"k"}), require_tag=True)
+    assert (msg.alg, msg.kid, msg.protected[2]) == (-7, b"k", [1, 4])
+    untagged = cose.parse_sign1(_sign1(b"", {1: -8, 4: b"u"}, tag=None))
+    assert (untagged.alg, untagged.kid, untagged.protected) == (-8, b"u", {})
+
+
+def test_protected_header_given_to_one_caller_is_not_shared():
+    data = _sign1({1: -7, 4: b"k"})
+    first = cose.parse_sign1(data)
+    first.protected[1] = -8
+    assert cose.parse_sign1(data).protected == {1: -7, 4: b"k"}
+
+
+def test_empty_protected_map_is_signed_as_an_empty_string():
+    """An empty protected map (0xa0) is signed as b"" whichever way it was sent."""
+    ed = keys.generate_private_key("ed25519")
+    signature = cose.sign_bytes(ed, cose.ALG_EDDSA, cose.sig_structure(b"", b"p"))
+    msg = cose.parse_sign1(_sign1(b"\xa0", {1: -8}, signature=signature))
+    assert msg.protected == {} and cose.verify_sign1(msg, ed.public_key())
+    other = cose.sign_bytes(ed, cose.ALG_EDDSA, cose.sig_structure(b"\xa0", b"p"))
+    assert not cose.verify_sign1(cose.parse_sign1(_sign1(b"\xa0", {1: -8}, signature=other)),
+                                 ed.public_key())
+
+
+def test_external_aad_is_signed():
+    ed = keys.generate_private_key("ed25519")
+    msg = cose.parse_sign1(cose.sign1(b"p", ed, kid=b"k", external_aad=b"aad"))
+    assert cose.verify_sign1(msg, ed.public_key(), b"aad")
+    assert not cose.verify_sign1(msg, ed.public_key())
+
+
+@pytest.mark.parametrize("curve, alg, size", [(ec.SECP384R1(), cose.ALG_ES384, 96),
+                                              (ec.SECP521R1(), cose.ALG_ES512, 132)])
+def test_larger_curves_sign_raw_fixed_size_signatures(curve, alg, size):
+    key = ec.generate_private_key(curve)
+    assert cose.alg_for_key(key) == alg
+    signature = cose.sign_bytes(key, alg, DATA)
+    assert len(signature) == size and cose.verify_bytes(key.public_key(), alg, DATA, signature)
+    assert not cose.verify_bytes(key.public_key(), alg, DATA, signature[:-1])
+
+
+def test_key_without_a_cose_algorithm():
+    with pytest.raises(cose.CardFormatError) as err:
+        cose.alg_for_key(ec.generate_private_key(ec.SECP224R1()))
+    assert err.value.field == "alg"
+    assert err.value.reason.startswith("no COSE algorithm for key type ")
