@@ -13,7 +13,7 @@ from cards.errors import LaminateError
 from verifier import dp_check
 from verifier.appraise import appraise
 from verifier.policy import Policy
-from verifier.result import AFFIRMING, CONTRAINDICATED, WARNING
+from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, WARNING
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +183,37 @@ def test_predicate_past_the_end_of_a_list_is_a_policy_check(kit):
                       model_path=kit.model_path)
     _only_failure(result, f"policy:{predicate}", "claims.evaluation.per_class_accuracy.10",
                   "claims.evaluation.per_class_accuracy.10 is not in the card")
+
+
+def test_accountant_version_is_named_in_the_dp_check(kit, policy):
+    check = appraise(kit.card_bytes, policy=policy).get("dp_epsilon")
+    assert check.status == AFFIRMING
+    assert f"matches Opacus {dp_check.opacus_version()} RDP analysis" in check.reason
+
+
+@pytest.mark.parametrize("edit, index, reason", [
+    (lambda log: log[:-1], 7, "expected event 'model', got the end of the log"),
+    (lambda log: log.append(dict(log[-1])), 8, "expected event no further event, got 'model'"),
+    (lambda log: log.insert(3, log.pop(4)), 3, "expected event 'dataset.test', got 'defense.dp'"),
+    (lambda log: log.insert(0, log.pop(1)), 0, "the first event must measure the code, got 'config'"),
+])
+def test_event_sequence_that_differs_from_the_claims(kit, policy, edit, index, reason):
+    """Events dropped, repeated or reordered, the log re-quoted so that it replays."""
+    assert [e["type"] for e in kit.evidence["event_log"]][:5] == \
+        ["code", "config", "dataset.train", "dataset.test", "defense.dp"]
+    result = appraise(cardkit.forge(kit, mutate_events=edit, requote=True), policy=policy,
+                      model_path=kit.model_path)
+    assert result.get("log_replay").status == AFFIRMING
+    _only_failure(result, "claims_in_log", f"evidence.event_log[{index}].type", reason)
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda ev: ev.__setitem__("signature", bytes(64)), "not checked: quote signature failed"),
+    (lambda ev: ev["cert_chain"].__setitem__(0, ev["cert_chain"][0].replace(
+        b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x06", 1)),   # X.509 version 7
+     "not checked: quote signature not checked"),
+])
+def test_checks_that_depend_on_the_quote_say_why_they_did_not_run(kit, policy, edit, reason):
+    result = appraise(cardkit.forge(kit, mutate_evidence=edit), policy=policy)
+    for name in ("qualifying_data", "log_replay", "claims_in_log"):
+        assert (result.get(name).status, result.get(name).reason) == (SKIPPED, reason)
