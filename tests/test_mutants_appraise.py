@@ -217,3 +217,34 @@ def test_checks_that_depend_on_the_quote_say_why_they_did_not_run(kit, policy, e
     result = appraise(cardkit.forge(kit, mutate_evidence=edit), policy=policy)
     for name in ("qualifying_data", "log_replay", "claims_in_log"):
         assert (result.get(name).status, result.get(name).reason) == (SKIPPED, reason)
+
+
+def test_reasons_name_the_key_and_code_by_their_digest_prefix(kit, policy):
+    """The reasons quote 16 hex digits of the kid and of the wrapper digest: enough to
+    tell keys and builds apart in a log, short enough to read."""
+    from cards import keys
+    kid = keys.key_id(kit.private_key.public_key()).hex()
+    result = appraise(kit.card_bytes, policy=policy)
+    assert result.get("release_signature").reason == f"signed by trusted release key {kid[:16]}..."
+    assert result.get("code_identity").reason == \
+        f"wrapper code {kit.code_sha256[:16]}... is a reference value of policy cardkit"
+    other = _policy(kit, reference_values={"code": ["ab" * 32]}, trusted_release_keys=[])
+    refused = appraise(kit.card_bytes, policy=other)
+    assert refused.get("release_signature").reason == \
+        f"release key {kid[:16]}... is not trusted by policy cardkit"
+    assert refused.get("code_identity").reason == \
+        f"wrapper code {kit.code_sha256[:16]}... is not a reference value of policy cardkit"
+
+
+def test_card_format_failure_keeps_the_readers_field(kit, policy):
+    from cards import cose, keys
+    from cards.card import open_card
+    from cards.errors import CardFormatError
+    short_kid = cose.sign1(cose.parse_sign1(kit.card_bytes).payload, kit.private_key,
+                           kid=b"short")
+    with pytest.raises(CardFormatError) as err:
+        open_card(short_kid)
+    assert err.value.field not in (None, "card")
+    check = appraise(short_kid, policy=policy).get("card_format")
+    assert (check.status, check.field, check.reason) == \
+        (CONTRAINDICATED, err.value.field, err.value.reason)
