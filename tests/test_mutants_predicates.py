@@ -84,6 +84,8 @@ def test_outcome_and_reason(text, holds, reason):
     ("e.acc not 1", "expected a comparison"),
     ("in == 1", "must start with a claim path"),
     ("min(true) >= 1", "min\\(\\) takes a claim path"),
+    ("min(", "'min\\(': unexpected end"),
+    ("min(e.per", "'min\\(e.per': unexpected end"),
 ])
 def test_parse_errors_name_the_problem(text, why):
     with pytest.raises(predicates.PredicateError, match=why):
