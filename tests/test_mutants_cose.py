@@ -208,3 +208,22 @@ def test_key_without_a_cose_algorithm():
         cose.alg_for_key(ec.generate_private_key(ec.SECP224R1()))
     assert err.value.field == "alg"
     assert err.value.reason.startswith("no COSE algorithm for key type ")
+
+
+@pytest.mark.parametrize("item", [{"a": 1}, [b"", {}, b"p"], cbor2.CBORTag(18, "x"), 7])
+def test_deterministic_parse_of_a_non_sign1_is_a_format_error(item):
+    with pytest.raises(cose.CardFormatError) as err:
+        cose.parse_sign1(cbor.dumps(item), deterministic=True)
+    assert err.value.field == "cose"
+
+
+def test_non_deterministic_encoding_is_refused_only_when_asked():
+    ed = keys.generate_private_key("ed25519")
+    canonical = cose.sign1(b"p", ed, kid=b"k")
+    item = cbor2.loads(canonical)
+    loose = b"\xd2\x84" + b"".join(cbor2.dumps(part) for part in item.value[:2]) \
+        + b"\x59\x00\x01p" + cbor2.dumps(item.value[3])      # payload length in 2 bytes
+    assert cose.parse_sign1(loose).payload == b"p"
+    with pytest.raises(cose.CardFormatError, match="deterministic"):
+        cose.parse_sign1(loose, deterministic=True)
+    assert cose.parse_sign1(canonical, deterministic=True).payload == b"p"
