@@ -81,3 +81,12 @@ def test_shown_by_stops_at_the_requested_look():
     full = test.shown_by(0.9)
     assert len(full) == 21 and test.shown_by(0.9, 5) == full[:6]
     assert test.shown_by(0.9, 99) == full
+
+
+def test_near_ties_are_decided_in_integers():
+    """P(Bin(5, 1/10) >= 4) is exactly 46/10^5 = (5 * 9 + 1) / 10^5: a level equal to it
+    passes, one 10^-15 below does not, though floats cannot tell the two apart."""
+    from fractions import Fraction
+    tail = Fraction(46, 10 ** 5)
+    assert binomial._tail_at_most(4, 5, 10, tail) is True
+    assert binomial._tail_at_most(4, 5, 10, tail - Fraction(1, 10 ** 15)) is False
