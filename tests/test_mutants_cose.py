@@ -210,11 +210,14 @@ def test_key_without_a_cose_algorithm():
     assert err.value.reason.startswith("no COSE algorithm for key type ")
 
 
-@pytest.mark.parametrize("item", [{"a": 1}, [b"", {}, b"p"], cbor2.CBORTag(18, "x"), 7])
-def test_deterministic_parse_of_a_non_sign1_is_a_format_error(item):
+@pytest.mark.parametrize("item, field", [
+    ({"a": 1}, "cose"), ([b"", {}, b"p"], "cose"), (cbor2.CBORTag(18, "x"), "cose"), (7, "cose"),
+    ([b"", {}, b"p", 5], "cose.signature"), ([b"", {}, "p", b"s"], "cose.payload"),
+])
+def test_deterministic_parse_of_a_non_sign1_is_a_format_error(item, field):
     with pytest.raises(cose.CardFormatError) as err:
         cose.parse_sign1(cbor.dumps(item), deterministic=True)
-    assert err.value.field == "cose"
+    assert err.value.field == field
 
 
 def test_non_deterministic_encoding_is_refused_only_when_asked():
