@@ -74,6 +74,31 @@ EQUIVALENT: dict[str, str] = {
                                        "case the float shortcut decides, only slower",
     "verifier/binomial.py:136:12:guard": "with matches <= queries = 0 the tail is 1, so "
                                          "min(1, n_max * 1) is the same 1.0",
+    "verifier/appraise.py:99:45:const": "the model file's read block size (1 << 20) does not "
+                                        "change its digest",
+    "verifier/appraise.py:99:50:const": "the model file's read block size (1 << 20) does not "
+                                        "change its digest",
+    "verifier/predicates.py:246:7:boolop": "when only one side is a number, == fails anyway "
+                                           "(a bool against 1 is caught by the bool test)",
+    "verifier/predicates.py:248:33:compare": "_same_kind never changes a verdict: values of "
+                                             "different kinds are unequal under == anyway",
+    "verifier/predicates.py:248:46:compare": "_same_kind never changes a verdict: values of "
+                                             "different kinds are unequal under == anyway",
+    "cards/cose.py:88:15:boolop": "cryptography refuses r = 0 or s = 0 itself (InvalidSignature)",
+    "cards/cose.py:88:20:const": "r = 0 is refused by cryptography; r = 1 has probability 2**-256",
+    "cards/cose.py:88:30:const": "s = 0 is refused by cryptography; s = 1 has probability 2**-256",
+    "cards/cose.py:164:37:compare": "the header cache's bounds only limit memory; a miss decodes the same header",
+    "cards/cose.py:164:50:const": "the header cache's bounds only limit memory; a miss decodes the same header",
+    "cards/cose.py:164:58:compare": "the header cache's bounds only limit memory; a miss decodes the same header",
+    "cards/cose.py:164:74:const": "the header cache's bounds only limit memory; a miss decodes the same header",
+    "cards/cose.py:176:45:compare": "the fast path only declines (returns False) more often; the general determinism check then decides the same",
+    "cards/cose.py:184:36:not": "the fast path only declines (returns False) more often; the general determinism check then decides the same",
+    "cards/cose.py:181:71:not": "the fast path only declines (returns False) more often; the general determinism check then decides the same",
+    "cards/cose.py:89:16:guard": "cryptography refuses r = 0 or s = 0 itself "
+                                 "(InvalidSignature), so the result is False either way",
+    "cards/cose.py:162:8:guard": "the header cache only saves decoding; a miss decodes the "
+                                 "same bytes to the same map",
+    "verifier/binomial.py:168:31:const": "an extra zero slot holds no probability mass",
     "verifier/sim_evidence.py:98:8:guard": "the cache only saves work: revalidating the "
                                            "chain gives the same check",
 }
