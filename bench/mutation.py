@@ -66,6 +66,8 @@ EQUIVALENT: dict[str, str] = {
                                     "the cheaper way",
     "cards/merkle.py:22:8:guard": "the fall-through computes the same H(0x00 || data)",
     "cards/merkle.py:62:15:compare": "both branches hash 0x00 || data (extend's inlined copy)",
+    "cards/merkle.py:200:12:guard": "past the tree's depth fn = sn = 0, so a node too many also "
+                                    "changes fr, which then differs from root1",
     "cards/merkle.py:175:8:guard": "the computed root is always 32 bytes, so it equals no "
                                    "malformed root anyway",
     "verifier/binomial.py:67:15:compare": "before the mode the terms grow, so none is 92 "
