@@ -64,14 +64,9 @@ class Predicate:
         if actual is _Missing:
             return False, f"{self.field} is not in the card"
         if self.func:
-            if not isinstance(actual, (list, dict, str)):
-                return False, f"{self.func}() needs a list, {self.field} is {_kind(actual)}"
-            if self.func == "len":
-                actual = len(actual)
-            elif not actual or not isinstance(actual, list) or not all(_is_number(v) for v in actual):
-                return False, f"{self.func}() needs a non-empty list of numbers at {self.field}"
-            else:
-                actual = min(actual) if self.func == "min" else max(actual)
+            actual, problem = _aggregate(self.func, actual, self.field)
+            if problem:
+                return False, problem
         shown = f"{self.func}({self.field})" if self.func else self.field
         holds, problem = _apply(self.op, actual, self.value)
         if problem:
@@ -214,6 +209,23 @@ def _resolve(data, path):
         else:
             return _Missing
     return data
+
+
+def _aggregate(func: str, value, field: str):
+    """(len/min/max of value, None), or (None, why not): a claim of the wrong shape, an
+    empty list or a NaN is a violated predicate, never an exception out of appraisal.
+    NaN is refused because min() and max() would skip or pick it depending on order."""
+    if func == "len":
+        if not isinstance(value, (list, dict, str)):
+            return None, f"len() needs a list, mapping or string, {field} is {_kind(value)}"
+        return len(value), None
+    if not isinstance(value, list) or not all(_is_number(v) for v in value):
+        return None, f"{func}() needs a list of numbers, {field} is {_kind(value)}"
+    if not value:
+        return None, f"{func}() of an empty list: {field} has no values"
+    if any(isinstance(v, float) and math.isnan(v) for v in value):
+        return None, f"{func}() of a list holding NaN at {field}"
+    return (min(value) if func == "min" else max(value)), None
 
 
 def _is_number(v) -> bool:

@@ -1,0 +1,109 @@
+"""The pure log proof checks, each refusal with its own message.
+
+Tree heads are signed here with the service key over payloads an attacker who stole
+nothing could not make but a buggy or hostile log could: a negative or non-integer
+size, a short root, extra fields. The signature verifies; the fields must not.
+"""
+import time
+
+import pytest
+
+from cards import cbor, cose, keys, merkle
+from verifier import logproof
+from verifier.logproof import LogProofError
+
+LEAVES = [merkle.leaf_hash(bytes([i])) for i in range(6)]
+ROOT = merkle.root_of(LEAVES)
+KEY = keys.generate_private_key("ed25519")
+
+
+def _signed(**changes):
+    payload = {"type": logproof.TREE_HEAD_TYPE, "tree_size": 6, "root_hash": ROOT,
+               "timestamp_ms": 1}
+    payload.update(changes)
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return cose.sign1(cbor.dumps(payload), KEY, kid=keys.key_id(KEY.public_key()))
+
+
+def test_tree_head_fields_round_trip():
+    before = int(time.time() * 1000)
+    head = logproof.sign_tree_head(6, ROOT, KEY)
+    after = int(time.time() * 1000)
+    assert before <= head.timestamp_ms <= after
+    got = logproof.verify_tree_head(head.signed, KEY.public_key())
+    assert (got.tree_size, got.root_hash, got.timestamp_ms) == (6, ROOT, head.timestamp_ms)
+    assert head.to_dict()["root_hash"] == ROOT.hex()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"tree_size": -1}, "tree head tree_size: expected a non-negative integer, got -1"),
+    ({"tree_size": "6"}, "tree head tree_size: expected a non-negative integer, got '6'"),
+    ({"tree_size": True}, "tree head tree_size: expected a non-negative integer, got True"),
+    ({"tree_size": 6.0}, "tree head tree_size: expected a non-negative integer, got 6.0"),
+    ({"root_hash": ROOT[:31]}, "tree head root_hash: expected a 32-byte SHA-256 digest"),
+    ({"root_hash": ROOT.hex()}, "tree head root_hash: expected a 32-byte SHA-256 digest"),
+    ({"timestamp_ms": -5}, "timestamp_ms: expected a non-negative integer, got -5"),
+    ({"type": "other/1"}, "tree head: payload is not a laminate-tree-head/1 statement"),
+    ({"extra": 1}, "tree head: payload is not a laminate-tree-head/1 statement"),
+    ({"timestamp_ms": None}, "tree head: payload is not a laminate-tree-head/1 statement"),
+])
+def test_signed_tree_head_with_a_bad_field(changes, message):
+    with pytest.raises(LogProofError) as err:
+        logproof.verify_tree_head(_signed(**changes), KEY.public_key())
+    assert str(err.value) == message
+
+
+def test_tree_head_that_is_not_a_map_or_not_cose():
+    signed = cose.sign1(cbor.dumps([6]), KEY, kid=b"k")
+    with pytest.raises(LogProofError, match="^tree head: payload is not a laminate-tree-head/1"):
+        logproof.verify_tree_head(signed, KEY.public_key())
+    with pytest.raises(LogProofError, match="^tree head: not a COSE_Sign1"):
+        logproof.verify_tree_head(b"\x01", KEY.public_key())
+
+
+@pytest.mark.parametrize("args, message", [
+    ((LEAVES[0], 0, 6, "not a list", ROOT), "inclusion_proof: expected a list of digests"),
+    ((LEAVES[0], 0, 6, [b"short"], ROOT), "inclusion_proof[0]: expected a 32-byte SHA-256 digest"),
+    ((LEAVES[0][:31], 0, 6, [], ROOT), "leaf_hash: expected a 32-byte SHA-256 digest"),
+    ((LEAVES[0], -1, 6, [], ROOT), "leaf_index: expected a non-negative integer, got -1"),
+    ((LEAVES[0], True, 6, [], ROOT), "leaf_index: expected a non-negative integer, got True"),
+    ((LEAVES[0], 0, "6", [], ROOT), "tree_size: expected a non-negative integer, got '6'"),
+    ((LEAVES[0], 6, 6, [], ROOT), "leaf_index 6 is not below tree_size 6"),
+    ((LEAVES[0], 0, 6, [], ROOT[:31]), "root_hash: expected a 32-byte SHA-256 digest"),
+    ((LEAVES[0], 0, 6, [LEAVES[1]], ROOT),
+     "inclusion proof of 1 nodes does not fit a tree of size 6"),
+])
+def test_inclusion_inputs_refused(args, message):
+    with pytest.raises(LogProofError) as err:
+        logproof.check_inclusion(*args)
+    assert str(err.value) == message
+
+
+def test_inclusion_with_no_proof_for_a_single_leaf():
+    logproof.check_inclusion(LEAVES[0], 0, 1, None, LEAVES[0])
+    assert logproof.root_from_inclusion(LEAVES[0], 0, 1, None) == LEAVES[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    ((3, 2, [], ROOT, ROOT), "first tree size 3 is larger than second 2"),
+    ((0, 2, [], ROOT, ROOT), "a consistency proof from the empty tree proves nothing"),
+    ((-1, 2, [], ROOT, ROOT), "first: expected a non-negative integer, got -1"),
+    ((2, "x", [], ROOT, ROOT), "second: expected a non-negative integer, got 'x'"),
+    ((2, 2, [ROOT], ROOT, ROOT), "equal tree sizes need an empty consistency proof"),
+    ((2, 2, [], ROOT, LEAVES[0]), "two different roots for the same tree size 2"),
+    ((2, 6, [], ROOT[:5], ROOT), "first root: expected a 32-byte SHA-256 digest"),
+    ((2, 6, [], ROOT, b""), "second root: expected a 32-byte SHA-256 digest"),
+    ((2, 6, {"a": 1}, ROOT, ROOT), "consistency_proof: expected a list of digests"),
+    ((2, 6, [], ROOT, ROOT), "consistency proof from size 2 to 6 does not verify: "
+                             "the log was not extended append-only"),
+])
+def test_consistency_inputs_refused(args, message):
+    with pytest.raises(LogProofError) as err:
+        logproof.check_consistency(*args)
+    assert str(err.value) == message
+
+
+def test_equal_sizes_and_a_real_proof_pass():
+    logproof.check_consistency(6, 6, None, ROOT, ROOT)
+    proof = merkle.consistency_proof(LEAVES, 2, 6)
+    logproof.check_consistency(2, 6, tuple(proof), merkle.root_of(LEAVES[:2]), ROOT)
