@@ -2,7 +2,8 @@
 
 Leaves live in the database (``db.LogEntry``) and the tree lives beside them as tiles
 (``db.TileRow``), updated in the same transaction as each append, so a proof reads
-O(log n) tiles and nothing reads all leaves. Full tiles never change and are cached.
+O(log n) tiles and nothing reads all leaves. A committed tile only ever grows, so any
+prefix once read stays true and is cached (a wider request reads the row again).
 Proof code and tree-head signing live in ``verifier.tiles`` and ``verifier.logproof``.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from verifier.logproof import TreeHead, sign_checkpoint, sign_tree_head
 
 from .db import Database, LogEntry, LogHead, TileRow, now_ms
 
-FULL_TILE_CACHE = 4096          # 4096 * 8 KiB = 32 MiB at most
+TILE_CACHE = 4096               # 4096 * 8 KiB = 32 MiB at most
 TILE_BYTES = tiles.TILE_WIDTH * tiles.HASH_SIZE
 
 
@@ -30,7 +31,7 @@ class TransparencyLog:
     def __init__(self, db: Database, private_key):
         self.db = db
         self.private_key = private_key
-        self._full: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
     # tiles ------------------------------------------------------------------
@@ -39,9 +40,9 @@ class TransparencyLog:
         older tree size); TileError if the database does not reach that far."""
         key = (level, index)
         with self._lock:
-            full = self._full.get(key)
-        if full is not None:
-            return full[:width * tiles.HASH_SIZE]
+            known = self._cache.get(key)
+        if known is not None and len(known) >= width * tiles.HASH_SIZE:
+            return known[:width * tiles.HASH_SIZE]
         if session is None:
             with self.db.read() as s:
                 row = s.get(TileRow, key)
@@ -52,11 +53,11 @@ class TransparencyLog:
         if len(data) < width * tiles.HASH_SIZE:
             raise tiles.TileError(f"tile {tiles.tile_path(level, index, max(width, 1))} "
                                   "is not in the database")
-        if len(data) == TILE_BYTES and session is None:
+        if session is None:
             with self._lock:
-                self._full[key] = data
-                while len(self._full) > FULL_TILE_CACHE:
-                    self._full.popitem(last=False)
+                self._cache[key] = data
+                while len(self._cache) > TILE_CACHE:
+                    self._cache.popitem(last=False)
         return data[:width * tiles.HASH_SIZE]
 
     def _write_tiles(self, session, changed: dict[tuple[int, int], bytes]) -> None:
