@@ -300,5 +300,10 @@ def test_tlog_client_verifies_the_served_tiles_and_checkpoint(kind, tmp_path):
             assert client.get("/tile/0/x001/000").status_code == 404
             assert client.get("/tile/0/002.p/89").status_code == 200
             assert client.get("/tile/0/002.p/90").status_code == 404
+            # an index past 64 bits is answered 404 before it reaches the database
+            huge = "x999/" * 8 + "999"
+            assert client.get(f"/tile/0/{huge}").status_code == 404
+            assert client.get(f"/tile/entries/{huge}").status_code == 404
+            assert client.get("/tile/0/x000/002").status_code == 404   # non-canonical
     finally:
         cleanup()
