@@ -28,6 +28,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from cards import keys
 from cards.errors import LaminateError
+from verifier import tiles
 
 from . import disputes
 from .config import ServiceConfig
@@ -295,6 +296,28 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
                 "second_root": service.log.root(second).hex(),
                 "consistency_proof": [p.hex() for p in proof],
                 "tree_head": head.to_dict()}
+
+    @app.get("/checkpoint", tags=["log"], response_class=PlainTextResponse)
+    def checkpoint():
+        """The current tree as a signed-note checkpoint (tlog-tiles clients, witnesses)."""
+        return PlainTextResponse(service.log.checkpoint())
+
+    @app.get("/tile/{path:path}", tags=["log"])
+    def tile(path: str):
+        """Hash tiles and entry bundles at the tlog-tiles paths, read-only."""
+        try:
+            level, index, width = tiles.parse_tile_path(f"tile/{path}")
+            if level == "entries":
+                body = service.log.entry_bundle(index, width)
+            else:
+                if tiles.tile_width(int(level), index, service.log.size()) < width:
+                    raise tiles.TileError(f"tile/{path}: beyond the current tree")
+                body = service.log.read_tile(int(level), index, width)
+        except (tiles.TileError, LaminateError) as exc:
+            raise NotFound(str(exc)) from None
+        # A full tile, or a partial tile of a given width, never changes.
+        return Response(body, media_type="application/octet-stream",
+                        headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
     @app.get("/v1/log/entries/{leaf_index}", tags=["log"])
     def log_entry(leaf_index: int):

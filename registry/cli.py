@@ -17,6 +17,7 @@ from .client import (
     cmd_log_submit,
     cmd_log_tree_head,
     cmd_log_verify,
+    cmd_log_witness,
 )
 
 
@@ -90,6 +91,16 @@ def register(sub) -> None:
     cons.add_argument("--service-key", required=True, help="the service's public key PEM")
     cons.add_argument("--update", action="store_true", help="save the newer head over --since")
     cons.set_defaults(func=cmd_log_consistency)
+
+    wit = log_sub.add_parser("witness", help="cosign the log's checkpoint if it extends "
+                                              "the last one this witness saw")
+    _server_args(wit)
+    wit.add_argument("--service-key", required=True, help="the service's public key PEM")
+    wit.add_argument("--witness-key", required=True, help="this witness's Ed25519 key PEM")
+    wit.add_argument("--name", required=True, help="this witness's note key name")
+    wit.add_argument("--state", required=True, help="JSON file of the last checkpoints seen")
+    wit.add_argument("--out", help="write the cosigned checkpoint here")
+    wit.set_defaults(func=cmd_log_witness)
 
     dispute = sub.add_parser("dispute", help="open or fetch an ownership dispute on a service")
     d_sub = dispute.add_subparsers(dest="dispute_command", metavar="COMMAND", required=True)

@@ -56,6 +56,16 @@ class LogEntry(Base):
     logged_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
+class TileRow(Base):
+    """The log's tree as tiles of up to 256 hashes: level 0 holds leaf hashes, level L
+    the roots of 256**L-leaf subtrees. A row holds the tile's bytes at the current tree
+    size; a smaller width is a prefix, so old tree sizes read the same rows."""
+    __tablename__ = "laminate_tiles"
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
 class CardRow(Base):
     __tablename__ = "laminate_cards"
     card_id: Mapped[str] = mapped_column(String(64), primary_key=True)

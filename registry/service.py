@@ -223,7 +223,7 @@ class Service:
         """A leaf's inclusion proof and COSE Receipt in the signed tree ``head``."""
         path = self.log.inclusion_proof(leaf_index, head.tree_size)
         return {"leaf_index": leaf_index,
-                "leaf_hash": self.log.leaf_hashes(leaf_index + 1)[leaf_index].hex(),
+                "leaf_hash": self.log.leaf_hash(leaf_index).hex(),
                 "inclusion_proof": [p.hex() for p in path],
                 "receipt": b64(make_receipt(self.key, head.tree_size, leaf_index, path,
                                             head.root_hash))}
@@ -245,7 +245,7 @@ class Service:
             raise LaminateError(f"tree_size {tree_size} is larger than the log")
         path = self.log.inclusion_proof(leaf_index, tree_size)
         return {"leaf_index": leaf_index,
-                "leaf_hash": self.log.leaf_hashes(leaf_index + 1)[leaf_index].hex(),
+                "leaf_hash": self.log.leaf_hash(leaf_index).hex(),
                 "inclusion_proof": [p.hex() for p in path], "tree_size": tree_size,
                 "root_hash": self.log.root(tree_size).hex(),
                 "consistency_proof": [p.hex() for p in

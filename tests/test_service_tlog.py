@@ -2,10 +2,19 @@
 own proofs, signed tree heads and COSE Receipts, checked adversarially."""
 import cbor2
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from cards import cbor, keys, merkle
 from registry import db as dbmod
 from registry import tlog
+from service_helpers import database_urls, make_database
+from test_tiles_proofs import (
+    spec_leaf,
+    spec_root_from_tiles,
+    spec_verify_checkpoint,
+    spec_verify_consistency,
+    spec_verify_inclusion,
+)
 from vectors import b64, b64_list, merkle_cases
 from verifier import logproof, receipts
 
@@ -200,3 +209,101 @@ def test_receipt_position_is_bound_by_the_signature(tmp_path):
         receipts.verify_receipt(cbor.dumps(moved), statements[index], key.public_key())
     check = receipts.verify_receipt(receipt, statements[index], key.public_key())
     assert (check.tree_size, check.leaf_index) == (size, index)
+
+
+# ------------------------------------------------------------ the tree as tiles
+
+def test_proofs_come_from_tiles_not_from_leaves(log):
+    """With every stored entry but the last deleted, the proofs are still the all-leaves
+    ones: they read only tiles, O(log n) of them."""
+    tl, db, _ = log
+    datas = [b"%d" % i for i in range(1000)]
+    for start in range(0, 1000, 300):
+        with db.write() as (session, head):
+            tl.append_many(session, head, [("test", "r", d) for d in datas[start:start + 300]])
+    hashes = [merkle.leaf_hash(d) for d in datas]
+    with db.write() as (session, _head):
+        session.query(dbmod.LogEntry).filter(dbmod.LogEntry.leaf_index < 999).delete()
+    reads = []
+    plain = tl.read_tile
+    tl.read_tile = lambda *a, **k: reads.append(a) or plain(*a, **k)
+    for i in (0, 255, 256, 998):
+        assert tl.inclusion_proof(i, 1000) == merkle.inclusion_proof(hashes, i)
+        assert tl.leaf_hash(i) == hashes[i]
+    assert tl.consistency_proof(300, 1000) == merkle.consistency_proof(hashes, 300, 1000)
+    assert tl.root(700) == merkle.root_of(hashes[:700])
+    assert len(reads) < 40, f"{len(reads)} tile reads for 10 proofs and roots"
+
+
+def test_tiles_are_built_once_for_an_older_database(log):
+    tl, db, _ = log
+    _append(db, tl, [b"%d" % i for i in range(300)])
+    root = tl.root(300)
+    with db.write() as (session, _head):
+        session.query(dbmod.TileRow).delete()
+    fresh = tlog.TransparencyLog(db, tl.private_key)
+    assert fresh.audit() == 300 and fresh.root(300) == root
+
+
+def test_audit_detects_a_tile_that_disagrees_with_its_entry(log):
+    tl, db, _ = log
+    _append(db, tl, [b"a", b"b"])
+    with db.write() as (session, _head):
+        row = session.get(dbmod.TileRow, (0, 0))
+        row.data = bytes(row.data[:32]) + merkle.leaf_hash(b"forged")
+    with pytest.raises(Exception, match="log entry 1: stored data does not match"):
+        tlog.TransparencyLog(db, tl.private_key).audit()
+
+
+@pytest.mark.parametrize("kind", database_urls())
+def test_tlog_client_verifies_the_served_tiles_and_checkpoint(kind, tmp_path):
+    """The client written from the specs (tests/test_tiles_proofs.py) reads only the
+    standard HTTP paths and checks them against the signed checkpoint."""
+    from fastapi.testclient import TestClient
+
+    from registry.app import create_app
+    from registry.config import ServiceConfig
+
+    url, cleanup = make_database(kind, tmp_path)
+    try:
+        app = create_app(ServiceConfig(database_url=url, key_path=str(tmp_path / "k.pem")))
+        service = app.state.service
+        with TestClient(app) as client:
+            def fetch(path):
+                got = client.get("/" + path)
+                assert got.status_code == 200, (path, got.text)
+                return got.content
+
+            old_note = client.get("/checkpoint").text
+            with service.db.write() as (session, head):
+                service.log.append_many(session, head,
+                                        [("test", "r", b"e%d" % i) for i in range(600)])
+            note = client.get("/checkpoint").text
+            raw_pub = service.key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            name = service.log.origin
+            origin, size, root = spec_verify_checkpoint(note, name, raw_pub)
+            assert (origin, size) == (name, 601)
+            leaves, rebuilt = spec_root_from_tiles(fetch, size)
+            assert rebuilt == root
+            assert spec_leaf(fetch, size, 600) == b"e599"
+            for i in (0, 300, 600):
+                proof = [bytes.fromhex(p) for p in
+                         client.get(f"/v1/log/inclusion?leaf_index={i}").json()["inclusion_proof"]]
+                assert spec_verify_inclusion(leaves[i], i, size, proof, root)
+            _, old_size, old_root = spec_verify_checkpoint(old_note, name, raw_pub)
+            body = client.get(f"/v1/log/consistency?first={old_size}&second={size}").json()
+            assert spec_verify_consistency(old_size, size, [bytes.fromhex(p) for p in
+                                                            body["consistency_proof"]],
+                                           old_root, root)
+            assert client.get("/tile/0/002").status_code == 404      # not full yet
+            assert client.get("/tile/0/x001/000").status_code == 404
+            assert client.get("/tile/0/002.p/89").status_code == 200
+            assert client.get("/tile/0/002.p/90").status_code == 404
+            # an index past 64 bits is answered 404 before it reaches the database
+            huge = "x999/" * 8 + "999"
+            assert client.get(f"/tile/0/{huge}").status_code == 404
+            assert client.get(f"/tile/entries/{huge}").status_code == 404
+            assert client.get("/tile/0/x000/002").status_code == 404   # non-canonical
+    finally:
+        cleanup()

@@ -6,8 +6,13 @@ and the tests against the public vectors all accept proofs only through these fu
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cards import cbor, cose, keys, merkle
 from cards.errors import LaminateError
@@ -139,3 +144,147 @@ def verify_tree_head(signed: bytes, public_key) -> TreeHead:
     size = _size(payload["tree_size"], "tree head tree_size")
     root = _digest(payload["root_hash"], "tree head root_hash")
     return TreeHead(size, root, _size(payload["timestamp_ms"], "timestamp_ms"), bytes(signed))
+
+
+# ---------------------------------------------------------------- signed-note checkpoints
+# A checkpoint is the note text "<origin>\n<size>\n<base64 root>\n"; the log signs it with
+# an Ed25519 note key and witnesses add cosignatures (signed over a timestamped header) as
+# further "— <name> <base64(key hash || signature)>" lines, so any tlog client reads it.
+
+NOTE_MAX = 1 << 16
+SIG_ED25519, SIG_COSIGN = 0x01, 0x04
+_DASH = "\u2014 "
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    origin: str
+    tree_size: int
+    root_hash: bytes
+    body: str                     # the signed note text, ending in a newline
+
+
+def note_key_hash(name: str, sig_type: int, public_raw: bytes) -> bytes:
+    """The 4-byte key hash that names a note key: SHA-256(name || LF || type || key)."""
+    return hashlib.sha256(name.encode() + b"\n" + bytes([sig_type]) + public_raw).digest()[:4]
+
+
+def _note_name(name: str) -> str:
+    if not name or any(c.isspace() or c == "+" for c in name) or len(name) > 256:
+        raise LogProofError(f"note key name {name!r}: must be non-empty, without spaces or '+'")
+    return name
+
+
+def _raw(public_key) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def verifier_key(name: str, public_key, sig_type: int = SIG_ED25519) -> str:
+    """The ``<name>+<hex key hash>+<base64(type || key)>`` string clients pin."""
+    raw = _raw(public_key)
+    return (f"{_note_name(name)}+{note_key_hash(name, sig_type, raw).hex()}+"
+            f"{base64.b64encode(bytes([sig_type]) + raw).decode()}")
+
+
+def checkpoint_body(origin: str, tree_size: int, root_hash: bytes) -> str:
+    if not origin or "\n" in origin:
+        raise LogProofError(f"checkpoint origin {origin!r}: must be one non-empty line")
+    root_hash = _digest(root_hash, "checkpoint root_hash")
+    return f"{origin}\n{_size(tree_size, 'checkpoint tree_size')}\n" \
+           f"{base64.b64encode(root_hash).decode()}\n"
+
+
+def sign_checkpoint(origin: str, tree_size: int, root_hash: bytes, name: str,
+                    private_key: ed25519.Ed25519PrivateKey) -> str:
+    """A checkpoint signed by the log's Ed25519 note key ``name``."""
+    body = checkpoint_body(origin, tree_size, root_hash)
+    raw = _raw(private_key.public_key())
+    blob = note_key_hash(_note_name(name), SIG_ED25519, raw) + private_key.sign(body.encode())
+    return f"{body}\n{_DASH}{name} {base64.b64encode(blob).decode()}\n"
+
+
+def cosign_checkpoint(note: str, name: str, private_key: ed25519.Ed25519PrivateKey,
+                      timestamp: int | None = None) -> str:
+    """``note`` with a witness cosignature added: the key signs the checkpoint body under a
+    header carrying the time, so a cosignature also says when the witness saw it."""
+    body, _ = split_note(note)
+    stamp = int(time.time()) if timestamp is None else timestamp
+    msg = f"cosignature/v1\ntime {stamp}\n{body}".encode()
+    raw = _raw(private_key.public_key())
+    blob = note_key_hash(_note_name(name), SIG_COSIGN, raw) + stamp.to_bytes(8, "big") \
+        + private_key.sign(msg)
+    return f"{note}{_DASH}{name} {base64.b64encode(blob).decode()}\n"
+
+
+def split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """(body, [(key name, key hash || signature)]) of a signed note, bounded in size."""
+    if not isinstance(note, str) or len(note) > NOTE_MAX:
+        raise LogProofError(f"checkpoint: not a note of at most {NOTE_MAX} characters")
+    body, sep, sigs = note.rpartition("\n\n")
+    if not sep or not sigs.endswith("\n"):
+        raise LogProofError("checkpoint: no blank line before the signature lines")
+    lines = []
+    for line in sigs[:-1].split("\n"):
+        name, _, b64 = line.removeprefix(_DASH).partition(" ")
+        try:
+            blob = base64.b64decode(b64, validate=True)
+        except ValueError:
+            blob = b""
+        if not line.startswith(_DASH) or len(blob) < 5:
+            raise LogProofError(f"checkpoint: malformed signature line {line[:80]!r}")
+        lines.append((name, blob))
+    return body + "\n", lines
+
+
+def parse_checkpoint(body: str) -> Checkpoint:
+    lines = body.split("\n")
+    if len(lines) < 4 or lines[-1] != "" or any(not line for line in lines[:-1]):
+        raise LogProofError("checkpoint: body must be origin, size, root (and extension) lines")
+    origin, size_s, root_s = lines[0], lines[1], lines[2]
+    if not size_s.isdigit() or str(int(size_s)) != size_s or len(size_s) > 20:
+        raise LogProofError(f"checkpoint tree_size {size_s[:30]!r}: not a decimal integer")
+    try:
+        root = base64.b64decode(root_s, validate=True)
+    except ValueError:
+        root = b""
+    return Checkpoint(origin, int(size_s), _digest(root, "checkpoint root_hash"), body)
+
+
+def verify_checkpoint(note: str, origin: str, name: str,
+                      public_key: ed25519.Ed25519PublicKey) -> Checkpoint:
+    """Parse a signed checkpoint of log ``origin`` and check the log key's signature."""
+    body, sigs = split_note(note)
+    cp = parse_checkpoint(body)
+    if cp.origin != origin:
+        raise LogProofError(f"checkpoint origin {cp.origin[:80]!r} is not {origin!r}")
+    want = note_key_hash(name, SIG_ED25519, _raw(public_key))
+    for sig_name, blob in sigs:
+        if sig_name == name and blob[:4] == want:
+            try:
+                public_key.verify(blob[4:], body.encode())
+                return cp
+            except InvalidSignature:
+                raise LogProofError(f"checkpoint: signature by {name} does not verify") from None
+    raise LogProofError(f"checkpoint: no signature by log key {name}")
+
+
+def check_cosignatures(note: str, witnesses: dict[str, ed25519.Ed25519PublicKey],
+                       k: int) -> list[str]:
+    """Names of the witnesses whose cosignatures verify; LogProofError unless at least
+    ``k`` of ``witnesses`` cosigned this checkpoint."""
+    body, sigs = split_note(note)
+    good = []
+    for sig_name, blob in sigs:
+        key = witnesses.get(sig_name)
+        if key is None or sig_name in good or len(blob) != 4 + 8 + 64 \
+                or blob[:4] != note_key_hash(sig_name, SIG_COSIGN, _raw(key)):
+            continue
+        stamp = int.from_bytes(blob[4:12], "big")
+        try:
+            key.verify(blob[12:], f"cosignature/v1\ntime {stamp}\n{body}".encode())
+        except InvalidSignature:
+            continue
+        good.append(sig_name)
+    if len(good) < k:
+        raise LogProofError(f"checkpoint: {len(good)} valid witness cosignatures, {k} required")
+    return good

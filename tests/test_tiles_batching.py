@@ -1,0 +1,60 @@
+"""The integrator commits many callers' leaves in few transactions; a failed batch
+fails every caller in it and commits none of its leaves."""
+import threading
+
+import pytest
+
+from cards import keys, merkle
+from registry import db as dbmod
+from registry.batching import Integrator
+from registry.tlog import TransparencyLog
+from verifier import tiles
+
+
+@pytest.fixture
+def log(tmp_path):
+    db = dbmod.open_database(f"sqlite:///{tmp_path / 'log.sqlite'}")
+    yield TransparencyLog(db, keys.generate_private_key("ed25519"))
+    db.dispose()
+
+
+def test_many_threads_share_batches(log):
+    integ = Integrator(log, interval=0.05, max_batch=64)
+    got: dict[bytes, int] = {}
+
+    def worker(t):
+        for i in range(40):
+            data = b"t%d-%d" % (t, i)
+            got[data] = integ.add("test", "r", data)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    integ.close()
+    assert sorted(got.values()) == list(range(320)), "indices must be unique and dense"
+    assert integ.batches < 320 // 2, f"{integ.batches} transactions for 320 leaves"
+    hashes = [b""] * 320
+    for data, index in got.items():
+        hashes[index] = merkle.leaf_hash(data)
+    assert tiles.tree_root(log.read_tile, 320) == merkle.root_of(hashes)
+
+
+def test_failed_batch_fails_its_callers_and_commits_nothing(log, monkeypatch):
+    integ = Integrator(log, interval=0.01, max_batch=8)
+    plain = log.append_many
+
+    def crash(session, head, items):
+        plain(session, head, items)
+        raise RuntimeError("database went away mid-batch")
+
+    monkeypatch.setattr(log, "append_many", crash)
+    with pytest.raises(RuntimeError, match="went away mid-batch"):
+        integ.add("test", "r", b"lost")
+    monkeypatch.setattr(log, "append_many", plain)
+    assert log.size() == 0
+    assert integ.add("test", "r", b"kept") == 0
+    integ.close()
+    with pytest.raises(Exception, match="integrator: closed"):
+        integ.add("test", "r", b"late")
