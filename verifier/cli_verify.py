@@ -28,6 +28,10 @@ def register(sub) -> None:
                         help="policy YAML (default: built-in policy that allows TPM evidence only "
                         "and trusts no root, release key or code)")
     verify.add_argument("--json", action="store_true", help="print the EAR-shaped JSON result")
+    verify.add_argument("--chain", nargs="+", metavar="DIR_OR_CARD",
+                        help="also appraise the cards this model was fine-tuned from, found "
+                        "by their SHA-256 among these card files (or *.cbor in these "
+                        "directories), link by link under the same policy")
     verify.set_defaults(func=run_verify)
 
     show = sub.add_parser("show", help="print a card's claims and evidence",
@@ -75,6 +79,12 @@ def run_verify(args) -> int:
         raise LaminateError("--model-sha256: empty digest")
     policy = load_policy(args.policy)
     card_bytes = read_card_file(args.card)
+    if getattr(args, "chain", None):
+        from verifier.lineage import appraise_chain, gather
+        chain = appraise_chain(card_bytes, str(args.card), gather(args.chain), policy=policy,
+                               model_path=args.model, model_sha256=args.model_sha256)
+        print(chain.to_json() if args.json else chain.to_table())
+        return chain.exit_code
     result = appraise(card_bytes, policy=policy, model_path=args.model,
                       model_sha256=args.model_sha256)
     print(result.to_json() if args.json else result.to_table())
