@@ -75,9 +75,11 @@ def test_an_extra_key_is_refused_where_it_stands(kit, where):
 
 @pytest.mark.parametrize("case, change, path", [
     ("kid header extra", {"protected": {1: -8, 4: bytes(32), 99: 1}}, "/0"),
+    ("new alg on an old header", {"protected": {1: -19, 4: bytes(32)}}, "/0"),
     ("unknown alg", {"protected": {1: -35, 4: bytes(32)}}, "/0"),
     ("short kid", {"protected": {1: -8, 4: bytes(16)}}, "/0"),
     ("unprotected header", {"unprotected": {4: b"kid"}}, "/1"),
+    ("receipts not bytes", {"unprotected": {394: ["r"]}}, "/1"),
     ("untagged", {"tagged": False}, ""),
 ])
 def test_the_envelope_is_closed(kit, case, change, path):
