@@ -118,7 +118,8 @@ def run_show(args) -> int:
     elif args.format == "md":
         text = views.to_markdown(card.payload, verification)
     elif args.format == "html":
-        text = views.to_html(card.payload, verification)
+        text = views.to_html(card.payload, verification,
+                             signer={"kid": card.kid, "alg": card.alg})
     else:
         doc = {"card": jsonable(card.payload)}
         if verification is not None:
