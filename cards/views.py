@@ -301,7 +301,7 @@ def to_html(payload: dict, verification: dict | None = None,
     if signer is not None:
         alg = signer.get("alg")
         parts.append(f'<p class="signer">Signed by release key id {_h(signer.get("kid"))} '
-                     f"({_h(_ALG_NAMES.get(alg, alg))}); whether that key is trusted is "
+                     f"({_h(_ALG_NAMES.get(alg, alg) if isinstance(alg, int) else alg)}); whether that key is trusted is "
                      f"{'the verification below' if verification is not None else 'not checked here'}.</p>")
     if verification is not None:
         status = verification.get("status") if isinstance(verification, dict) else None
