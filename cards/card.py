@@ -13,7 +13,16 @@ from . import cbor, cose, keys, schema
 from .errors import CardFormatError, LaminateError
 
 MAX_CARD_BYTES = 8 * 1024 * 1024
-_ALGS_BY_KIND = {"ed25519": cose.ALG_EDDSA, "p256": cose.ALG_ES256}
+# Each key kind's algorithms: fully specified (new cards) first, then the older one.
+_ALGS_BY_KIND = {"ed25519": (cose.ALG_ED25519, cose.ALG_EDDSA),
+                 "p256": (cose.ALG_ESP256, cose.ALG_ES256)}
+TYP = "application/laminate-card+cbor"
+CONTENT_TYPE = "application/cbor"
+# Protected headers: older cards carry {alg, kid}; new ones also typ, content type and
+# CWT claims (iss: the release key, sub: the model), which make card + receipt a
+# transparent statement.
+_LEGACY_HEADERS = {cose.HDR_ALG, cose.HDR_KID}
+_HEADERS = _LEGACY_HEADERS | {cose.HDR_CONTENT_TYPE, cose.HDR_CWT_CLAIMS, cose.HDR_TYP}
 
 
 class Encoded(NamedTuple):
@@ -61,10 +70,19 @@ def seal(claims: dict, evidence: dict, private_key) -> bytes:
     encoded = cbor.dumps(build_payload(claims, evidence))
     payload = cbor.loads(encoded, deterministic=True, field="payload")
     schema.validate_payload(payload)
-    data = cose.sign1(encoded, private_key, kid=keys.key_id(private_key.public_key()))
+    kid = keys.key_id(private_key.public_key())
+    data = cose.sign1(encoded, private_key, kid=kid, alg=cose.fully_specified_alg(private_key),
+                      headers=statement_headers(kid, payload["claims"]["model"]["sha256"]))
     if len(data) > MAX_CARD_BYTES:
         raise CardFormatError("card", f"{len(data)} bytes exceeds the {MAX_CARD_BYTES}-byte limit")
     return data
+
+
+def statement_headers(kid: bytes, model_sha256: str) -> dict:
+    """typ, content type and CWT claims of a new card's protected header."""
+    return {cose.HDR_TYP: TYP, cose.HDR_CONTENT_TYPE: CONTENT_TYPE,
+            cose.HDR_CWT_CLAIMS: {cose.CWT_ISS: f"laminate-release-key:sha256:{kid.hex()}",
+                                  cose.CWT_SUB: f"sha-256:{model_sha256}"}}
 
 
 def open_card(data: bytes) -> Card:
@@ -80,13 +98,14 @@ def open_card(data: bytes) -> Card:
     if len(data) > MAX_CARD_BYTES:
         raise CardFormatError("card", f"{len(data)} bytes exceeds the {MAX_CARD_BYTES}-byte limit")
     msg = cose.parse_sign1(bytes(data), require_tag=True, deterministic=True, field="card")
-    if set(msg.protected) != {cose.HDR_ALG, cose.HDR_KID}:
-        raise CardFormatError("card.protected", "expected exactly the alg (1) and kid (4) headers")
-    if msg.unprotected:
-        raise CardFormatError("card.unprotected", "must be empty")
-    if msg.alg not in _ALGS_BY_KIND.values():
-        raise CardFormatError("card.protected.alg",
-                              f"algorithm {msg.alg} is not EdDSA (-8) or ES256 (-7)")
+    legacy = set(msg.protected) == _LEGACY_HEADERS
+    if not legacy and set(msg.protected) != _HEADERS:
+        raise CardFormatError("card.protected", "expected exactly the alg (1) and kid (4) "
+                              "headers, or those and content type (3), CWT claims (15), typ (16)")
+    _check_unprotected(msg.unprotected)
+    if msg.alg not in {algs[legacy] for algs in _ALGS_BY_KIND.values()}:
+        raise CardFormatError("card.protected.alg", f"algorithm {msg.alg} is not " + (
+            "EdDSA (-8) or ES256 (-7)" if legacy else "Ed25519 (-19) or ESP256 (-9)"))
     kid = msg.kid
     if kid is None or len(kid) != 32:
         raise CardFormatError("card.protected.kid",
@@ -94,6 +113,11 @@ def open_card(data: bytes) -> Card:
     payload = cbor.loads(msg.payload, deterministic=True, field="payload")
     schema.validate_payload(payload)
     claims, evidence = payload["claims"], payload["evidence"]
+    if not legacy and msg.protected != {
+            cose.HDR_ALG: msg.alg, cose.HDR_KID: kid,
+            **statement_headers(kid, claims["model"]["sha256"])}:
+        raise CardFormatError("card.protected", "typ, content type or CWT claims (iss: the "
+                              "release key id, sub: the model digest) do not match the card")
     return Card(payload, claims, evidence, msg, kid, msg.alg, _encodings(claims, evidence))
 
 
@@ -106,6 +130,17 @@ def _encodings(claims: dict, evidence: dict) -> Encoded:
         tuple(cbor.dumps(event["data"]) for event in evidence["event_log"]))
 
 
+def _check_unprotected(unprotected: dict) -> None:
+    """Empty, or transparency receipts (a non-empty array of byte strings) only."""
+    if not unprotected:
+        return
+    receipts = unprotected.get(cose.HDR_RECEIPTS)
+    if set(unprotected) != {cose.HDR_RECEIPTS} or not isinstance(receipts, list) or not receipts \
+            or len(receipts) > 16 or not all(isinstance(r, bytes) for r in receipts):
+        raise CardFormatError("card.unprotected", "must be empty, or hold only receipts "
+                              "(394: an array of up to 16 byte strings)")
+
+
 def release_key_matches(card: Card, public_key) -> bool:
     """True iff ``public_key`` (an Ed25519 or P-256 public or private key) is the card's
     kid and its signature verifies; any other key is simply False."""
@@ -114,6 +149,6 @@ def release_key_matches(card: Card, public_key) -> bool:
     except LaminateError:
         return False
     public_key = keys.public_key_of(public_key)
-    if _ALGS_BY_KIND[kind] != card.alg or keys.key_id(public_key) != card.kid:
+    if card.alg not in _ALGS_BY_KIND[kind] or keys.key_id(public_key) != card.kid:
         return False
     return cose.verify_sign1(card.sign1, public_key)

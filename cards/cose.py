@@ -24,13 +24,22 @@ ALG_EDDSA = -8
 ALG_ES256 = -7
 ALG_ES384 = -35
 ALG_ES512 = -36
+# Fully specified algorithms: the identifier alone names the curve (Ed25519, P-256),
+# so a verifier needs no key to know what it checks. New cards use these.
+ALG_ED25519 = -19
+ALG_ESP256 = -9
 TAG_SIGN1 = 18
 HDR_ALG, HDR_CRIT, HDR_CONTENT_TYPE, HDR_KID = 1, 2, 3, 4
+HDR_CWT_CLAIMS, HDR_TYP = 15, 16
+HDR_RECEIPTS = 394             # unprotected: transparency receipts for the statement
+CWT_ISS, CWT_SUB = 1, 2
 
 _ECDSA_HASH: dict[int, type[hashes.HashAlgorithm]] = {
-    ALG_ES256: hashes.SHA256, ALG_ES384: hashes.SHA384, ALG_ES512: hashes.SHA512}
-SUPPORTED_ALGS = (ALG_EDDSA, *_ECDSA_HASH)
-_UNDERSTOOD_HEADERS = {HDR_ALG, HDR_CRIT, HDR_CONTENT_TYPE, HDR_KID}
+    ALG_ES256: hashes.SHA256, ALG_ES384: hashes.SHA384, ALG_ES512: hashes.SHA512,
+    ALG_ESP256: hashes.SHA256}
+_CURVE_OF = {ALG_ESP256: "secp256r1"}  # a fully specified ECDSA algorithm's one curve
+SUPPORTED_ALGS = (ALG_EDDSA, ALG_ED25519, *_ECDSA_HASH)
+_UNDERSTOOD_HEADERS = {HDR_ALG, HDR_CRIT, HDR_CONTENT_TYPE, HDR_KID, HDR_CWT_CLAIMS, HDR_TYP}
 
 
 class Sign1(NamedTuple):
@@ -51,6 +60,16 @@ def sig_structure(protected_bytes: bytes, payload: bytes, external_aad: bytes = 
     return cbor.dumps(["Signature1", bytes(protected_bytes), bytes(external_aad), bytes(payload)])
 
 
+def fully_specified_alg(key) -> int:
+    """The fully specified algorithm of an Ed25519 or P-256 key (what new cards use)."""
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
+        return ALG_ED25519
+    if (isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey))
+            and key.curve.name == "secp256r1"):
+        return ALG_ESP256
+    raise CardFormatError("alg", f"no fully specified COSE algorithm for {type(key).__name__}")
+
+
 def alg_for_key(key) -> int:
     """The COSE algorithm a private or public key signs with."""
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey,
@@ -68,7 +87,10 @@ def sign_bytes(private_key, alg: int, data: bytes) -> bytes:
     if alg == ALG_EDDSA and isinstance(private_key, (ed25519.Ed25519PrivateKey,
                                                      ed448.Ed448PrivateKey)):
         return private_key.sign(data)
-    if alg in _ECDSA_HASH and isinstance(private_key, ec.EllipticCurvePrivateKey):
+    if alg == ALG_ED25519 and isinstance(private_key, ed25519.Ed25519PrivateKey):
+        return private_key.sign(data)
+    if (alg in _ECDSA_HASH and isinstance(private_key, ec.EllipticCurvePrivateKey)
+            and _CURVE_OF.get(alg, private_key.curve.name) == private_key.curve.name):
         der = private_key.sign(data, ec.ECDSA(_ECDSA_HASH[alg]()))
         r, s = decode_dss_signature(der)
         size = _coordinate_size(private_key.curve)
@@ -85,7 +107,11 @@ def verify_bytes(public_key, alg: int, data: bytes, signature: bytes) -> bool:
                                                         ed448.Ed448PublicKey)):
             public_key.verify(bytes(signature), data)
             return True
-        if alg in _ECDSA_HASH and isinstance(public_key, ec.EllipticCurvePublicKey):
+        if alg == ALG_ED25519 and isinstance(public_key, ed25519.Ed25519PublicKey):
+            public_key.verify(bytes(signature), data)
+            return True
+        if (alg in _ECDSA_HASH and isinstance(public_key, ec.EllipticCurvePublicKey)
+                and _CURVE_OF.get(alg, public_key.curve.name) == public_key.curve.name):
             size = _coordinate_size(public_key.curve)
             if len(signature) != 2 * size:
                 return False
@@ -100,10 +126,12 @@ def verify_bytes(public_key, alg: int, data: bytes, signature: bytes) -> bool:
     return False
 
 
-def sign1(payload: bytes, private_key, *, kid: bytes, external_aad: bytes = b"") -> bytes:
-    """A tagged COSE_Sign1 with {alg, kid} protected and an empty unprotected map."""
-    alg = alg_for_key(private_key)
-    protected_bytes = cbor.dumps({HDR_ALG: alg, HDR_KID: bytes(kid)})
+def sign1(payload: bytes, private_key, *, kid: bytes, external_aad: bytes = b"",
+          alg: int | None = None, headers: dict | None = None) -> bytes:
+    """A tagged COSE_Sign1 with {alg, kid} and ``headers`` protected and an empty
+    unprotected map; ``alg`` defaults to the key's polymorphic algorithm (EdDSA, ES256)."""
+    alg = alg_for_key(private_key) if alg is None else alg
+    protected_bytes = cbor.dumps({HDR_ALG: alg, HDR_KID: bytes(kid), **(headers or {})})
     signature = sign_bytes(private_key, alg,
                            sig_structure(protected_bytes, payload, external_aad))
     return cbor.dumps(cbor2.CBORTag(TAG_SIGN1, [protected_bytes, {}, bytes(payload), signature]))

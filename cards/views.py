@@ -237,6 +237,7 @@ font-size:1.1rem;margin:1rem 0}
 .status{font-weight:bold;padding:.1rem .4rem;border-radius:3px;white-space:nowrap}
 .affirming{background:#d7f5dd;color:#0a5b1d}.warning{background:#fff1c2;color:#6b4d00}
 .contraindicated{background:#ffd6d9;color:#8a0010}.unknown{background:#eee;color:#333}
+.flag{background:#fff1c2;color:#6b4d00;font-weight:bold;padding:.2rem .4rem;margin:.2rem 0}
 """
 
 
@@ -266,9 +267,35 @@ def _html_table(rows, headers=("field", "value"), badge_column=None) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def to_html(payload: dict, verification: dict | None = None) -> str:
-    """A standalone HTML page of the payload (and of ``verification`` when given),
-    every card value HTML-escaped; simulated evidence gets a banner at the top."""
+# A class this far below the overall accuracy is flagged: an average can hide a class
+# the model nearly never gets right.
+CLASS_GAP = 0.10
+_ALG_NAMES = {-19: "Ed25519", -9: "ESP256 (ECDSA P-256)", -8: "EdDSA", -7: "ES256"}
+
+
+def highlights(payload: dict) -> list[str]:
+    """What a reader should not miss: accounting that is not tight, weak classes."""
+    found = []
+    dp = _section(payload, "claims", "defenses", "dp")
+    if isinstance(dp, dict) and dp.get("privacy_accounting") == "not tight":
+        found.append(f"Privacy accounting is NOT TIGHT: epsilon {_plain_text(dp.get('epsilon'))} "
+                     f"covers only part of training ({_plain_text(dp.get('note')) or 'see note'})")
+    evaluation = _section(payload, "claims", "evaluation") or {}
+    overall = evaluation.get("accuracy")
+    if isinstance(overall, (int, float)):
+        for i, value in enumerate(evaluation.get("per_class_accuracy") or []):
+            if isinstance(value, (int, float)) and round(overall - value, 9) >= CLASS_GAP:
+                found.append(f"Class {i}: accuracy {_number(float(value))}, "
+                             f"{_number(float(overall - value))} below the overall "
+                             f"{_number(float(overall))}")
+    return found
+
+
+def to_html(payload: dict, verification: dict | None = None,
+            signer: dict | None = None) -> str:
+    """A standalone HTML page of the payload (and of ``verification`` when given, and
+    ``signer``: the envelope's {"kid": bytes, "alg": int}), every card value
+    HTML-escaped; simulated evidence gets a banner at the top, then the highlights."""
     name = _section(payload, "claims", "model", "name") or "model"
     simulated = _simulated(payload) or bool(isinstance(verification, dict)
                                             and verification.get("simulated"))
@@ -278,6 +305,15 @@ def to_html(payload: dict, verification: dict | None = None) -> str:
     if simulated:
         parts.append(f'<div class="banner" role="alert">{_h(SIM_BANNER)}</div>')
     parts.append(f'<p class="note">{_h(VIEW_NOTE)}</p>')
+    flags = highlights(payload)
+    if flags:
+        parts.append('<ul class="flags" role="note">'
+                     + "".join(f'<li class="flag">{_h(f)}</li>' for f in flags) + "</ul>")
+    if signer is not None:
+        alg = signer.get("alg")
+        parts.append(f'<p class="signer">Signed by release key id {_h(signer.get("kid"))} '
+                     f"({_h(_ALG_NAMES.get(alg, alg) if isinstance(alg, int) else alg)}); whether that key is trusted is "
+                     f"{'the verification below' if verification is not None else 'not checked here'}.</p>")
     if verification is not None:
         status = verification.get("status") if isinstance(verification, dict) else None
         parts.append(f"<h2>Verification: {_status_badge(status)}</h2>")

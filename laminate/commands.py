@@ -3,13 +3,14 @@ from laminate import quickstart, tpm_commands
 from redteam import run as redteam
 from registry import cli as registry_cli
 from serving import cli as serving_cli
-from verifier import cli_inference
+from verifier import cli_inference, exports
 
 
 def register(sub) -> None:
     quickstart.register(sub)
     redteam.register(sub)
     tpm_commands.register(sub)
+    exports.register(sub)
 
 
 def register_service(sub) -> None:

@@ -31,6 +31,10 @@ def register(sub) -> None:
     verify.add_argument("--at", metavar="TIME",
                         help="verify TEE evidence as of this UTC time (ISO 8601), e.g. when "
                         "its collateral was current (overrides the policy's verification_time)")
+    verify.add_argument("--chain", nargs="+", metavar="DIR_OR_CARD",
+                        help="also appraise the cards this model was fine-tuned from, found "
+                        "by their SHA-256 among these card files (or *.cbor in these "
+                        "directories), link by link under the same policy")
     verify.set_defaults(func=run_verify)
 
     show = sub.add_parser("show", help="print a card's claims and evidence",
@@ -84,6 +88,12 @@ def run_verify(args) -> int:
         at = parse_time(args.at, lambda _field, reason: LaminateError(f"--at: {reason}"))
         policy = dataclasses.replace(policy, verification_time=at)
     card_bytes = read_card_file(args.card)
+    if getattr(args, "chain", None):
+        from verifier.lineage import appraise_chain, gather
+        chain = appraise_chain(card_bytes, str(args.card), gather(args.chain), policy=policy,
+                               model_path=args.model, model_sha256=args.model_sha256)
+        print(chain.to_json() if args.json else chain.to_table())
+        return chain.exit_code
     result = appraise(card_bytes, policy=policy, model_path=args.model,
                       model_sha256=args.model_sha256)
     print(result.to_json() if args.json else result.to_table())
@@ -117,7 +127,8 @@ def run_show(args) -> int:
     elif args.format == "md":
         text = views.to_markdown(card.payload, verification)
     elif args.format == "html":
-        text = views.to_html(card.payload, verification)
+        text = views.to_html(card.payload, verification,
+                             signer={"kid": card.kid, "alg": card.alg})
     else:
         doc = {"card": jsonable(card.payload)}
         if verification is not None:
