@@ -44,9 +44,9 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None) -
     backend = card.backend
     checks = [Check("card_format", AFFIRMING, "card",
                     f"schema version {card.payload['schema_version']}, all fields valid")]
-    checks.append(_release_signature(card, policy))
+    checks.append(check_release_signature(card, policy))
     allowed = backend in policy.allow_backends
-    checks.append(_backend(backend, allowed, policy))
+    checks.append(check_backend(backend, allowed, policy))
     if checks[1].status == CONTRAINDICATED:
         return _stopped(checks, "release signature failed", policy, card)
 
@@ -63,7 +63,7 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None) -
         checks.append(Check("claims_in_log", SKIPPED, "claims", why))
     else:
         checks.append(_qualifying_data(card.encoded.claims, quoted))
-        replay = _log_replay(evidence["event_log"], card.encoded.event_data, quoted)
+        replay = check_log_replay(evidence["event_log"], card.encoded.event_data, quoted)
         checks.append(replay)
         if replay.status == AFFIRMING:
             checks.append(_claims_in_log(claims, evidence["event_log"], card.encoded))
@@ -129,7 +129,7 @@ def _model_digests(model_path, model_sha256) -> list:
     return expected
 
 
-def _release_signature(card, policy) -> Check:
+def check_release_signature(card, policy) -> Check:
     field = "card.signature"
     key = policy.release_keys.get(card.kid)
     if key is None:
@@ -147,7 +147,7 @@ def _release_signature(card, policy) -> Check:
                  f"signed by trusted release key {card.kid.hex()[:16]}...")
 
 
-def _backend(backend, allowed, policy) -> Check:
+def check_backend(backend, allowed, policy) -> Check:
     if not allowed:
         reason = f"backend {backend} is not allowed by policy {policy.policy_id}"
         if backend == "sim":
@@ -193,7 +193,7 @@ def _event_digest(event, data: bytes) -> bytes:
     return digest.digest()
 
 
-def _log_replay(log, event_data, quoted) -> Check:
+def check_log_replay(log, event_data, quoted) -> Check:
     registers: dict = {}
     covered = set(quoted.registers)
     for i, (event, data) in enumerate(zip(log, event_data)):

@@ -18,7 +18,7 @@ from typing import NamedTuple
 from cards import cbor, cose, keys
 from cards.errors import CardFormatError, LaminateError
 from verifier import dawn
-from verifier.appraise import _backend, _log_replay, _release_signature
+from verifier.appraise import check_backend, check_log_replay, check_release_signature
 from verifier.evidence import check_evidence
 from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, WARNING, Check, Result
 
@@ -161,9 +161,9 @@ def appraise_serving_card(data: bytes, *, policy, model_sha256: str | None = Non
                       policy_id=policy.policy_id), None
     s, evidence = card.statement, card.evidence
     checks = [Check("serving_card_format", AFFIRMING, "serving_card", f"{FORMAT}, all fields valid")]
-    checks.append(_release_signature(card, policy))
+    checks.append(check_release_signature(card, policy))
     allowed = evidence["backend"] in policy.allow_backends
-    checks.append(_backend(evidence["backend"], allowed, policy))
+    checks.append(check_backend(evidence["backend"], allowed, policy))
     evidence_checks, quoted = check_evidence(evidence, policy)
     checks.extend(evidence_checks)
     log = evidence["event_log"]
@@ -181,7 +181,7 @@ def appraise_serving_card(data: bytes, *, policy, model_sha256: str | None = Non
         else:
             checks.append(Check("qualifying_data", AFFIRMING, "serving_card.evidence.quote",
                                 "quote binds H(statement)"))
-        replay = _log_replay(log, [cbor.dumps(e["data"]) for e in log], quoted)
+        replay = check_log_replay(log, [cbor.dumps(e["data"]) for e in log], quoted)
         checks.append(replay)
         checks.append(_statement_in_log(s, log))
     checks.append(_code_identity(log[0], policy))
