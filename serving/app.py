@@ -194,6 +194,16 @@ def create_app(server: Server, tokens: dict[bytes, str]) -> FastAPI:
         out = await anyio.to_thread.run_sync(server.answer, client, x)
         return Response(json.dumps(out, separators=(",", ":")), media_type="application/json")
 
+    @app.get("/v1/log/head")
+    def log_head(_client: str = Depends(client_of)):
+        """The log's current head, signed by the receipt key: a statement any client may
+        register with the card service (POST /v1/serving-heads) to anchor its answers."""
+        if server.log is None:
+            raise HTTPException(404, "this server keeps no log")
+        from serving.anchor import signed_head
+
+        return Response(signed_head(server), media_type="application/cose")
+
     @app.get("/v1/clients/{client_id}/log")
     def client_log(client_id: str, start: int = 0, limit: int = 100,
                    client: str = Depends(client_of)):

@@ -67,6 +67,7 @@ class QueryLog:
             self._tree.add(record)
         (count,) = self._db.execute("SELECT coalesce(sum(count), 0) FROM batches").fetchone()
         self._next_index = count
+        self._committed = self._tree.size        # batches known to be on disk
         self._writer = threading.Thread(target=self._write_loop, name="query-log", daemon=True)
         self._writer.start()
 
@@ -102,6 +103,8 @@ class QueryLog:
                         "INSERT INTO batches (seq, client, first_index, count, record, inputs, "
                         "leaves) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
                     self._db.execute("COMMIT")
+                with self._lock:
+                    self._committed = rows[-1][0] + 1
             except sqlite3.Error as exc:
                 with self._lock:
                     self._failed = str(exc)
@@ -124,6 +127,17 @@ class QueryLog:
     def tree_head(self) -> tuple[int, bytes]:
         with self._lock:
             return self._tree.size, self._tree.root()
+
+    def durable_head(self) -> tuple[int, bytes]:
+        """A tree head every row under which is committed (what may be signed and
+        anchored: it can always be rebuilt from the file)."""
+        with self._lock:
+            head = self._tree.size, self._tree.root()
+            while self._committed < head[0] and self._failed is None:
+                self._changed.wait()
+            if self._failed is not None:
+                raise LogUnavailable(f"{self.path}: the query log cannot be written ({self._failed})")
+        return head
 
     def entries(self, client: str, start: int = 0, limit: int = MAX_PAGE) -> list[dict]:
         """One client's answers from log index ``start`` on (digests and answers only)."""

@@ -161,10 +161,15 @@ class Opening:
             raise LaminateError(f"{path}: cannot read the DAWN opening ({exc.strerror})") from None
         except (ValueError, UnicodeDecodeError):
             raise LaminateError(f"{path}: the DAWN opening is not JSON") from None
+        return cls.from_doc(doc, str(path))
+
+    @classmethod
+    def from_doc(cls, doc, where: str = "opening") -> Opening:
+        """The opening in a parsed dawn.opening.json; LaminateError names the field."""
         if not isinstance(doc, dict) or doc.get("format") != OPENING_FORMAT:
-            raise LaminateError(f"{path}: format: expected {OPENING_FORMAT!r}")
+            raise LaminateError(f"{where}: format: expected {OPENING_FORMAT!r}")
         if doc.get("scheme") != SCHEME:
-            raise LaminateError(f"{path}: scheme: expected {SCHEME!r}")
+            raise LaminateError(f"{where}: scheme: expected {SCHEME!r}")
         parts = {}
         for name, size in (("key", KEY_BYTES), ("salt", SALT_BYTES)):
             try:
@@ -172,5 +177,5 @@ class Opening:
             except (TypeError, ValueError):
                 parts[name] = b""
             if len(parts[name]) != size:
-                raise LaminateError(f"{path}: {name}: expected {size} bytes as hex")
+                raise LaminateError(f"{where}: {name}: expected {size} bytes as hex")
         return cls(parts["key"], parts["salt"])
