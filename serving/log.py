@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 from cards import cbor, merkle
 from cards.errors import LaminateError
@@ -36,6 +37,8 @@ CREATE TRIGGER IF NOT EXISTS batches_no_delete BEFORE DELETE ON batches
     BEGIN SELECT RAISE(ABORT, 'the query log is append-only'); END;
 """
 MAX_PAGE = 1000
+GATHER_S = 0.01           # longest a batch waits to be committed with later ones
+GATHER_ROWS = 256
 
 
 class LogUnavailable(LaminateError):
@@ -62,6 +65,7 @@ class QueryLog:
         self._changed = threading.Condition(self._lock)
         self._pending = []
         self._writing, self._closed, self._failed = False, False, None
+        self._flushing = 0        # readers waiting for the rows to be on disk
         self._tree = merkle.MerkleTree()
         for (record,) in self._db.execute("SELECT record FROM batches ORDER BY seq"):
             self._tree.add(record)
@@ -75,17 +79,20 @@ class QueryLog:
                record) -> tuple[int, bytes]:
         """Queue a batch: its canonical inputs, its leaves and its record,
         ``record(first index)`` (the receipt payload); (first index, record bytes)."""
+        blobs = cbor.dumps(inputs), cbor.dumps(leaves)
         with self._lock:
             if self._failed is not None or self._closed:
                 raise LogUnavailable(f"{self.path}: the query log cannot be written "
                                      f"({self._failed or 'closed'}); not answering unlogged")
             first = self._next_index
             data = record(first)
-            self._pending.append((self._tree.size, client, first, len(leaves), data,
-                                  cbor.dumps(inputs), cbor.dumps(leaves)))
+            self._pending.append((self._tree.size, client, first, len(leaves), data, *blobs))
             self._tree.add(data)
             self._next_index += len(leaves)
-            self._changed.notify_all()
+            # Wake the writer only when it has something new to do: waking it for every
+            # batch costs a thread switch per answer.
+            if len(self._pending) in (1, GATHER_ROWS):
+                self._changed.notify_all()
             return first, data
 
     def _write_loop(self) -> None:
@@ -95,6 +102,12 @@ class QueryLog:
                     self._changed.wait()
                 if not self._pending:
                     return
+                # A commit costs about as much as answering a batch: gather what arrives
+                # within GATHER_S (or GATHER_ROWS batches) so one commit covers many.
+                deadline = time.monotonic() + GATHER_S
+                while (len(self._pending) < GATHER_ROWS and not self._closed
+                       and self._flushing == 0 and time.monotonic() < deadline):
+                    self._changed.wait(max(0.0, deadline - time.monotonic()))
                 rows, self._pending, self._writing = self._pending, [], True
             try:
                 with self._db_lock:
@@ -119,8 +132,11 @@ class QueryLog:
     def flush(self) -> None:
         """Wait until every appended row is committed."""
         with self._lock:
+            self._flushing += 1
+            self._changed.notify_all()
             while (self._pending or self._writing) and self._failed is None:
                 self._changed.wait()
+            self._flushing -= 1
             if self._failed is not None:
                 raise LogUnavailable(f"{self.path}: the query log cannot be written ({self._failed})")
 
@@ -133,8 +149,11 @@ class QueryLog:
         anchored: it can always be rebuilt from the file)."""
         with self._lock:
             head = self._tree.size, self._tree.root()
+            self._flushing += 1
+            self._changed.notify_all()
             while self._committed < head[0] and self._failed is None:
                 self._changed.wait()
+            self._flushing -= 1
             if self._failed is not None:
                 raise LogUnavailable(f"{self.path}: the query log cannot be written ({self._failed})")
         return head

@@ -72,22 +72,16 @@ def commitment(key: bytes, salt: bytes) -> str:
     return hashlib.sha256(bytes(salt) + bytes(key)).hexdigest()
 
 
-@functools.lru_cache(maxsize=8)
-def _flip_mac(key: bytes):
-    """HMAC(key) with the flip domain already absorbed: a server computes one per query,
-    and copying a keyed state skips the key schedule each time."""
-    return hmac.new(key, _FLIP_DOMAIN, hashlib.sha256)
-
-
 def flipped(key: bytes, canonical: bytes, rate: float) -> bool:
-    """HMAC(key, "flip" || input) read as a fraction in [0, 1) below ``rate``."""
-    return _below(_flip_mac(bytes(key)), canonical, rate)
+    """HMAC(key, "flip" || input) read as a fraction in [0, 1) below ``rate``: its first
+    8 bytes, big-endian, below ceil(rate * 2^64) (compared as bytes, which is the same)."""
+    return hmac.digest(bytes(key), _FLIP_DOMAIN + canonical, "sha256")[:8] < _threshold(rate)
 
 
-def _below(base, canonical: bytes, rate: float) -> bool:
-    mac = base.copy()
-    mac.update(canonical)
-    return int.from_bytes(mac.digest()[:8], "big") / _TWO_64 < rate
+@functools.lru_cache(maxsize=8)
+def _threshold(rate: float) -> bytes:
+    """ceil(rate * 2^64) as 8 big-endian bytes (rate <= MAX_RATE, so it fits)."""
+    return math.ceil(rate * _TWO_64).to_bytes(8, "big")
 
 
 def wrong_label(key: bytes, canonical: bytes, true_label: int, classes: int) -> int:
@@ -107,13 +101,14 @@ def wrong_label(key: bytes, canonical: bytes, true_label: int, classes: int) -> 
 def answers(key: bytes | None, rate: float, canonicals: list[bytes], labels,
             classes: int) -> list[tuple[int, bool]]:
     """(the label served, whether it was flipped) for each input of a batch the model
-    labels ``labels``; the keyed state is prepared once per batch."""
+    labels ``labels``: ``flipped`` for each, inlined (a server calls it per answer)."""
     if key is None or rate <= 0.0:
         return [(int(label), False) for label in labels]
-    base = _flip_mac(bytes(key))
+    key = bytes(key)
+    threshold = _threshold(rate)
     out = []
     for canonical, label in zip(canonicals, labels):
-        if _below(base, canonical, rate):
+        if hmac.digest(key, _FLIP_DOMAIN + canonical, "sha256")[:8] < threshold:
             out.append((wrong_label(key, canonical, int(label), classes), True))
         else:
             out.append((int(label), False))
