@@ -6,18 +6,16 @@ names: a registrable statement (`verifier.dawn_evidence`). With ``--registry`` i
 registers the serving card at start and a new head every ``--anchor-every`` seconds when
 the log grew; any client can also fetch the current signed head (``GET /v1/log/head``) and
 register it itself. A head is signed only once every row under it is committed, so an
-anchored head can always be rebuilt from the log.
+anchored head can always be rebuilt from the log (`verifier.dawn_evidence.build_evidence`).
 """
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from cards import merkle
 from cards.errors import LaminateError
 from cards.files import write_atomic
 from verifier import dawn_evidence
@@ -87,31 +85,3 @@ class Anchorer:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-
-
-def build_evidence(log_path, head: bytes, card, clients: list[str]) -> bytes:
-    """DAWN evidence against ``head``: every batch record under it and the inputs and
-    answers of each batch of ``clients``, read from the deployment log (read-only)."""
-    size, root = dawn_evidence.open_head(head, card)
-    path = Path(log_path)
-    if not path.is_file():
-        raise LaminateError(f"{path}: deployment log not found")
-    try:
-        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-        try:
-            records = [r for (r,) in db.execute(
-                "SELECT record FROM batches WHERE seq < ? ORDER BY seq", (size,))]
-            marks = ",".join("?" * len(clients))
-            batches = db.execute(
-                f"SELECT seq, inputs, leaves FROM batches WHERE seq < ? AND client IN ({marks}) "
-                "ORDER BY seq", (size, *clients)).fetchall()
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise LaminateError(f"{path}: not a deployment log ({exc})") from None
-    if len(records) != size or merkle.root_of([merkle.leaf_hash(r) for r in records]) != root:
-        raise LaminateError(f"{path}: the log does not rebuild the head's root at size {size}")
-    from cards import cbor
-
-    return dawn_evidence.make_evidence(card.digest, clients, records, [
-        (seq, cbor.loads(inputs), cbor.loads(leaves)) for seq, inputs, leaves in batches])

@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from cards import keys, merkle
+from cards import merkle
 from cards.errors import LaminateError
 from serving.deploy import Deployment
 from serving.log import LogUnavailable, QueryLog
@@ -85,7 +85,7 @@ class Server:
         self.plain = plain
         self.model = Model(deployment.model_path, deployment.input_shape)
         self.key = deployment.opening.key if deployment.opening else None
-        self.kid = keys.key_id(deployment.receipt_key.public_key())
+        self.signer = receipts_inference.ReceiptSigner(deployment.receipt_key)
 
     def parse(self, body: bytes) -> np.ndarray:
         """The request's inputs as float32 [batch, *shape]; LaminateError names the field."""
@@ -143,7 +143,7 @@ class Server:
                 client=client, first_index=first, leaf_hashes=hashes)
 
         first, payload = self.log.append(client, canonical, leaves, record)
-        receipt = receipts_inference.sign_receipt(self.d.receipt_key, payload, self.kid)
+        receipt = self.signer.sign(payload)
         out = {"labels": [label for label, _ in served]}
         if probabilities is not None:
             out["probabilities"] = [probs for _, probs in served]

@@ -51,7 +51,7 @@ def world(tmp_path_factory):
 
 def evidence(world, clients=("alice",)):
     served = world["served"]
-    return anchor.build_evidence(served.state / "log.sqlite", world["head"],
+    return dawn_evidence.build_evidence(served.state / "log.sqlite", world["head"],
                                  served.deployment.card, list(clients))
 
 
@@ -170,7 +170,7 @@ def test_the_arbiter_takes_the_last_head_before_the_suspect(world, tmp_path):
     head = served.client.get("/v1/log/head",
                              headers={"Authorization": f"Bearer {sk.TOKENS['alice']}"}).content
     assert world["client"].post("/v1/serving-heads", content=head, headers=AUTH).status_code == 201
-    _, claim = dispute(world, path, evidence_bytes=anchor.build_evidence(
+    _, claim = dispute(world, path, evidence_bytes=dawn_evidence.build_evidence(
         served.state / "log.sqlite", head, served.deployment.card, ["alice"]))
     assert claim["reason"].startswith("log: evidence.records:"), claim["reason"]
 

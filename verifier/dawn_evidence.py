@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import sqlite3
+from pathlib import Path
 
 from cards import cbor, cose, keys, merkle
 from cards.errors import CardFormatError, LaminateError
@@ -189,3 +191,29 @@ def _batch_rows(seq: int, payload: dict, inputs: list, leaves: list, card_digest
             raise EvidenceError(f"{where}.inputs[{i}]", "is not the input its answer names")
         rows.append((payload["first_index"] + i, digest, canonical, label))
     return rows
+
+
+def build_evidence(log_path, head: bytes, card, clients: list[str]) -> bytes:
+    """DAWN evidence against ``head``: every batch record under it and the inputs and
+    answers of each batch of ``clients``, read from the deployment log (read-only)."""
+    size, root = open_head(head, card)
+    path = Path(log_path)
+    if not path.is_file():
+        raise LaminateError(f"{path}: deployment log not found")
+    try:
+        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            records = [r for (r,) in db.execute(
+                "SELECT record FROM batches WHERE seq < ? ORDER BY seq", (size,))]
+            marks = ",".join("?" * len(clients))
+            batches = db.execute(
+                f"SELECT seq, inputs, leaves FROM batches WHERE seq < ? AND client IN ({marks}) "
+                "ORDER BY seq", (size, *clients)).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise LaminateError(f"{path}: not a deployment log ({exc})") from None
+    if len(records) != size or merkle.root_of([merkle.leaf_hash(r) for r in records]) != root:
+        raise LaminateError(f"{path}: the log does not rebuild the head's root at size {size}")
+    return make_evidence(card.digest, clients, records, [
+        (seq, cbor.loads(inputs), cbor.loads(leaves)) for seq, inputs, leaves in batches])
