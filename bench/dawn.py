@@ -250,6 +250,7 @@ def run_rate(kit, rate, tmp, quick):
                                             if copies else None),
             "honest_client_models": honest_models,
             "honest_client_false_positives": sum(r["shown"] for r in honest_models),
+            "independents": independents,
             "independent_tests": len(independents),
             "false_positives": sum(r["shown"] for r in independents),
             "independent_max_match_rate": max(r["matches"] / r["queries"] for r in independents

@@ -109,9 +109,17 @@ def register(sub) -> None:
     d_open.add_argument("--suspect", help="suspect ONNX model file")
     d_open.add_argument("--suspect-url", help="suspect prediction URL; the verdict names the "
                                               "URL, never a model digest it cannot prove")
-    d_open.add_argument("--claim", action="append", required=True, metavar="CARD_ID=OPENING",
+    d_open.add_argument("--claim", action="append", default=[], metavar="CARD_ID=OPENING",
                         help="a claim: registered card id and the watermark opening JSON file; "
                              "repeatable")
+    d_open.add_argument("--dawn", metavar="STATE", help="a DAWN claim from a serve-model state "
+                        "directory: its serving card, opening and log; the service replays the "
+                        "--client's flipped answers under the last head it logged before the suspect")
+    d_open.add_argument("--client", action="append", metavar="ID",
+                        help="with --dawn: the client account(s) the thief used; repeatable")
+    d_open.add_argument("--served-model", metavar="FILE", help="with --dawn: the served model")
+    d_open.add_argument("--head", metavar="FILE", help="with --dawn: the anchored head to argue "
+                        "from (default: the newest in STATE/anchors/)")
     d_open.add_argument("--service-key", help="check the verdict signature with this key PEM")
     d_open.add_argument("--out", help="write the verdict JSON here")
     d_open.set_defaults(func=cmd_dispute_open)

@@ -218,7 +218,11 @@ def cmd_dispute_open(args) -> int:
         except (ValueError, RecursionError):
             raise LaminateError(f"{opening_path}: not a JSON watermark opening") from None
         claims.append({"card_id": card_id, "opening": opening})
-    fields, files = {"claims": json.dumps(claims)}, {}
+    fields, files = ({"claims": json.dumps(claims)} if claims else {}), {}
+    if getattr(args, "dawn", None):
+        fields["dawn_claim"], files["dawn_evidence"], files["served_model"] = _dawn_claim(args)
+    elif not claims:
+        raise LaminateError("give --claim CARD_ID=OPENING, --dawn STATE, or both")
     if args.suspect:
         files["model"] = (Path(args.suspect).name, _read(args.suspect, "suspect model"))
     elif args.suspect_url:
@@ -235,6 +239,40 @@ def cmd_dispute_open(args) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(view, indent=2) + "\n", encoding="utf-8")
     return 0 if verdict.get("winner") else 1
+
+
+def _dawn_claim(args):
+    """(claim JSON, evidence file, served model file) from a serve-model state directory:
+    the serving card, the DAWN opening and the chosen anchored head (``--head``, by
+    default the newest under STATE/anchors/), with the evidence of the ``--client``s."""
+    import hashlib
+
+    from verifier.dawn_evidence import build_evidence
+    from verifier.serving_card import MAX_SERVING_CARD_BYTES, open_serving_card
+
+    state = Path(args.dawn)
+    if not args.client or not args.served_model:
+        raise LaminateError("--dawn needs --client ID (repeatable) and --served-model FILE")
+    card_bytes = _read(state / "serving-card.cbor", "serving card")[:MAX_SERVING_CARD_BYTES + 1]
+    try:
+        card = open_serving_card(card_bytes)
+    except LaminateError as exc:
+        raise LaminateError(f"{state / 'serving-card.cbor'}: {exc}") from None
+    head_path = Path(args.head) if args.head else max(
+        (state / "anchors").glob("*.head"), key=lambda p: int(p.stem), default=None)
+    if head_path is None:
+        raise LaminateError(f"{state / 'anchors'}: no anchored head (serve-model --registry "
+                            "registers them; or give --head FILE)")
+    evidence = build_evidence(state / "log.sqlite", _read(head_path, "log head"), card,
+                              list(args.client))
+    try:
+        opening = json.loads(_read(state / "dawn.opening.json", "DAWN opening"))
+    except ValueError:
+        raise LaminateError(f"{state / 'dawn.opening.json'}: not JSON") from None
+    claim = json.dumps({"serving_card_id": hashlib.sha256(card_bytes).hexdigest(),
+                        "opening": opening})
+    return (claim, ("evidence.cbor", evidence),
+            (Path(args.served_model).name, _read(args.served_model, "served model")))
 
 
 def cmd_dispute_show(args) -> int:

@@ -260,3 +260,30 @@ def test_the_server_anchors_its_log_when_it_grew(world, tmp_path, monkeypatch):
     assert anchorer.anchor() is None                   # nothing new: nothing registered
     served.predict(sk.split()[1][0][5:8])
     assert anchorer.anchor()["log_head"]["tree_size"] == size + 1
+
+
+def test_dispute_open_with_dawn_builds_the_evidence_from_the_state_directory(world, monkeypatch,
+                                                                             capsys):
+    """`laminate dispute open --dawn STATE --client alice`: the owner's side, with HTTP
+    replaced by the in-process service."""
+    from laminate.cli import main
+    from registry import client as registry_client
+
+    def request(method, url, *, token=None, body=None, content_type=None, timeout=120.0):
+        response = world["client"].request(method, url.removeprefix("http://registry"),
+                                           content=body, headers={
+                                               "Authorization": f"Bearer {token}",
+                                               "Content-Type": content_type})
+        return response.status_code, response.json()
+
+    monkeypatch.setattr(registry_client, "_request", request)
+    served = world["served"]
+    (served.state / "anchors").mkdir(exist_ok=True)
+    (served.state / "anchors" / "7.head").write_bytes(world["head"])
+    argv = ["dispute", "open", "--server", "http://registry", "--token", TOKEN,
+            "--suspect", str(world["paths"]["surrogate"]), "--dawn", str(served.state),
+            "--client", "alice", "--served-model", str(served.kit.model_path)]
+    assert main(argv) == 0
+    assert "(dawn evidence): ownership shown" in capsys.readouterr().out
+    assert main(argv[:-4]) == 2          # --client and --served-model missing: exit 2
+    assert "--dawn needs --client" in capsys.readouterr().err
