@@ -113,7 +113,8 @@ def plot_api(doc, path: Path) -> None:
         for g, ((label, items), marker) in enumerate(zip(groups.items(), "o^sx")):
             rates = [t["matches"] / t["queries_to_decide" if "queries_to_decide" in t else "queries"]
                      for t in items if t.get("queries_to_decide", t.get("queries"))]
-            ax.scatter([r["rate"] + 0.002 * (g - 1.5)] * len(rates), rates, marker=marker, alpha=0.6,
+            ax.scatter([r["rate"] + 0.002 * (g - 1.5)] * len(rates), rates, marker=marker,
+                       alpha=0.6, color=f"C{g}",
                        label=label if r is doc["rates"][0] else None)
     ax.axhline(1 / 9, color="grey", linestyle="--", label="chance 1/(C-1)")
     ax.set_xlabel("flip rate")
