@@ -287,3 +287,17 @@ def test_dispute_open_with_dawn_builds_the_evidence_from_the_state_directory(wor
     assert "(dawn evidence): ownership shown" in capsys.readouterr().out
     assert main(argv[:-4]) == 2          # --client and --served-model missing: exit 2
     assert "--dawn needs --client" in capsys.readouterr().err
+
+
+def test_log_check_evidence_for_another_serving_card_is_refused(world):
+    data = _forge_evidence(world, lambda d: d.__setitem__("serving_card", "ab" * 32))
+    with pytest.raises(dawn_evidence.EvidenceError, match="evidence.serving_card: names another"):
+        dawn_evidence.check_evidence(data, world["served"].deployment.card, world["head"])
+
+
+def test_log_check_a_client_batch_given_twice_or_for_another_client_is_refused(world):
+    def twice(d):
+        d["batches"].append(d["batches"][0])
+    with pytest.raises(dawn_evidence.EvidenceError, match=r"batches\[\d+\].seq: not a batch"):
+        dawn_evidence.check_evidence(_forge_evidence(world, twice),
+                                     world["served"].deployment.card, world["head"])
