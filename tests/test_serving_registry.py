@@ -301,3 +301,15 @@ def test_log_check_a_client_batch_given_twice_or_for_another_client_is_refused(w
     with pytest.raises(dawn_evidence.EvidenceError, match=r"batches\[\d+\].seq: not a batch"):
         dawn_evidence.check_evidence(_forge_evidence(world, twice),
                                      world["served"].deployment.card, world["head"])
+
+
+def test_order_check_a_deployment_without_an_anchored_head_loses(world):
+    from verifier.disputes import judge_dawn_claim
+
+    served = world["served"]
+    judged = judge_dawn_claim(card_problem=None, card=served.deployment.card, anchor_index=None,
+                              anchor=None, suspect_index=4, evidence=evidence(world),
+                              opening=served.deployment.opening, victim=None, suspect=None,
+                              alpha=1e-6, run_all=True)
+    assert judged.reason.startswith("order: no head of this deployment's query log was logged")
+    assert judged.checks["log"][0] is False and judged.evidence == "dawn"
