@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 import serving_kit as sk
 from cardkit import make_card
 from cards import cbor, cose
+from cards.errors import LaminateError
 from registry.app import create_app
 from registry.config import ServiceConfig
 from service_helpers import combined_policy
@@ -313,3 +314,25 @@ def test_order_check_a_deployment_without_an_anchored_head_loses(world):
                               alpha=1e-6, run_all=True)
     assert judged.reason.startswith("order: no head of this deployment's query log was logged")
     assert judged.checks["log"][0] is False and judged.evidence == "dawn"
+
+
+def test_serve_model_anchors_over_http_with_a_real_service(world, tmp_path):
+    """The anchoring client against `laminate serve` in a subprocess: card, then head;
+    a wrong token is an error that names the HTTP status."""
+    from servers import start_server
+    from service_helpers import combined_policy as policy_of
+
+    served = world["served"]
+    server = start_server(tmp_path / "svc", database_url=f"sqlite:///{tmp_path / 's.sqlite'}",
+                          policy_path=policy_of(tmp_path / "p.yaml", [served.kit]),
+                          tokens=(TOKEN,))
+    try:
+        anchorer = anchor.Anchorer(served.server, server.url, TOKEN, 60, tmp_path)
+        assert anchorer.register_card()["serving_card"]
+        registered = anchorer.anchor()
+        assert registered["log_head"]["tree_size"] == served.server.log.tree_head()[0]
+        wrong = anchor.Anchorer(served.server, server.url, "not-the-token-0123", 60, tmp_path)
+        with pytest.raises(LaminateError, match="HTTP 401"):
+            wrong.register_card()
+    finally:
+        server.stop()
