@@ -174,6 +174,11 @@ def _model_card(claims: dict) -> dict:
         metrics.append({"type": "accuracy", "value": repr(evaluation["watermark_accuracy"]),
                         "slice": "watermark triggers"})
     tensors = [{"format": f"{t['name']} {t['dtype']} {t['shape']}"} for t in claims["model"]["inputs"]]
+    prep = claims["model"].get("preprocessing")
+    if prep is not None:
+        tensors = [{"format": f"{t['format']}; " + "; ".join(
+            f"{name}: {value}" for name, value in views.preprocessing_rows(prep))}
+            for t in tensors]
     dp = claims["defenses"]["dp"]
     considerations = {}
     if dp is not None:
