@@ -143,7 +143,7 @@ def test_independent_verifier_accepts_every_registry_receipt(registered):
 
 
 def test_independent_verifier_checks_the_receipt_embedded_in_a_transparent_statement(registered):
-    from cards.card import with_receipts     # laminate makes the statement; the check is ours
+    from cards.card import with_receipts  # laminate makes the statement; the check is ours
     card, body = registered["bodies"][2]
     statement = with_receipts(card, [base64.b64decode(body["receipt"])])
     embedded = cbor2.loads(statement).value[1][394]
