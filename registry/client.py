@@ -132,7 +132,11 @@ def cmd_log_attach(args) -> int:
     except LogProofError as exc:
         print(f"not attached: the receipt does not prove {args.card} is in the log: {exc}")
         return 1
-    write_atomic(Path(args.out), with_receipts(card, [receipt]))
+    try:
+        transparent = with_receipts(card, [receipt])
+    except LaminateError as exc:
+        raise LaminateError(f"{args.card}: cannot attach the receipt: {exc}") from None
+    write_atomic(Path(args.out), transparent)
     print(f"attached: {args.out} is {args.card} with the receipt of leaf {check.leaf_index} "
           f"(tree size {check.tree_size}); card digest {card_digest(statement)} unchanged")
     return 0
