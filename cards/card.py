@@ -91,8 +91,9 @@ def statement_headers(kid: bytes, model_sha256: str) -> dict:
 
 def open_card(data: bytes) -> Card:
     """Parse and strictly validate card bytes (at most MAX_CARD_BYTES): a deterministic
-    tagged COSE_Sign1 with exactly {alg, kid} protected, nothing unprotected, an EdDSA
-    or ES256 alg and a 32-byte kid, over a deterministic payload that follows FORMAT.md.
+    tagged COSE_Sign1 with the statement headers (or, for an older card, exactly {alg,
+    kid}) protected, nothing unprotected but receipts (394, opaque here), a supported alg
+    and a 32-byte kid, over a deterministic payload that follows FORMAT.md.
     No signature is checked (``release_key_matches`` does).
 
     Raises CardFormatError naming the field at fault and why; an encoding that is not
@@ -171,6 +172,12 @@ def statement_bytes(data) -> bytes:
     Raises CardFormatError if ``data`` is not a card envelope."""
     protected, _, payload, signature = _envelope(data)
     return _encode(protected, {}, payload, signature)
+
+
+def statement_of(card: Card) -> bytes:
+    """``statement_bytes`` of a card already opened (no second decode)."""
+    msg = card.sign1
+    return _encode(msg.protected_bytes, {}, msg.payload, msg.signature)
 
 
 def card_digest(data) -> str:

@@ -77,7 +77,7 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None,
     checks.append(provenance.check_libraries(claims, policy))
     checks.append(provenance.check_start(claims, policy))
     checks.append(_model_digest(claims, expected_model))
-    transparency = receipts.check_embedded(card_bytes, log_key)
+    transparency = receipts.check_embedded(card, log_key)
     if transparency is not None:
         checks.append(transparency)
     for predicate in policy.predicates:

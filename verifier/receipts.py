@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cbor2
 
 from cards import cbor, cose, keys, merkle
-from cards.card import receipts_of, statement_bytes
+from cards.card import Card, statement_of
 from cards.errors import LaminateError
 
 from .logproof import LogProofError, check_inclusion, root_from_inclusion
@@ -150,13 +150,12 @@ CHECK = "transparency_receipt"
 FIELD = "card.unprotected.394"
 
 
-def check_embedded(card_bytes: bytes, log_key):
-    """The ``transparency_receipt`` check of a card (an opened one: its envelope is
-    known to be well formed): that a receipt it carries proves, under ``log_key``, that
-    the card's statement (the card without its receipts) is in that log. Receipts of
-    other logs are passed over. None when the card carries no receipt and no key is
-    given, as there is nothing to say."""
-    receipts = receipts_of(card_bytes)
+def check_embedded(card: Card, log_key):
+    """The ``transparency_receipt`` check of an opened card: that a receipt it carries
+    proves, under ``log_key``, that the card's statement (the card without its receipts)
+    is in that log. Receipts of other logs are passed over. None when the card carries
+    no receipt and no key is given, as there is nothing to say."""
+    receipts = card.sign1.unprotected.get(cose.HDR_RECEIPTS, [])
     if log_key is None:
         if not receipts:
             return None
@@ -167,7 +166,7 @@ def check_embedded(card_bytes: bytes, log_key):
     if not receipts:
         return Check(CHECK, CONTRAINDICATED, FIELD, f"no receipt embedded, so nothing shows "
                      f"the card is in log {kid}... (add one with `laminate log attach`)")
-    statement = statement_bytes(card_bytes)
+    statement = statement_of(card)
     failed = None
     for i, receipt in enumerate(receipts):
         try:
