@@ -143,6 +143,17 @@ class Tree(merkle.MerkleTree):
                 self.add_leaf_hash(bytes(data[i:i + 32]))
 
 
+def range_roots(leaves: np.ndarray, first: int) -> list[bytes]:
+    """The roots of `merkle.range_blocks(first, first + n)` over n leaf hashes that sit at
+    positions first.. of the whole tree: a shard's part of the dataset root."""
+    roots = []
+    for start, height in merkle.range_blocks(first, first + len(leaves)):
+        tree = Tree()
+        tree.extend_hashes(leaves[start - first:start - first + (1 << height)])
+        roots.append(tree.root())
+    return roots
+
+
 def inclusion_proof(leaves: np.ndarray, index: int) -> list[bytes]:
     """The RFC 9162 membership proof of record `index` from the (n, 32) leaf hashes."""
     return merkle.inclusion_proof([bytes(row) for row in leaves], index)
