@@ -1,0 +1,114 @@
+"""A real 2-rank gloo job on CPU: its card verifies and its train root is the root one
+process measures; a rank whose loader feeds other records, or skips some, is caught."""
+import os
+
+import numpy as np
+import pytest
+import torch.multiprocessing as mp
+import yaml
+
+from cards import card as cardlib
+
+LIARS = ("honest", "swaps", "skips")
+
+
+def _swaps(shard, index):
+    """A loader whose data changed after measuring: one record of each batch differs."""
+    x = shard.x[index].copy()
+    x[0] += 0.5
+    return index, x, shard.y[index]
+
+
+def _skips(shard, index):
+    """A loader that drops the first record of each batch and says so."""
+    return index[1:], shard.x[index[1:]], shard.y[index[1:]]
+
+
+def _rank(rank, world, init_file, config_path, out):
+    import torch
+    import torch.distributed as dist
+
+    from attest import distributed
+    from attest.config import load_config
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        config = load_config(config_path)
+        for job in LIARS:
+            feed = {"swaps": _swaps, "skips": _skips}.get(job) if rank == 1 else None
+            distributed.train(config, os.path.join(out, job), feed=feed, progress=lambda _: None)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def cards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    rng = np.random.default_rng(0)
+    x = rng.random((203, 8), dtype=np.float32)
+    np.savez(root / "data.npz", x=x, y=(x[:, 0] * 3).astype(np.int64))
+    config = {"name": "ddp", "dataset": {"name": "data.npz", "classes": 3},
+              "model": {"arch": "mlp", "hidden": [8]},
+              "training": {"epochs": 2, "batch_size": 16, "lr": 0.1},
+              "attestation": {"backend": "sim", "sim_dir": str(root / "sim")},
+              "release_key": None}
+    (root / "run.yaml").write_text(yaml.safe_dump(config))
+    mp_env = pytest.MonkeyPatch()
+    mp_env.setenv("LAMINATE_HOME", str(root / "home"))
+    try:
+        mp.spawn(_rank, args=(2, str(root / "init"), str(root / "run.yaml"), str(root / "out")),
+                 nprocs=2, join=True)
+    finally:
+        mp_env.undo()
+    return root
+
+
+def _appraise(root, job):
+    from enclave_sim.device import SimDevice
+    from verifier.appraise import appraise
+    from verifier.policy import Policy
+
+    out = root / "out" / job
+    data = (out / "card.cbor").read_bytes()
+    claims = cardlib.open_card(data).claims
+    policy = Policy.from_mapping({
+        "policy_id": "ddp", "allow_backends": ["sim"],
+        "trusted_roots": [SimDevice(root / "sim").root_certificate_pem().decode()],
+        "trusted_release_keys": [(out / "release-public.pem").read_text()],
+        "reference_values": {"code": [claims["training"]["code"]["wrapper_sha256"]]}})
+    return appraise(data, policy=policy, model_path=out / "model.onnx"), claims
+
+
+@pytest.mark.slow
+def test_two_rank_card_verifies_with_the_single_process_root(cards):
+    from attest import datasets
+    from attest.config import load_config
+    from attest.measure import dataset_claim
+
+    result, claims = _appraise(cards, "honest")
+    assert result.exit_code == 0, result.to_table()
+    for name in ("distributed_shards", "distributed_root", "distributed_feed", "distributed_code"):
+        assert result.get(name).status == "affirming", name
+    full = datasets.load_from_config(load_config(cards / "run.yaml"))
+    train, _ = datasets.split(full, 0.2, 0)
+    assert claims["dataset"]["train"]["merkle_root"] == \
+        dataset_claim("t", train.records(), 3)["merkle_root"]
+    ranks = claims["training"]["distributed"]["ranks"]
+    assert [(r["first"], r["records"]) for r in ranks] == [(0, 81), (81, 81)]
+
+
+@pytest.mark.slow
+def test_rank_feeding_other_records_than_it_measured_is_caught(cards):
+    result, _ = _appraise(cards, "swaps")
+    check = result.get("distributed_feed")
+    assert check.status == "contraindicated" and check.field.endswith("ranks[1].fed[0].shard_digest")
+    assert "rank 1 fed records in epoch 1 that differ from the shard it measured" in check.reason
+
+
+@pytest.mark.slow
+def test_rank_skipping_records_is_caught(cards):
+    result, _ = _appraise(cards, "skips")
+    check = result.get("distributed_feed")
+    assert check.status == "contraindicated" and check.field.endswith("ranks[1].fed[0].records")
+    assert "rank 1 fed 75 of its 81 records in epoch 1" in check.reason
