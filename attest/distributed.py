@@ -173,7 +173,9 @@ def train(config, out_dir, *, feed=None, progress=None, release_key=None, backen
                               opening_path=None, card_bytes=card_bytes, claims=session.claims)
 
 
-def _train(ddp, shard, first, feed, config, records, world, rank, progress) -> list:
+def _train(ddp, shard, first, feed, config, records, world, rank, progress, *,
+           measure_feed: bool = True) -> list:
+    """The DDP loop; `measure_feed=False` is the plain loop benchmarks compare against."""
     import torch
     from torch import nn
 
@@ -194,14 +196,16 @@ def _train(ddp, shard, first, feed, config, records, world, rank, progress) -> l
             if not len(index):
                 index = order[:1]
             index, x, y = feed(shard, index)   # the positions the loader says it read
-            log.add(index, x, y)
+            if measure_feed:
+                log.add(index, x, y)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(ddp(torch.from_numpy(np.ascontiguousarray(x, np.float32))),
                            torch.from_numpy(np.asarray(y, np.int64)))
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-        fed.append(log.report(epoch))
+        if measure_feed:
+            fed.append(log.report(epoch))
         if rank == 0:
             progress(f"[ddp x{world}] epoch {epoch}/{training['epochs']}  loss {np.mean(losses):.4f}")
     return fed
