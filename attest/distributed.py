@@ -36,9 +36,12 @@ def _default_feed(shard: ds.ArrayData, index: np.ndarray):
 class FeedLog:
     """The leaves of the records a rank fed in one epoch, at their shard positions."""
 
-    def __init__(self, first: int, records: int):
+    def __init__(self, first: int, records: int, baseline: np.ndarray | None = None):
+        """`baseline`: the measured leaves, under Poisson sampling (DP-SGD), where an epoch
+        need not read every record; positions fed replace them."""
         self.first, self.records = first, records
-        self.leaves = np.zeros((records, 32), np.uint8)
+        self.leaves = (np.zeros((records, 32), np.uint8) if baseline is None
+                       else baseline.copy())
         self.seen = np.zeros(records, bool)
         self.fed = 0
 
@@ -53,10 +56,10 @@ class FeedLog:
                 "shard_digest": shards.shard_digest(roots).hex()}
 
 
-def measure_shard(shard: ds.ArrayData, first: int, classes: int) -> dict:
+def measure_shard(shard: ds.ArrayData, first: int, classes: int, leaves=None) -> dict:
     """A rank's report on its shard before training: where it sits, the roots that tile
     it, its label histogram."""
-    leaves = fasthash.leaf_hashes(shard.x, shard.y)
+    leaves = fasthash.leaf_hashes(shard.x, shard.y) if leaves is None else leaves
     return {"first": first, "records": len(shard),
             "range_roots": [r.hex() for r in fasthash.range_roots(leaves, first)],
             "label_histogram": np.bincount(shard.y, minlength=classes).astype(int).tolist()}
@@ -77,9 +80,6 @@ def combine(name: str, reports: list[dict], classes: int, features: list[int]) -
 
 
 def _check_config(config) -> None:
-    if config["dp"]["enabled"]:
-        raise LaminateError("dp.enabled: DP-SGD under distributed training is not supported "
-                            "yet; train with one process")
     if config["watermark"]["enabled"]:
         raise LaminateError("watermark.enabled: the watermark under distributed training is "
                             "not supported yet; train with one process")
@@ -112,7 +112,8 @@ def train(config, out_dir, *, feed=None, progress=None, release_key=None, backen
     classes, name = full.classes, config["dataset"]["name"]
     first, stop = shards.shard_bounds(len(train_set), world, rank)
     shard = train_set.subset(f"{train_set.name}[{first}:{stop}]", np.arange(first, stop))
-    report = measure_shard(shard, first, classes)
+    leaves = fasthash.leaf_hashes(shard.x, shard.y)
+    report = measure_shard(shard, first, classes, leaves)
     report["wrapper_sha256"] = code_claim(None)["wrapper_sha256"]
     reports: list = [None] * world
     dist.all_gather_object(reports, report)
@@ -141,8 +142,17 @@ def train(config, out_dir, *, feed=None, progress=None, release_key=None, backen
         progress(f"measured: {world} ranks' shards of the train split ({len(train_set)} records), "
                  f"test split ({len(test_set)} records) on the {backend.name} backend")
     try:
-        ddp = DistributedDataParallel(model)      # broadcasts rank 0's (measured) start
-        fed = _train(ddp, shard, first, feed, config, len(train_set), world, rank, progress)
+        dp = None
+        if config["dp"]["enabled"]:
+            from attest.distributed_dp import DistributedDP
+
+            dp = DistributedDP(model, config["training"], config["dp"], records=len(train_set),
+                               epochs=config["training"]["epochs"], world=world)
+            ddp = dp.model
+        else:
+            ddp = DistributedDataParallel(model)      # broadcasts rank 0's (measured) start
+        fed = _train(ddp, shard, first, feed, config, len(train_set), world, rank, progress,
+                     dp=dp, baseline=leaves)
         fed_reports: list = [None] * world
         dist.all_gather_object(fed_reports, fed)
         if rank != 0:
@@ -150,11 +160,12 @@ def train(config, out_dir, *, feed=None, progress=None, release_key=None, backen
         claim = {"world_size": world, "backend": dist.get_backend(), "assignment": shards.ASSIGNMENT,
                  "shard_digest": shards.SHARD_DIGEST,
                  "ranks": [{"rank": i, **reports[i], "fed": fed_reports[i]} for i in range(world)]}
-        session.measure_dp(None)
+        session.measure_dp(_dp_claim(dp, world) if dp else None)
         session.measure_watermark(None)
         session.measure_distributed(claim)
         model_path = out_dir / single.MODEL_NAME
-        diff = single.export.export_checked(ddp.module, test_set.x, model_path)
+        module = dp.release_model() if dp else ddp.module
+        diff = single.export.export_checked(module, test_set.x, model_path)
         evaluation = single.evaluate(single._onnx_predictor(model_path), test_set, None)
         session.measure_evaluation(evaluation)
         session.measure_model(model_claim(model_path, config["name"]))
@@ -173,9 +184,20 @@ def train(config, out_dir, *, feed=None, progress=None, release_key=None, backen
                               opening_path=None, card_bytes=card_bytes, claims=session.claims)
 
 
+def _dp_claim(dp, world: int) -> dict:
+    import opacus
+
+    from attest.defenses.dp import dp_note
+    from attest.distributed_dp import note
+
+    return dp.claim(tight=True, note=note(dp_note(opacus_version=opacus.__version__,
+                                                  watermark=None), world))
+
+
 def _train(ddp, shard, first, feed, config, records, world, rank, progress, *,
-           measure_feed: bool = True) -> list:
-    """The DDP loop; `measure_feed=False` is the plain loop benchmarks compare against."""
+           measure_feed: bool = True, dp=None, baseline=None) -> list:
+    """The DDP loop; `measure_feed=False` is the plain loop benchmarks compare against.
+    Under `dp` (attest.distributed_dp) batches are Poisson samples of the shard."""
     import torch
     from torch import nn
 
@@ -183,31 +205,41 @@ def _train(ddp, shard, first, feed, config, records, world, rank, progress, *,
 
     training = config["training"]
     batch = training["batch_size"]
-    optimizer = single._make_optimizer(ddp.parameters(), training)
-    loss_fn = nn.CrossEntropyLoss()
-    steps = shards.steps_per_epoch(records, world, batch)
+    if dp is None:
+        optimizer = single._make_optimizer(ddp.parameters(), training)
+        step_fn, steps = optimizer.step, shards.steps_per_epoch(records, world, batch)
+    else:
+        optimizer, step_fn, steps = dp.optimizer, dp.step, dp.steps_per_epoch
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
     fed = []
     for epoch in range(1, training["epochs"] + 1):
-        log = FeedLog(first, len(shard))
-        order = np.random.default_rng([training["seed"], epoch, rank]).permutation(len(shard))
+        log = FeedLog(first, len(shard), baseline if dp else None)
+        rng = np.random.default_rng([training["seed"], epoch, rank])
+        order = rng.permutation(len(shard))
         losses = []
         for step in range(steps):
-            index = order[step * batch:(step + 1) * batch]
-            if not len(index):
-                index = order[:1]
+            if dp is not None:
+                index = np.flatnonzero(rng.random(len(shard)) < dp.sample_rate)
+            else:
+                index = order[step * batch:(step + 1) * batch]
+                if not len(index):
+                    index = order[:1]
             index, x, y = feed(shard, index)   # the positions the loader says it read
             if measure_feed:
                 log.add(index, x, y)
             optimizer.zero_grad(set_to_none=True)
+            # A mean that stays finite on an empty Poisson batch.
             loss = loss_fn(ddp(torch.from_numpy(np.ascontiguousarray(x, np.float32))),
-                           torch.from_numpy(np.asarray(y, np.int64)))
+                           torch.from_numpy(np.asarray(y, np.int64))) / max(len(y), 1)
             loss.backward()
-            optimizer.step()
+            step_fn()
             losses.append(float(loss.detach()))
         if measure_feed:
             fed.append(log.report(epoch))
         if rank == 0:
-            progress(f"[ddp x{world}] epoch {epoch}/{training['epochs']}  loss {np.mean(losses):.4f}")
+            spent = f"  epsilon {dp.epsilon():.2f}" if dp else ""
+            progress(f"[ddp x{world}] epoch {epoch}/{training['epochs']}  "
+                     f"loss {np.mean(losses):.4f}{spent}")
     return fed
 
 

@@ -9,7 +9,8 @@ import yaml
 
 from cards import card as cardlib
 
-LIARS = ("honest", "swaps", "skips")
+pytestmark = pytest.mark.timeout(1200)   # one module fixture runs five 2-rank jobs
+LIARS = ("honest", "swaps", "skips", "dp", "dp-swaps")
 
 
 def _swaps(shard, index):
@@ -36,8 +37,10 @@ def _rank(rank, world, init_file, config_path, out):
     try:
         config = load_config(config_path)
         for job in LIARS:
-            feed = {"swaps": _swaps, "skips": _skips}.get(job) if rank == 1 else None
-            distributed.train(config, os.path.join(out, job), feed=feed, progress=lambda _: None)
+            feed = {"swaps": _swaps, "skips": _skips, "dp-swaps": _swaps}.get(job) if rank else None
+            run = config.with_overrides(**{"dp.enabled": True, "dp.noise_multiplier": 1.0}) \
+                if job.startswith("dp") else config
+            distributed.train(run, os.path.join(out, job), feed=feed, progress=lambda _: None)
     finally:
         dist.destroy_process_group()
 
@@ -112,3 +115,24 @@ def test_rank_skipping_records_is_caught(cards):
     check = result.get("distributed_feed")
     assert check.status == "contraindicated" and check.field.endswith("ranks[1].fed[0].records")
     assert "rank 1 fed 75 of its 81 records in epoch 1" in check.reason
+
+
+@pytest.mark.slow
+def test_dp_sgd_across_ranks_is_accounted_once_and_verifies(cards):
+    from verifier.dp_check import expected_schedule
+
+    result, claims = _appraise(cards, "dp")
+    assert result.exit_code == 0, result.to_table()
+    dp = claims["defenses"]["dp"]
+    # One accountant for the job: the schedule one process would have over the whole split.
+    assert (dp["sample_rate"], dp["steps"]) == expected_schedule(162, 16, 2)
+    assert dp["privacy_accounting"] == "tight" and "2 ranks" in dp["note"]
+    for name in ("dp_config", "dp_epsilon", "distributed_feed"):
+        assert result.get(name).status == "affirming", result.get(name)
+
+
+@pytest.mark.slow
+def test_dp_rank_feeding_other_records_is_caught(cards):
+    result, _ = _appraise(cards, "dp-swaps")
+    check = result.get("distributed_feed")
+    assert check.status == "contraindicated" and check.field.endswith("shard_digest"), check

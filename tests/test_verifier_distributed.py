@@ -133,3 +133,25 @@ def test_unknown_field_in_the_section_is_a_format_error(kit, policy):
     result = appraise(_forged(kit, edit), policy=policy)
     check = result.get("card_format")
     assert check.status == CONTRAINDICATED and check.field.endswith("ranks[0].extra")
+
+
+@pytest.fixture(scope="module")
+def dp_kit(tmp_path_factory):
+    return cardkit.make_card(tmp_path_factory.mktemp("ddp-dp"), distributed=2)
+
+
+def test_dp_feed_counts_far_from_poisson_sampling_are_caught(dp_kit):
+    policy = Policy.load(dp_kit.policy_path)
+    assert appraise(dp_kit.card_bytes, policy=policy).get("distributed_feed").status == AFFIRMING
+
+    def edit(d):
+        d["ranks"][1]["fed"][0]["fed"] = 300     # 30 records x 60 steps at rate 1/60: 30 +- 139
+    _fails(dp_kit, policy, edit, "distributed_feed", "ranks[1].fed[0].fed",
+           "rank 1 in epoch 1: fed 300 records, Poisson sampling gives 30 +- 139")
+
+
+def test_dp_feed_with_more_distinct_records_than_fed_is_caught(dp_kit):
+    def edit(d):
+        d["ranks"][0]["fed"][3]["fed"] = 20
+    _fails(dp_kit, Policy.load(dp_kit.policy_path), edit, "distributed_feed",
+           "ranks[0].fed[3].fed", "30 distinct records fed, 20 in all, of 30")

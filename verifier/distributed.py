@@ -8,10 +8,15 @@ quote; `distributed_code` only compares the code digests the ranks report).
 """
 from __future__ import annotations
 
+import math
+
 from cards import merkle, shards
 from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, Check
 
 FIELD = "claims.training.distributed"
+# Under DP-SGD an epoch's feed count is a sum of independent Poisson draws: counts
+# outside Hoeffding's bound at this false-alarm rate are refused.
+FEED_ALPHA = 1e-9
 
 
 def checks(claims: dict) -> list[Check]:
@@ -83,6 +88,7 @@ def _feed(claims: dict, dist: dict) -> Check:
                      "the config names no positive epochs and batch_size to check the feeds by")
     n, world = claims["dataset"]["train"]["records"], dist["world_size"]
     steps = shards.steps_per_epoch(n, world, batch)
+    dp = claims["defenses"]["dp"]
     for i, rank in enumerate(dist["ranks"]):
         where = f"{FIELD}.ranks[{i}].fed"
         if [f["epoch"] for f in rank["fed"]] != list(range(1, epochs + 1)):
@@ -93,11 +99,16 @@ def _feed(claims: dict, dist: dict) -> Check:
         want = shards.expected_fed(rank["records"], steps, batch)
         for f in rank["fed"]:
             at = f"{where}[{f['epoch'] - 1}]"
-            if f["records"] != rank["records"]:
+            if dp is not None:
+                bad = _poisson_feed(dp, epochs, rank["records"], f)
+                if bad:
+                    return Check("distributed_feed", CONTRAINDICATED, f"{at}.fed",
+                                 f"rank {i} in epoch {f['epoch']}: {bad}")
+            elif f["records"] != rank["records"]:
                 return Check("distributed_feed", CONTRAINDICATED, f"{at}.records",
                              f"rank {i} fed {f['records']} of its {rank['records']} records "
                              f"in epoch {f['epoch']}")
-            if f["fed"] != want:
+            elif f["fed"] != want:
                 return Check("distributed_feed", CONTRAINDICATED, f"{at}.fed",
                              f"rank {i} fed {f['fed']} records in epoch {f['epoch']}, "
                              f"{want} expected")
@@ -105,8 +116,26 @@ def _feed(claims: dict, dist: dict) -> Check:
                 return Check("distributed_feed", CONTRAINDICATED, f"{at}.shard_digest",
                              f"rank {i} fed records in epoch {f['epoch']} that differ from "
                              "the shard it measured")
-    return Check("distributed_feed", AFFIRMING, FIELD,
-                 f"every rank fed exactly its measured shard in each of {epochs} epochs")
+    fed = ("exactly its measured shard" if dp is None else
+           "only records of its measured shard, as many as Poisson sampling gives,")
+    return Check("distributed_feed", AFFIRMING, FIELD, f"every rank fed {fed} in each of "
+                 f"{epochs} epochs")
+
+
+def _poisson_feed(dp: dict, epochs: int, records: int, fed: dict) -> str | None:
+    """Why a DP epoch's feed counts are impossible, or None: at most every record, each
+    distinct one fed at least once, and the count within Hoeffding's bound of
+    records x steps x rate (steps and rate from the DP claim, which dp_config checks)."""
+    per_epoch = dp["steps"] // epochs if epochs else 0
+    draws = records * per_epoch
+    slack = math.sqrt(draws * math.log(2 / FEED_ALPHA) / 2)
+    mean = draws * dp["sample_rate"]
+    if not fed["records"] <= min(records, fed["fed"]):
+        return f"{fed['records']} distinct records fed, {fed['fed']} in all, of {records}"
+    if abs(fed["fed"] - mean) > slack:
+        return (f"fed {fed['fed']} records, Poisson sampling gives {mean:.0f} +- {slack:.0f} "
+                f"(Hoeffding, alpha {FEED_ALPHA:g})")
+    return None
 
 
 def _code(claims: dict, dist: dict) -> Check:
