@@ -50,6 +50,14 @@ def run_train(args) -> int:
     if args.nproc < 1:
         raise LaminateError(f"--nproc: expected a positive number of processes, got {args.nproc}")
     if args.nproc > 1 and not distributed.in_job():
+        from attest.config import load_config
+
+        try:                                      # fail here, not in every rank
+            distributed.check_config(load_config(args.config))
+        except LaminateError as exc:
+            message = str(exc)
+            raise LaminateError(message if message.startswith(str(args.config))
+                                else f"{args.config}: {message}") from None
         forwarded = [f"--{name.replace('_', '-')}={value}" for name, value in
                      (("backend", args.backend), ("tpm", args.tpm), ("release_key", args.release_key),
                       ("epochs", args.epochs)) if value is not None]

@@ -79,7 +79,8 @@ def combine(name: str, reports: list[dict], classes: int, features: list[int]) -
             "merkle_root": root.hex()}
 
 
-def _check_config(config) -> None:
+def check_config(config) -> None:
+    """Refuse what distributed training does not support yet, naming the field."""
     if config["watermark"]["enabled"]:
         raise LaminateError("watermark.enabled: the watermark under distributed training is "
                             "not supported yet; train with one process")
@@ -101,7 +102,7 @@ def train(config, out_dir, *, feed=None, progress=None, release_key=None, backen
     from attest.models import build
     from attest.session import AttestedSession, make_out_dir
 
-    _check_config(config)
+    check_config(config)
     feed = feed or _default_feed
     progress = progress or single._print
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -254,7 +255,7 @@ def run_from_config(config_path, out_dir, *, progress=None, **overrides):
     config = load_config(config_path)
     if overrides:
         config = config.with_overrides(**overrides)
-    _check_config(config)
+    check_config(config)
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         return train(config, out_dir, progress=progress, **passthrough)

@@ -136,3 +136,17 @@ def test_dp_rank_feeding_other_records_is_caught(cards):
     result, _ = _appraise(cards, "dp-swaps")
     check = result.get("distributed_feed")
     assert check.status == "contraindicated" and check.field.endswith("shard_digest"), check
+
+
+@pytest.mark.parametrize("extra,reason", [
+    (["--nproc", "2"], "run.yaml: watermark.enabled: the watermark under distributed training "
+                       "is not supported yet"),
+    (["--nproc", "0"], "--nproc: expected a positive number of processes, got 0"),
+])
+def test_launch_refuses_before_starting_any_rank(tmp_path, capsys, extra, reason):
+    from laminate.cli import main
+
+    (tmp_path / "run.yaml").write_text("dataset: {name: digits}\nwatermark: {enabled: true}\n")
+    assert main(["train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert reason in err and "Traceback" not in err and not (tmp_path / "o").exists()
