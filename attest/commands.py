@@ -26,7 +26,7 @@ def register(sub) -> None:
     train.add_argument("--epochs", type=int, help="override training.epochs")
     train.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="train with N data-parallel processes on this machine (torchrun, "
-                       "gloo on CPU, nccl on GPUs); each measures its shard, rank 0 seals. "
+                       "gloo, on CPU); each measures its shard, rank 0 seals. "
                        "Under torchrun (several machines) every rank joins by itself")
     train.set_defaults(func=run_train)
 

@@ -1,5 +1,5 @@
 """Distributed data parallel training through the wrapper (torch.distributed, one process
-per rank, started by torchrun; gloo on CPU, nccl on GPUs).
+per rank, started by torchrun; gloo, on CPU: the wrapper trains on CPU throughout).
 
 Each rank measures its own contiguous shard of the train split (FORMAT.md, "Distributed
 training": rank r holds records [r*n//W, (r+1)*n//W)) as the roots of the aligned
@@ -246,7 +246,6 @@ def _train(ddp, shard, first, feed, config, records, world, rank, progress, *,
 
 def run_from_config(config_path, out_dir, *, progress=None, **overrides):
     """`laminate train` under torchrun: join the job the environment describes."""
-    import torch
     import torch.distributed as dist
 
     from attest.config import load_config
@@ -256,7 +255,7 @@ def run_from_config(config_path, out_dir, *, progress=None, **overrides):
     if overrides:
         config = config.with_overrides(**overrides)
     check_config(config)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group("gloo")      # the wrapper trains on CPU (no nccl path yet)
     try:
         return train(config, out_dir, progress=progress, **passthrough)
     finally:
