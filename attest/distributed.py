@@ -169,7 +169,8 @@ def train(config, out_dir, *, feed=None, progress=None, release_key=None, backen
         diff = single.export.export_checked(module, test_set.x, model_path)
         evaluation = single.evaluate(single._onnx_predictor(model_path), test_set, None)
         session.measure_evaluation(evaluation)
-        session.measure_model(model_claim(model_path, config["name"]))
+        session.measure_model({**model_claim(model_path, config["name"]),
+                               "preprocessing": ds.preprocessing_claim(test_set)})
         card_bytes = session.seal()
         paths = session.write(out_dir, card_bytes)
     finally:

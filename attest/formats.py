@@ -77,6 +77,12 @@ def batches(path, *, label_column: str = "label", batch: int = BATCH) -> Batches
     yield from _rebatch(reader(path, label_column), batch)
 
 
+def class_names(path) -> list[str] | None:
+    """An image folder's class names (its folder names, in label order), else None."""
+    path = Path(path)
+    return _classes(path) if kind_of(path) == "imagefolder" else None
+
+
 def class_count(path) -> int | None:
     """The class count a dataset declares (image folders: one per folder; Hugging Face:
     its ClassLabel names), or None when only the labels tell."""
@@ -141,8 +147,9 @@ def image_array(data: bytes, where: str) -> np.ndarray:
         raise
     except Exception as exc:  # Pillow raises many types for undecodable bytes
         raise LaminateError(f"{where}: not a readable image ({type(exc).__name__})") from None
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return array.astype(np.float32) / np.float32(255)
+    from attest.datasets import scale  # the card's stated rule: raw / 255
+
+    return scale(array[None] if array.ndim == 2 else array.transpose(2, 0, 1), 0.0, 255.0)
 
 
 def _read(path: Path) -> bytes:

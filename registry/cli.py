@@ -13,6 +13,7 @@ from cards.errors import LaminateError
 from .client import (
     cmd_dispute_open,
     cmd_dispute_show,
+    cmd_log_attach,
     cmd_log_consistency,
     cmd_log_submit,
     cmd_log_tree_head,
@@ -71,6 +72,22 @@ def register(sub) -> None:
                         help="COSE Receipt file (binary, or the base64 text the service returns)")
     verify.add_argument("--service-key", required=True, help="the service's public key PEM")
     verify.set_defaults(func=cmd_log_verify)
+
+    attach = log_sub.add_parser(
+        "attach", help="embed the log's receipt in a card (a transparent statement)",
+        description="Check that a COSE Receipt proves the card is in the log, then write the "
+                    "card with the receipt in its unprotected header (394): one file that "
+                    "`laminate verify --log-key` checks offline. The card's digest (its id "
+                    "everywhere) does not change. Without RECEIPT, the receipt is fetched "
+                    "from --server.")
+    attach.add_argument("card", help="card.cbor (may already carry receipts)")
+    attach.add_argument("receipt", nargs="?",
+                        help="COSE Receipt file (binary, or the base64 text the service returns)")
+    attach.add_argument("--out", required=True, help="write the transparent statement here")
+    attach.add_argument("--service-key", help="the service's public key PEM (needed with "
+                                              "RECEIPT; recommended with --server)")
+    _server_args(attach)
+    attach.set_defaults(func=cmd_log_attach)
 
     submit = log_sub.add_parser("submit", help="register a card with a service")
     submit.add_argument("card", help="card.cbor")

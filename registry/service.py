@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from cards import cbor, keys
-from cards.errors import LaminateError
+from cards.errors import CardFormatError, LaminateError
 from verifier.receipts import make_receipt
 
 from . import clocks, disputes
@@ -269,10 +269,15 @@ class Service:
     # writes --------------------------------------------------------------
     def register_card(self, card_bytes: bytes) -> tuple[int, dict]:
         """(201, registration) for a new card, (200, ...) if already registered,
-        (422, {"detail", "result"}) if the policy rejects it."""
-        from cards.card import open_card
+        (422, {"detail", "result"}) if the policy rejects it. A transparent statement (a
+        card carrying receipts) is the card it carries: it is logged and stored without
+        them, under the same id."""
+        from cards.card import card_digest, open_card, statement_bytes
 
-        card_id = hashlib.sha256(card_bytes).hexdigest()
+        try:
+            card_id, card_bytes = card_digest(card_bytes), statement_bytes(card_bytes)
+        except CardFormatError:
+            card_id = ""        # not a card envelope: the appraisal says why, below
         existing = self.find_card(card_id)
         if existing is not None:
             return 200, {**self.registration(existing), "already_registered": True}

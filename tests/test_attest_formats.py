@@ -35,8 +35,8 @@ def _images(mode="L", per_class=4, size=(5, 6)):
 def _expected_root(samples):
     leaves = []
     for pixels, label, _ in samples:
-        x = pixels.astype(np.float32) / np.float32(255)
-        x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
+        x = datasets.scale(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1),
+                           0.0, 255.0)
         leaves.append(merkle.leaf_hash(measure.record_bytes(x, label)))
     return merkle.root_of(leaves).hex()
 
@@ -103,7 +103,7 @@ def test_image_folder_parquet_webdataset_and_huggingface_give_one_root(tmp_path,
 def test_numbers_as_lists_csv_and_npz_give_the_image_root(tmp_path):
     samples = _images("L")
     expected = _expected_root(samples)
-    x = np.stack([p.astype(np.float32) / np.float32(255) for p, _, _ in samples]).reshape(len(samples), -1)
+    x = np.stack([datasets.scale(p, 0.0, 255.0) for p, _, _ in samples]).reshape(len(samples), -1)
     y = np.array([label for _, label, _ in samples])
     pq.write_table(pa.table({"pixels": pa.array(list(x), pa.list_(pa.float32())), "label": y}),
                    tmp_path / "lists.parquet")
@@ -154,6 +154,8 @@ def test_config_trains_on_an_image_folder_by_path(tmp_path):
     config = from_dict({"dataset": {"name": "imgs"}}, source=tmp_path / "run.yaml")
     data = datasets.load_from_config(config)
     assert data.classes == CLASSES and data.input_shape == (1, 6, 5) and len(data) == 12
+    claim = datasets.preprocessing_claim(data)
+    assert claim["divide"] == 255.0 and claim["class_names"] == ["class-0", "class-1", "class-2"]
 
 
 @pytest.mark.parametrize("build,reason", [
