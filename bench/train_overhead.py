@@ -13,6 +13,7 @@ provider's machine that already has them. Target (issue): overhead <= 5%; Atlas 
 
     python bench/train_overhead.py           # full size: plain training >= 30 s, 3 pairs
     python bench/train_overhead.py --quick   # digits + MLP: seconds
+    python bench/train_overhead.py --ddp 2   # N gloo ranks: wrapper vs plain DDP (bench/ddp_overhead.py)
 Writes bench/results/train_overhead.json.
 """
 import argparse
@@ -69,8 +70,19 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the epoch count")
     parser.add_argument("--repeats", type=int, default=3,
                         help="alternating plain/wrapper pairs; medians are reported (default 3)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_overhead.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default bench/results/train_overhead.json, "
+                        "or ddp_overhead.json with --ddp)")
+    parser.add_argument("--ddp", type=int, default=None, metavar="N",
+                        help="compare distributed training over N gloo ranks with plain DDP")
     args = parser.parse_args()
+    if args.ddp:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from ddp_overhead import run
+
+        return run(args.ddp, args.quick, args.epochs, args.repeats,
+                   args.out or ROOT / "bench" / "results" / "ddp_overhead.json")
+    args.out = args.out or ROOT / "bench" / "results" / "train_overhead.json"
     import torch
     import yaml
 

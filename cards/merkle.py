@@ -77,6 +77,19 @@ class MerkleTree:
             n += 1
         self.size = n
 
+    def add_subtree(self, h: bytes, height: int) -> None:
+        """Append the root of a perfect subtree of 2**height leaves; the tree's size must
+        be a multiple of 2**height (the blocks of `range_blocks` always are)."""
+        if height < 0 or self.size & ((1 << height) - 1):
+            raise ValueError(f"a subtree of 2**{height} leaves cannot follow {self.size} leaves")
+        stack = self._stack
+        while (self.size >> height) & 1:
+            h = _sha256(b"\x01" + stack.pop() + h).digest()
+            self.size -= 1 << height
+            height += 1
+        stack.append(h)
+        self.size += 1 << height
+
     def root(self) -> bytes:
         """The RFC 9162 root of the records added so far (EMPTY_ROOT if none)."""
         stack = self._stack
@@ -101,6 +114,38 @@ def root_of(leaf_hashes: Sequence[bytes]) -> bytes:
         level = [_sha256(b"\x01" + a + b).digest()
                  for a, b in zip(level[0::2], level[1::2])] + odd
     return bytes(level[0])
+
+
+def range_blocks(begin: int, end: int) -> list[tuple[int, int]]:
+    """The compact range of leaves [begin, end): the aligned perfect subtrees
+    (start, height) that tile it left to right. Each is a node of the RFC 9162 tree of any
+    size >= end, so the roots of consecutive ranges rebuild the whole tree's root."""
+    if not (_is_count(begin) and _is_count(end)) or begin > end:
+        raise ValueError(f"bad leaf range [{begin}, {end})")
+    blocks = []
+    while begin < end:
+        height = (end - begin).bit_length() - 1
+        if begin:
+            height = min(height, (begin & -begin).bit_length() - 1)
+        blocks.append((begin, height))
+        begin += 1 << height
+    return blocks
+
+
+def root_of_ranges(ranges: Iterable[Sequence[bytes]], sizes: Iterable[int]) -> bytes:
+    """The root of a tree given, in order, each consecutive range's subtree roots (as
+    `range_blocks` lays them out) and its leaf count. Raises ValueError when a range's
+    root count does not fit its position."""
+    tree = MerkleTree()
+    for roots, size in zip(ranges, sizes):
+        blocks = range_blocks(tree.size, tree.size + size)
+        roots = list(roots)
+        if len(roots) != len(blocks) or not _hashes_ok(*roots):
+            raise ValueError(f"range of {size} leaves at {tree.size} needs {len(blocks)} "
+                             f"subtree roots, got {len(roots)}")
+        for h, (_, height) in zip(roots, blocks):
+            tree.add_subtree(bytes(h), height)
+    return tree.root()
 
 
 def _split(n: int) -> int:

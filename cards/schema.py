@@ -348,6 +348,17 @@ DP_CLAIM = record({
     "epsilon": number(0.0, allow_infinity=True),
     "privacy_accounting": one_of("tight", "not tight"), "non_dp_records": integer(),
     "note": text})
+# Training spread over ranks (FORMAT.md, "Distributed training"); absent for one process.
+_rank = record({
+    "rank": integer(), "first": integer(), "records": integer(),
+    "range_roots": array_of(hex_digest), "label_histogram": array_of(integer()),
+    "wrapper_sha256": hex_digest,
+    "fed": array_of(record({"epoch": integer(1), "records": integer(), "fed": integer(),
+                            "shard_digest": hex_digest}))})
+DISTRIBUTED_CLAIM = record({
+    "world_size": integer(1), "backend": non_empty_text,
+    "assignment": one_of("contiguous-v1"), "shard_digest": one_of("range-roots-v1"),
+    "ranks": array_of(_rank, 1)})
 WATERMARK_CLAIM = record({
     "scheme": one_of("laminate-trigger-v1"), "commitment": hex_digest,
     "trigger_count": integer(1), "classes": integer(2), "schedule": one_of("joint", "split")})
@@ -360,7 +371,7 @@ CLAIMS = record({
     "start": start,
     "training": record({
         "config": map_of(plain), "config_sha256": hex_digest, "code": _code,
-        "framework": map_of(text)}),
+        "framework": map_of(text)}, optional={"distributed": DISTRIBUTED_CLAIM}),
     "defenses": record({"dp": nullable(DP_CLAIM), "watermark": nullable(WATERMARK_CLAIM)}),
     "evaluation": record({
         "accuracy": unit, "per_class_accuracy": array_of(unit), "test_records": integer(),
@@ -432,6 +443,8 @@ EVENT_CLAIMS: dict[str, EventClaim] = {e.type: e for e in (
     EventClaim("defense.dp", 23, "claims.defenses.dp", lambda c: c["defenses"]["dp"], True),
     EventClaim("defense.watermark", 23, "claims.defenses.watermark",
                lambda c: c["defenses"]["watermark"], True),
+    EventClaim("distributed", 23, "claims.training.distributed",
+               lambda c: c["training"].get("distributed"), True),
     EventClaim("evaluation", 23, "claims.evaluation", lambda c: c["evaluation"]),
     EventClaim("model", 23, "claims.model", lambda c: c["model"]),
 )}

@@ -127,6 +127,29 @@ def fake_records(count, *, seed):
         yield rng.random(FEATURES, dtype=np.float32), i % CLASSES
 
 
+def distributed_claim(world: int, config: dict, wrapper_sha256: str) -> dict:
+    """The section `world` honest ranks would report for the kit's train records."""
+    from attest import datasets
+    from attest.distributed import measure_shard
+    from cards import shards
+
+    pairs = list(fake_records(TRAIN_RECORDS, seed=1))
+    data = datasets.ArrayData("kit-train", np.stack([x for x, _ in pairs]),
+                              np.array([y for _, y in pairs]), CLASSES)
+    epochs, batch = config["training"]["epochs"], config["training"]["batch_size"]
+    steps = shards.steps_per_epoch(TRAIN_RECORDS, world, batch)
+    ranks = []
+    for rank in range(world):
+        first, stop = shards.shard_bounds(TRAIN_RECORDS, world, rank)
+        report = measure_shard(data.subset("s", np.arange(first, stop)), first, CLASSES)
+        digest = shards.shard_digest(bytes.fromhex(h) for h in report["range_roots"]).hex()
+        fed = [{"epoch": e, "records": stop - first, "shard_digest": digest,
+                "fed": shards.expected_fed(stop - first, steps, batch)} for e in range(1, epochs + 1)]
+        ranks.append({"rank": rank, **report, "wrapper_sha256": wrapper_sha256, "fed": fed})
+    return {"world_size": world, "backend": "gloo", "assignment": shards.ASSIGNMENT,
+            "shard_digest": shards.SHARD_DIGEST, "ranks": ranks}
+
+
 def dp_claim(**overrides) -> dict:
     """A DP claim with the kit's parameters; epsilon recomputed unless overridden."""
     params = {**DP_DEFAULTS, **{k: v for k, v in overrides.items() if k in DP_DEFAULTS}}
@@ -140,7 +163,7 @@ def dp_claim(**overrides) -> dict:
 
 def make_card(tmp_path, *, backend="sim", key_kind="ed25519", tcti=None, dp=True,
               watermark_claim=True, evaluation=None, config=None, entry_point=Path(__file__),
-              policy=None, start=None, **forgery) -> CardKit:
+              policy=None, start=None, distributed=None, **forgery) -> CardKit:
     """Seal an honest card in tmp_path; any `forge` keyword then forges it.
 
     entry_point: the script measured as the entry point (None: the card says none).
@@ -181,6 +204,9 @@ def make_card(tmp_path, *, backend="sim", key_kind="ed25519", tcti=None, dp=True
         session.measure_watermark(claim)
     else:
         session.measure_watermark(None)
+    if distributed is not None:
+        session.measure_distributed(distributed_claim(distributed, config or CONFIG,
+                                                      code["wrapper_sha256"]))
     session.measure_evaluation({**EVALUATION, **(evaluation or {}),
                                 **({} if watermark_claim is not None
                                    else {"watermark_accuracy": None})})

@@ -14,7 +14,7 @@ from pathlib import Path
 from cards import cbor, cose, schema
 from cards.card import open_card
 from cards.errors import CardFormatError, LaminateError
-from verifier import binomial, dp_check, provenance, receipts
+from verifier import binomial, distributed, dp_check, provenance, receipts
 from verifier.evidence import check_evidence
 from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, WARNING, Check, Result
 
@@ -93,6 +93,7 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None,
         checks.append(dp_check.check_delta(dp, claims["dataset"]["train"]["records"], policy))
         checks.append(dp_check.check_non_dp_records(dp, policy))
         checks.append(dp_check.check_accounting(dp, claims["start"], policy))
+    checks.extend(distributed.checks(claims))
     watermark = claims["defenses"]["watermark"]
     if watermark is not None:
         checks.append(_watermark_power(watermark, claims["evaluation"], policy))
