@@ -329,9 +329,29 @@ DP_CLAIM = record({
     "epsilon": number(0.0, allow_infinity=True),
     "privacy_accounting": one_of("tight", "not tight"), "non_dp_records": integer(),
     "note": text})
-WATERMARK_CLAIM = record({
-    "scheme": one_of("laminate-trigger-v1"), "commitment": hex_digest,
-    "trigger_count": integer(1), "classes": integer(2), "schedule": one_of("joint", "split")})
+_WATERMARKS = {
+    "laminate-trigger-v1": record({
+        "scheme": one_of("laminate-trigger-v1"), "commitment": hex_digest,
+        "trigger_count": integer(1), "classes": integer(2), "schedule": one_of("joint", "split")}),
+    "laminate-ewe-v1": record({
+        "scheme": one_of("laminate-ewe-v1"), "commitment": hex_digest,
+        "trigger_count": integer(1), "keys": integer(1, 64), "classes": integer(3),
+        "schedule": one_of("joint", "split"), "train_root": hex_digest,
+        "train_records": integer(1)}),
+}
+
+
+def WATERMARK_CLAIM(value) -> None:
+    """A watermark claim: the record its ``scheme`` names."""
+    if type(value) is not dict:
+        _fail(f"expected a map, got {_type_name(value)}")
+    kind = value.get("scheme")
+    if type(kind) is not str or kind not in _WATERMARKS:
+        _fail_at("scheme", "missing" if "scheme" not in value else
+                 f"expected one of {', '.join(map(repr, _WATERMARKS))}, got {kind!r}"[:200])
+    _WATERMARKS[kind](value)
+
+
 CLAIMS = record({
     "model": record({
         "name": text, "format": one_of("onnx"), "sha256": hex_digest, "size": integer(),

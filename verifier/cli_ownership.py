@@ -52,7 +52,7 @@ def run(args) -> int:
     alpha outside (0, 1), an unusable suspect) raise LaminateError, which the CLI prints as
     one line with exit 2."""
     from cards.card import open_card
-    from cards.watermark import Opening
+    from cards.ewe import load_opening
     from verifier.ownership import ownership_test
     from verifier.suspect import open_suspect
 
@@ -73,7 +73,7 @@ def run(args) -> int:
     card = open_card(_read(args.card, "card"))
     if not args.opening.is_file():
         raise LaminateError(f"{args.opening}: watermark opening not found")
-    opening = Opening.load(args.opening)
+    opening = load_opening(args.opening)
     watermark = card.claims["defenses"]["watermark"]
     if watermark is None:
         raise LaminateError(f"{args.card}: claims.defenses.watermark: the card carries "

@@ -74,6 +74,10 @@ def ownership_test(opening, watermark_claim, suspect, *, alpha: float = 1e-6) ->
                             "so there is nothing to test ownership against")
     if not 0.0 < alpha < 1.0:
         raise LaminateError(f"alpha: must be between 0 and 1, got {alpha}")
+    if watermark_claim["scheme"] == "laminate-ewe-v1":
+        from verifier import ewe_null
+
+        return ewe_null.ownership(opening, watermark_claim, suspect, alpha=alpha)
     count, classes = watermark_claim["trigger_count"], watermark_claim["classes"]
     if type(count) is not int or not 1 <= count <= MAX_TRIGGERS:
         raise LaminateError(f"claims.defenses.watermark.trigger_count: {count!r} triggers; "
@@ -87,7 +91,7 @@ def ownership_test(opening, watermark_claim, suspect, *, alpha: float = 1e-6) ->
             elapsed_ms=(time.perf_counter() - started) * 1000.0)
 
     parameters = opening.parameters
-    if (not opening.matches(watermark_claim["commitment"])
+    if (parameters.get("scheme") != watermark_claim["scheme"] or not opening.matches(watermark_claim["commitment"])
             or parameters.get("scheme") != watermark_claim["scheme"]
             or parameters.get("trigger_count") != count
             or parameters.get("classes") != classes):
