@@ -21,7 +21,7 @@ def statistic(answers, sources, targets) -> int:
     return sum(sum(1 for a in row if a == t) for row, t in zip(answers, targets))
 
 
-def p_value(answers, sources, classes: int) -> callable:
+def p_value(answers, sources, classes: int) -> Callable[[int], Fraction]:
     """The exact null tail function of a suspect's answers: s -> P(S' >= s) as a Fraction,
     where S' = sum_k N_k(T_k) and each T_k is uniform over the classes other than s_k."""
     dist = {0: 1}                                   # sum -> number of target tuples
