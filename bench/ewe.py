@@ -219,10 +219,14 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", default="digits,mnist-5k")
     ap.add_argument("--no-dp", action="store_true", help="skip the DP-SGD victims")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--epochs", type=int, default=None, help="victim and thief epochs (default 15)")
+    ap.add_argument("--name", default=None, help="result file name (default ewe, ewe-quick)")
     a = ap.parse_args(argv)
     s = ({"victim_epochs": 3, "epochs": 3, "independents": 3, "budgets": [200], "nc_steps": 10, "dp": False}
          if a.quick else {"victim_epochs": 15, "epochs": 15, "independents": 24, "budgets": [1000, 10000],
                           "nc_steps": 60, "dp": not a.no_dp})
+    if a.epochs:
+        s.update(victim_epochs=a.epochs, epochs=a.epochs)
     torch.set_num_threads(1)
     report = {"alpha": ALPHA, "retain": RETAIN, "sizes": s, "datasets": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -231,7 +235,7 @@ def main(argv=None) -> int:
             print(d, json.dumps({k: {kk: v[kk] for kk in ("tpr", "fpr", "victim_accuracy", "accuracy_cost_points")}
                                  for k, v in report["datasets"][d]["schemes"].items()}), flush=True)
     out = Path(a.out)
-    name = "ewe-quick" if a.quick else "ewe"
+    name = a.name or ("ewe-quick" if a.quick else "ewe")
     (out / f"{name}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     plot(report, out / f"{name}.png")
     print(f"wrote {out / name}.json and .png")
