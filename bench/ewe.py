@@ -153,7 +153,7 @@ def run_dataset(name, s, tmp):
             for sched in ("joint", "split"):
                 c2, r2, o2 = train_victim(victim, test, "ewe", s["victim_epochs"], sched, tmp, 0)
                 m2 = _torch_from_onnx_run(r2, shape)
-                ko = th.knockoff(lambda x: th.predict(m2, x), own[0], budget=1000, kind="in", arch="mlp",
+                ko = th.knockoff(lambda x, m=m2: th.predict(m, x), own[0], budget=1000, kind="in", arch="mlp",
                                  shape=shape, classes=10, epochs=s["epochs"], seed=11)
                 result["schemes"]["ewe"]["dp"][sched] = {
                     "accuracy": r2.claims["evaluation"]["accuracy"],
