@@ -91,7 +91,7 @@ def ownership(opening, claim, suspect, *, alpha: float):
         return OwnershipResult(verdict=verdict, p_value=float(p), queries=queries,
                                matches=matches, match_rate=matches / queries if queries else 0.0,
                                alpha=alpha, trigger_count=count, classes=classes, reason=reason,
-                               elapsed_ms=(time.perf_counter() - started) * 1000.0)
+                               elapsed_ms=(time.perf_counter() - started) * 1000.0, test="ewe")
 
     if (params.get("scheme") != claim["scheme"] or params.get("classes") != classes
             or params.get("keys") != claim["keys"]

@@ -36,6 +36,7 @@ class OwnershipResult:
     classes: int
     reason: str
     elapsed_ms: float
+    test: str = "sequential"   # "sequential" (binomial, 1/C) or "ewe" (conditional, FORMAT.md)
 
     @property
     def shown(self) -> bool:
@@ -56,7 +57,12 @@ class OwnershipResult:
         was queried."""
         head = "OWNERSHIP SHOWN" if self.shown else "ownership NOT shown"
         lines = [f"{head}: {self.reason}"]
-        if self.queries:
+        if self.queries and self.test == "ewe":
+            lines.append(
+                f"  matches {self.matches}/{self.queries} (rate {self.match_rate:.3f}), exact "
+                f"conditional p-value {self.p_value:.3g} over the seed-drawn targets (alpha "
+                f"{self.alpha:g}, all {self.trigger_count} inputs asked once), {self.elapsed_ms:.0f} ms")
+        elif self.queries:
             lines.append(
                 f"  matches {self.matches}/{self.queries} (rate {self.match_rate:.3f}, chance "
                 f"{1 / self.classes:.3f}), p-value {self.p_value:.3g} (alpha {self.alpha:g}, "

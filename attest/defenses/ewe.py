@@ -71,8 +71,8 @@ def place(model: nn.Module, x_source: np.ndarray, x_other: np.ndarray, pattern: 
           taken: np.ndarray) -> tuple[int, int]:
     """Algorithm 1 lines 2-3: the window (row, col) where the SNNL gradient of stamped
     source records against records of other classes, convolved with the pattern's size,
-    is largest; windows overlapping an earlier key's (``taken``) are skipped. The
-    targets are never read here."""
+    is largest, among the windows sharing the fewest pixels with earlier keys' patterns
+    (``taken`` counts them). The targets are never read here."""
     xs = torch.from_numpy(x_source).requires_grad_(True)
     x = torch.cat([xs, torch.from_numpy(x_other)])
     w = torch.cat([torch.ones(len(xs)), torch.zeros(len(x_other))])
@@ -81,13 +81,14 @@ def place(model: nn.Module, x_source: np.ndarray, x_other: np.ndarray, pattern: 
     (grad,) = torch.autograd.grad(loss, xs)
     heat = grad.abs().sum(dim=tuple(range(grad.dim() - 2))).numpy()        # (H, W)
     side = pattern.shape[-1]
-    best, where = -1.0, (0, 0)
+    best: tuple | None = None
+    where = (0, 0)
     for r in range(heat.shape[0] - side + 1):
         for c in range(heat.shape[1] - side + 1):
-            if taken[r:r + side, c:c + side].any():
-                continue
-            score = float(heat[r:r + side, c:c + side].sum())
-            if score > best:
+            # Fewest pixels shared with earlier keys first (small inputs cannot keep every
+            # pattern apart), then the largest gradient.
+            score = (-int(taken[r:r + side, c:c + side].sum()), float(heat[r:r + side, c:c + side].sum()))
+            if best is None or score > best:
                 best, where = score, (r, c)
     return where
 
@@ -178,13 +179,13 @@ def create(session, model: nn.Module, train, *, trigger_count: int, classes: int
                                 f"an EWE key needs {per_key}")
         records.append(_rng(wm_seed, f"records {k}").permutation(members)[:TRAIN_PER_KEY])
     probe = _warm_copy(model, train, lr, seed)
-    taken = np.zeros(shape[-2:], dtype=bool)
+    taken = np.zeros(shape[-2:], dtype=np.int64)
     positions = []
     other_rng = _rng(wm_seed, "placement")
     for k, s in enumerate(sources):
         other = other_rng.choice(np.flatnonzero(train.y != s), size=32, replace=False)
         r, c = place(probe, train.x[records[k][:32]], train.x[other], patterns[k], taken)
-        taken[r:r + patch, c:c + patch] = True
+        taken[r:r + patch, c:c + patch] += 1
         positions.append((r, c))
     # Targets are read only from here on: the positions above never depended on them.
     for t in targets:
