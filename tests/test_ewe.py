@@ -19,7 +19,7 @@ from verifier import ewe_null
 from verifier.appraise import appraise
 from verifier.ownership import OPENING_MISMATCH, ownership_test
 from verifier.policy import Policy
-from verifier.result import AFFIRMING, CONTRAINDICATED
+from verifier.result import AFFIRMING, CONTRAINDICATED, WARNING
 
 
 def _train_split(n=60, classes=4, seed=1):
@@ -195,8 +195,26 @@ def test_tamper_watermark_records_root(tmp_path):
 
 
 def test_weak_ewe_watermark_warns(tmp_path):
-    k = _ewe_kit(tmp_path)
+    """A measured watermark accuracy too low for 7 keys out of 10 to be hit: warning."""
     assert ewe_null.keys_needed(10, 10, 1e-6) == 7
-    assert ewe_null.power(0.02, 10, 10, 10, 1e-6) < 0.1
     assert ewe_null.power(0.3, 10, 10, 10, 1e-6) > 0.95
-    del k
+    train = measure.dataset_claim("kit-train", cardkit.fake_records(cardkit.TRAIN_RECORDS, seed=1),
+                                  cardkit.CLASSES)
+    k = cardkit.make_card(tmp_path, evaluation={"watermark_accuracy": 0.02}, watermark_claim={
+        "scheme": ewe.SCHEME, "keys": 10, "trigger_count": 100,
+        "train_root": train["merkle_root"], "train_records": train["records"]})
+    result = appraise(k.card_bytes, policy=Policy.load(k.policy_path), model_path=k.model_path)
+    check = result.get("watermark_power")
+    assert check.status == WARNING and check.field == "claims.evaluation.watermark_accuracy"
+    assert "below 0.9" in check.reason
+
+
+def test_too_few_keys_for_alpha_warns(tmp_path):
+    train = measure.dataset_claim("kit-train", cardkit.fake_records(cardkit.TRAIN_RECORDS, seed=1),
+                                  cardkit.CLASSES)
+    k = cardkit.make_card(tmp_path, watermark_claim={
+        "scheme": ewe.SCHEME, "keys": 5, "trigger_count": 100,
+        "train_root": train["merkle_root"], "train_records": train["records"]})
+    check = appraise(k.card_bytes, policy=Policy.load(k.policy_path)).get("watermark_power")
+    assert check.status == WARNING and check.field == "claims.defenses.watermark.keys"
+    assert "at least 7 are needed" in check.reason
