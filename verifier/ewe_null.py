@@ -26,11 +26,17 @@ def p_value(answers, sources, classes: int) -> Callable[[int], Fraction]:
     where S' = sum_k N_k(T_k) and each T_k is uniform over the classes other than s_k."""
     dist = {0: 1}                                   # sum -> number of target tuples
     for row, s in zip(answers, sources):
-        counts = [sum(1 for a in row if a == c) for c in range(classes) if c != s]
+        # How many of the C-1 possible targets give each count: at most m+1 distinct
+        # counts, so the work does not grow with the class count.
+        answered = [a for a in row if a != s and 0 <= a < classes]
+        values = {n: 0 for n in set(answered.count(c) for c in set(answered))}
+        for c in set(answered):
+            values[answered.count(c)] += 1
+        values[0] = values.get(0, 0) + (classes - 1) - len(set(answered))
         nxt: dict = {}
         for total, ways in dist.items():
-            for n in counts:
-                nxt[total + n] = nxt.get(total + n, 0) + ways
+            for n, times in values.items():
+                nxt[total + n] = nxt.get(total + n, 0) + ways * times
         dist = nxt
     whole = (classes - 1) ** len(sources)
 
