@@ -36,6 +36,7 @@ MAX_PER_KEY = 64
 MAX_CLASSES = 1 << 16
 MAX_ELEMENTS = 1 << 24          # all watermark records together: 64 MiB of float32
 MAX_PROOF = 64                  # a proof is at most one hash per tree level
+MAX_OPENING_BYTES = 128 << 20   # base64 of MAX_ELEMENTS float32 plus proofs
 
 
 def make_parameters(keys: int, per_key: int, classes: int, input_shape, value_range,
@@ -273,6 +274,8 @@ def load_opening(path):
     from . import watermark
 
     try:
+        if Path(path).stat().st_size > MAX_OPENING_BYTES:
+            raise LaminateError(f"{path}: watermark opening larger than {MAX_OPENING_BYTES} bytes")
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise LaminateError(f"{path}: cannot read watermark opening ({exc})") from None

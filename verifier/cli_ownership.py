@@ -15,6 +15,12 @@ time, until a one-sided binomial test against chance (1/classes) decides at --al
 An independent model is declared a copy with probability at most alpha, however early
 the test stops.
 
+For an entangled watermark (scheme laminate-ewe-v1) the opening also carries the
+watermark records with their Merkle proofs in the card's train split; all of them are
+checked, the suspect is asked once on each stamped record (100 by default), and the
+exact conditional test over the seed-drawn target classes decides (cards/FORMAT.md,
+"EWE ownership null").
+
 This command does not decide whether to trust the card: it only parses it. Verify the
 card first (`laminate verify CARD --policy POLICY`) so that the commitment is known to
 come from an attested training run.
