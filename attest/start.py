@@ -11,14 +11,13 @@ is the digest a registry logs for a released model.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from attest import export
 from attest.measure import file_sha256, state_dict_sha256
-from cards.card import open_card
+from cards.card import card_digest, open_card
 from cards.errors import LaminateError
 
 KINDS = ("random", "parent", "external")
@@ -75,7 +74,7 @@ def measure(session, model: torch.nn.Module, *, kind: str, parent_card, example,
         if parent_model != model_sha256:
             raise LaminateError(f"start: the initial weights export to {model_sha256[:16]}..., "
                                 f"the parent card's model is {parent_model[:16]}...")
-        claim = {"kind": "parent", "card_sha256": hashlib.sha256(card_bytes).hexdigest(),
+        claim = {"kind": "parent", "card_sha256": card_digest(card_bytes),
                  "model_sha256": model_sha256, "sha256": claim["sha256"]}
     return claim
 

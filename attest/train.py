@@ -237,7 +237,7 @@ class _Stats:
 
 def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=None,
           release_key=None, entry_point=None, progress=None, start=None,
-          parent_card=None) -> TrainResult:
+          parent_card=None, preprocessing=None) -> TrainResult:
     """Train `model` on `train_data` through the attested wrapper and seal a card in `out_dir`.
 
     `train_data`/`test_data`: a torch `Dataset` of (input, label), an (x, y) pair of
@@ -250,6 +250,8 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
     line per epoch (default: print). `start` (attest.start): "random" re-draws every
     weight from the session's randomness; "external" (the default) measures the weights
     handed in by digest; `parent_card` (card bytes or path) makes it a "parent" start.
+    `preprocessing`: how arrays you made yourself came from raw records ({"source",
+    "subtract", "divide", "class_names"}; see `datasets.scale`), stated in the card.
     """
     from attest import start as start_mod
     from attest.measure import code_claim, config_claim, dataset_claim, main_script, model_claim
@@ -266,6 +268,7 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
     if train_set.input_shape != test_set.input_shape:
         raise LaminateError(f"dataset: train inputs are {list(train_set.input_shape)}, "
                             f"test inputs are {list(test_set.input_shape)}")
+    prep = ds.preprocessing_claim(test_set, preprocessing)
     entry_point = main_script() if entry_point is None else entry_point
     start = start or ("parent" if parent_card is not None else "external")
     start_mod.check(start, parent_card)
@@ -339,7 +342,7 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
         diff = export.export_checked(module, test_set.x, model_path)
         evaluation = evaluate(_onnx_predictor(model_path), test_set, mark)
         session.measure_evaluation(evaluation)
-        session.measure_model(model_claim(model_path, config["name"]))
+        session.measure_model({**model_claim(model_path, config["name"]), "preprocessing": prep})
         # The opening is saved before the card exists: a card whose opening was lost
         # would commit to a watermark nobody can ever reveal.
         opening_path = mark.opening.save(out_dir / OPENING_NAME) if mark else None

@@ -7,8 +7,10 @@ Thieves query through one or several client accounts, label-only or with probabi
 1,000 or 10,000 queries, in-distribution (digits the victim never trained on, shifted
 copies past 1,000) or uniform random inputs, and train a copy of the same or another
 architecture (random-feature networks of several widths, or a nearest-neighbour copy).
-The owner replays the thief accounts' flipped queries (union of the accounts) against
-the copy with the sequential binomial test at chance 1/(C-1), alpha 1e-6. False
+Every copy is judged by the dispute rule (`verifier.disputes.judge_dawn_claim`): the
+serving card appraised, the log head anchored before the copy is first seen, the thief
+accounts' complete evidence checked against it, the DAWN opening, then the replay of their
+flipped queries with the sequential binomial test at chance 1/(C-1), alpha 1e-6. False
 positives: 24 independent models (3 architectures x 8 seeds, trained on true labels)
 replayed against the thief's and an honest client's flips.
 
@@ -111,18 +113,57 @@ def fit_targets(x, targets, *, hidden, seed, ridge, scale):
     return sk.Net(w1, b1, w2.astype(np.float32))
 
 
-def replay(served, clients, net, tmp, name):
-    import serving_kit as sk
-    from verifier import dawn_ownership
-    from verifier.suspect import OnnxSuspect
+class Arbiter:
+    """Judges DAWN claims by the dispute rule (`verifier.disputes.judge_dawn_claim`), as
+    the service does: the serving card appraised under the kit's policy, the deployment's
+    log head anchored in a dispute log, each copy first seen after it, the evidence of the
+    thief's accounts checked against the anchored head, then the replay."""
 
-    served.server.log.flush()
-    rows = [r for c in clients for r in dawn_ownership.client_rows(served.state / "log.sqlite", c)]
-    path = Path(tmp) / f"{name}.onnx"
-    path = net.export(path) if hasattr(net, "export") else sk.export(net, path)
-    return dawn_ownership.dawn_ownership_test(
-        served.deployment.card, served.deployment.opening, rows,
-        OnnxSuspect(served.kit.model_path), OnnxSuspect(path), alpha=ALPHA)
+    def __init__(self, served):
+        from redteam.accusers import DisputeLog
+        from verifier.policy import Policy
+        from verifier.serving_card import appraise_serving_card
+
+        self.served, self.log = served, DisputeLog()
+        result, _ = appraise_serving_card(served.deployment.card_bytes,
+                                          policy=Policy.load(served.kit.policy_path),
+                                          model_sha256=served.deployment.model_sha256)
+        self.card_problem = None if result.status != "contraindicated" else "; ".join(
+            f"{c.check}: {c.reason}" for c in result.failed())
+        self.evidence: dict = {}
+        self.head = None
+
+    def anchor(self):
+        """Sign and log the deployment's head once every query was answered."""
+        import hashlib
+
+        from serving.anchor import signed_head
+
+        self.head = signed_head(self.served.server)
+        self.head_index = self.log.append("serving-head", hashlib.sha256(self.head).hexdigest())
+
+    def judge(self, clients, net, tmp, name):
+        import hashlib
+
+        import serving_kit as sk
+        from verifier import disputes
+        from verifier.dawn_evidence import build_evidence
+        from verifier.suspect import OnnxSuspect
+
+        served = self.served
+        key = tuple(clients)
+        if key not in self.evidence:
+            self.evidence[key] = build_evidence(served.state / "log.sqlite", self.head,
+                                                served.deployment.card, list(clients))
+        path = Path(tmp) / f"{name}.onnx"
+        path = net.export(path) if hasattr(net, "export") else sk.export(net, path)
+        seen = self.log.observe(hashlib.sha256(path.read_bytes()).hexdigest())
+        return disputes.judge_dawn_claim(
+            card_problem=self.card_problem, card=served.deployment.card,
+            anchor_index=self.head_index, anchor=self.head, suspect_index=seen,
+            evidence=self.evidence[key], opening=served.deployment.opening,
+            victim=OnnxSuspect(served.kit.model_path), suspect=OnnxSuspect(path),
+            alpha=ALPHA, run_all=True)
 
 
 def run_rate(kit, rate, tmp, quick):
@@ -137,7 +178,7 @@ def run_rate(kit, rate, tmp, quick):
     honest = [served.server.answer("carol", xh[i:i + 256])["labels"] for i in range(0, len(xh), 256)]
     served_accuracy = float((np.concatenate(honest) == yh).mean())
     model_accuracy = float((sk.victim_model().predict(xh) == yh).mean())
-    thieves = []
+    thieves, nets = [], []
     grid = [(1000, "labels", "in-distribution", "same", 1), (1000, "labels", "in-distribution", "other", 1),
             (1000, "probabilities", "in-distribution", "same", 1),
             (1000, "labels", "in-distribution", "same", 4), (1000, "labels", "random", "same", 1)]
@@ -152,16 +193,26 @@ def run_rate(kit, rate, tmp, quick):
     for i, (count, answer_kind, kind, arch, n_accounts) in enumerate(grid):
         started = time.perf_counter()
         accounts = [f"thief{i}-{a}" for a in range(n_accounts)]
-        x = queries(kind, count, seed=i)
-        net = extract(served, x, accounts, answer_kind, arch, seed=100 + i)
+        net = extract(served, queries(kind, count, seed=i), accounts, answer_kind, arch,
+                      seed=100 + i)
+        nets.append((accounts, net, time.perf_counter() - started))
+    arbiter = Arbiter(served)
+    arbiter.anchor()          # every answer is in the log before any copy is first seen
+    for i, ((count, answer_kind, kind, arch, n_accounts), (accounts, net, spent)) in \
+            enumerate(zip(grid, nets)):
+        started = time.perf_counter()
         accuracy = float((net.predict(xt) == yt).mean())
-        result = replay(served, accounts, net, tmp, f"thief{i}-{rate}")
+        judged = arbiter.judge(accounts, net, tmp, f"thief{i}-{rate}")
+        result = judged.ownership
         thieves.append({"queries": count, "answers": answer_kind, "inputs": kind, "arch": arch,
                         "accounts": n_accounts, "accuracy": round(accuracy, 4),
                         "keeps_90pct": accuracy >= 0.9 * victim_accuracy,
-                        "shown": result.shown, "flips_replayed": result.trigger_count,
-                        "queries_to_decide": result.queries, "matches": result.matches,
-                        "p_value": result.p_value, "seconds": round(time.perf_counter() - started, 1)})
+                        "shown": judged.won, "reason": judged.reason,
+                        "flips_replayed": result.trigger_count if result else 0,
+                        "queries_to_decide": result.queries if result else 0,
+                        "matches": result.matches if result else 0,
+                        "p_value": result.p_value if result else 1.0,
+                        "seconds": round(spent + time.perf_counter() - started, 1)})
         print(json.dumps({"rate": rate, **thieves[-1]}), flush=True)
     independents = []
     thief_accounts = ["thief0-0"]
@@ -171,9 +222,23 @@ def run_rate(kit, rate, tmp, quick):
             net = fit_targets(xq, np.eye(10)[yq], hidden=hidden, seed=1000 + 8 * a + seed,
                               ridge=ridge, scale=scale)
             for clients in (thief_accounts, ["carol"]):
-                r = replay(served, clients, net, tmp, f"ind-{arch}-{seed}")
+                j = arbiter.judge(clients, net, tmp, f"ind-{arch}-{seed}")
+                r = j.ownership
                 independents.append({"arch": arch, "seed": seed, "client": clients[0],
-                                     "shown": r.shown, "matches": r.matches, "queries": r.queries})
+                                     "shown": j.won, "matches": r.matches if r else 0,
+                                     "queries": r.queries if r else 0})
+    # Honest clients' own models: carol trains on her own 1,297 labelled digits (the very
+    # inputs she queried) and the owner replays her flips against them.
+    honest_models = []
+    for seed in range(8):
+        arch = ("same", "other", "narrow")[seed % 3]
+        hidden, scale, ridge = ARCHS[arch]
+        net = fit_targets(xh, np.eye(10)[yh], hidden=hidden, seed=2000 + seed, ridge=ridge,
+                          scale=scale)
+        j = arbiter.judge(["carol"], net, tmp, f"honest-{seed}")
+        honest_models.append({"arch": arch, "seed": seed, "shown": j.won,
+                              "matches": j.ownership.matches if j.ownership else 0,
+                              "queries": j.ownership.queries if j.ownership else 0})
     served.server.log.close()
     copies = [t for t in thieves if t["keeps_90pct"]]
     return {"rate": rate, "victim_accuracy": round(victim_accuracy, 4),
@@ -183,6 +248,9 @@ def run_rate(kit, rate, tmp, quick):
             "thieves": thieves,
             "tpr_on_copies_keeping_90pct": (sum(t["shown"] for t in copies) / len(copies)
                                             if copies else None),
+            "honest_client_models": honest_models,
+            "honest_client_false_positives": sum(r["shown"] for r in honest_models),
+            "independents": independents,
             "independent_tests": len(independents),
             "false_positives": sum(r["shown"] for r in independents),
             "independent_max_match_rate": max(r["matches"] / r["queries"] for r in independents

@@ -4,6 +4,10 @@ Runs `laminate redteam` (all three schedules) and prints, per schedule, the meas
 rates beside what the statistics predict in the same run: TPR against the verifier's
 power for the card's watermark accuracy, FPR against the exact false-positive bound of
 the sequential test. `--quick` runs tiny sizes into redteam-quick.json/.md (not figures to quote).
+`--api` runs the API thieves instead: DAWN at flip rates 0.01, 0.02, 0.05 against
+label-only and probability thieves, 1,000 and 10,000 queries, in-distribution and random
+inputs, same and other architectures, colluding accounts, every copy judged by the
+dispute rule (`bench/dawn.py`'s machinery); writes redteam-api.json/.md/.png.
 Reproducible: the same `--seed` seeds torch, numpy, the simulator's randomness (so the
 victims' watermark seeds, which makes those victims unfit for release) and the accusers.
 """
@@ -28,7 +32,12 @@ def main(argv=None) -> int:
     parser.add_argument("--schedules", default="none,dp,split")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same table")
     parser.add_argument("--results", default=str(RESULTS), help="directory for the report files")
+    parser.add_argument("--api", action="store_true", help="the API thieves against DAWN")
+    parser.add_argument("--from", dest="source", type=Path, metavar="DAWN_JSON",
+                        help="with --api: tabulate a finished bench/dawn.py run instead of running it")
     args = parser.parse_args(argv)
+    if args.api:
+        return api_thieves(Path(args.results), quick=args.quick, source=args.source)
     torch.set_num_threads(1)
     sizes = redteam.QUICK if args.quick else redteam.Sizes()
     with tempfile.TemporaryDirectory(prefix="redteam-") as work:
@@ -49,6 +58,72 @@ def main(argv=None) -> int:
     print(redteam.summary_text(report))
     print(f"wrote {paths[0]} and {paths[1]}")
     return 0
+
+
+def api_thieves(results: Path, *, quick: bool, source: Path | None = None) -> int:
+    """bench/dawn.py's grid (run now, or a finished run's JSON), its table as markdown and
+    its match rates as a PNG."""
+    import json
+    import subprocess
+
+    name = "redteam-api-quick" if quick else "redteam-api"
+    out = source or results / f"{name}.json"
+    if source is None:
+        bench = Path(__file__).resolve().parent / "dawn.py"
+        subprocess.run([sys.executable, str(bench), "--out", str(out)]
+                       + (["--quick"] if quick else []), check=True)
+    doc = json.loads(out.read_text())
+    rows = ["| rate | queries | answers | inputs | copy | accounts | accuracy | keeps 90% | "
+            "flips matched | p | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["rates"]:
+        for t in r["thieves"]:
+            rows.append(f"| {r['rate']} | {t['queries']} | {t['answers']} | {t['inputs']} | "
+                        f"{t['arch']} | {t['accounts']} | {t['accuracy']:.3f} | "
+                        f"{'yes' if t['keeps_90pct'] else 'no'} | {t['matches']}/"
+                        f"{t['queries_to_decide']} | {t['p_value']:.2g} | "
+                        f"{'shown' if t['shown'] else 'not shown: ' + t['reason'][:60]} |")
+    summary = [f"- rate {r['rate']}: TPR on copies keeping 90% {r['tpr_on_copies_keeping_90pct']}, "
+               f"false positives {r['false_positives']}/{r['independent_tests']} independent, "
+               f"{r['honest_client_false_positives']}/{len(r['honest_client_models'])} honest "
+               f"clients' models; honest clients' accuracy cost {r['honest_accuracy_cost']}"
+               for r in doc["rates"]]
+    (results / f"{name}.md").write_text("# API thieves against DAWN (dispute rule, alpha "
+                                        f"{doc['alpha']})\n\n" + "\n".join(summary) + "\n\n"
+                                        + "\n".join(rows) + "\n")
+    plot_api(doc, results / f"{name}.png")
+    print("\n".join(summary))
+    return 0
+
+
+def plot_api(doc, path: Path) -> None:
+    """Match rate of every judged model on the replayed flips, against chance 1/(C-1)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no PNG (pip install -e '.[train]')")
+        return
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in doc["rates"]:
+        groups = {"copies (keep 90%)": [t for t in r["thieves"] if t["keeps_90pct"]],
+                  "other thieves": [t for t in r["thieves"] if not t["keeps_90pct"]],
+                  "independent": r.get("independents", []),
+                  "honest clients' models": r["honest_client_models"]}
+        for g, ((label, items), marker) in enumerate(zip(groups.items(), "o^sx")):
+            rates = [t["matches"] / t["queries_to_decide" if "queries_to_decide" in t else "queries"]
+                     for t in items if t.get("queries_to_decide", t.get("queries"))]
+            ax.scatter([r["rate"] + 0.002 * (g - 1.5)] * len(rates), rates, marker=marker,
+                       alpha=0.6, color=f"C{g}",
+                       label=label if r is doc["rates"][0] else None)
+    ax.axhline(1 / 9, color="grey", linestyle="--", label="chance 1/(C-1)")
+    ax.set_xlabel("flip rate")
+    ax.set_ylabel("flips matched / flips replayed")
+    ax.set_title("DAWN: copies match the flips, independent models do not")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

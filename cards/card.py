@@ -7,12 +7,16 @@ byte, then the closed schema.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import NamedTuple
+
+import cbor2
 
 from . import cbor, cose, keys, schema
 from .errors import CardFormatError, LaminateError
 
 MAX_CARD_BYTES = 8 * 1024 * 1024
+MAX_RECEIPTS = 16
 # Each key kind's algorithms: fully specified (new cards) first, then the older one.
 _ALGS_BY_KIND = {"ed25519": (cose.ALG_ED25519, cose.ALG_EDDSA),
                  "p256": (cose.ALG_ESP256, cose.ALG_ES256)}
@@ -87,8 +91,9 @@ def statement_headers(kid: bytes, model_sha256: str) -> dict:
 
 def open_card(data: bytes) -> Card:
     """Parse and strictly validate card bytes (at most MAX_CARD_BYTES): a deterministic
-    tagged COSE_Sign1 with exactly {alg, kid} protected, nothing unprotected, an EdDSA
-    or ES256 alg and a 32-byte kid, over a deterministic payload that follows FORMAT.md.
+    tagged COSE_Sign1 with the statement headers (or, for an older card, exactly {alg,
+    kid}) protected, nothing unprotected but receipts (394, opaque here), a supported alg
+    and a 32-byte kid, over a deterministic payload that follows FORMAT.md.
     No signature is checked (``release_key_matches`` does).
 
     Raises CardFormatError naming the field at fault and why; an encoding that is not
@@ -136,9 +141,73 @@ def _check_unprotected(unprotected: dict) -> None:
         return
     receipts = unprotected.get(cose.HDR_RECEIPTS)
     if set(unprotected) != {cose.HDR_RECEIPTS} or not isinstance(receipts, list) or not receipts \
-            or len(receipts) > 16 or not all(isinstance(r, bytes) for r in receipts):
+            or len(receipts) > MAX_RECEIPTS or not all(isinstance(r, bytes) for r in receipts):
         raise CardFormatError("card.unprotected", "must be empty, or hold only receipts "
-                              "(394: an array of up to 16 byte strings)")
+                              f"(394: an array of up to {MAX_RECEIPTS} byte strings)")
+
+
+# --- identity and receipts ---------------------------------------------------------------
+
+def _envelope(data) -> list:
+    """The four items of a card's COSE_Sign1, read as strictly as ``open_card`` reads
+    the envelope (size bound, tag 18, deterministic encoding, unprotected header)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CardFormatError("card", f"expected bytes, got {type(data).__name__}")
+    if len(data) > MAX_CARD_BYTES:
+        raise CardFormatError("card", f"{len(data)} bytes exceeds the {MAX_CARD_BYTES}-byte limit")
+    msg = cose.parse_sign1(bytes(data), require_tag=True, deterministic=True, field="card")
+    _check_unprotected(msg.unprotected)
+    return [msg.protected_bytes, msg.unprotected, msg.payload, msg.signature]
+
+
+def _encode(protected: bytes, unprotected: dict, payload: bytes, signature: bytes) -> bytes:
+    return cbor.dumps(cbor2.CBORTag(cose.TAG_SIGN1, [protected, unprotected, payload, signature]))
+
+
+def statement_bytes(data) -> bytes:
+    """The signed statement a card is: its bytes with the unprotected header emptied, so
+    with any transparency receipts taken off. For a card that carries none, exactly its
+    bytes. This is what a transparency log logs and what a receipt proves.
+
+    Raises CardFormatError if ``data`` is not a card envelope."""
+    protected, _, payload, signature = _envelope(data)
+    return _encode(protected, {}, payload, signature)
+
+
+def statement_of(card: Card) -> bytes:
+    """``statement_bytes`` of a card already opened (no second decode)."""
+    msg = card.sign1
+    return _encode(msg.protected_bytes, {}, msg.payload, msg.signature)
+
+
+def card_digest(data) -> str:
+    """A card's identity, as lowercase hex: SHA-256 of its ``statement_bytes``. Attaching
+    a receipt leaves it unchanged, so registry ids, parent digests and serving cards keep
+    naming the same card. Raises CardFormatError if ``data`` is not a card envelope."""
+    return hashlib.sha256(statement_bytes(data)).hexdigest()
+
+
+def receipts_of(data) -> list[bytes]:
+    """The receipts embedded in a card's unprotected header (394), in order."""
+    return list(_envelope(data)[1].get(cose.HDR_RECEIPTS, []))
+
+
+def with_receipts(data, receipts: list[bytes]) -> bytes:
+    """The card with ``receipts`` added to those it carries (an identical one only once):
+    a transparent statement. The signature and the card's digest are unchanged.
+
+    Raises CardFormatError if ``data`` is not a card or the result would hold more than
+    MAX_RECEIPTS receipts or exceed MAX_CARD_BYTES."""
+    protected, unprotected, payload, signature = _envelope(data)
+    held = list(unprotected.get(cose.HDR_RECEIPTS, []))
+    held += [bytes(r) for r in receipts if bytes(r) not in held]
+    if len(held) > MAX_RECEIPTS:
+        raise CardFormatError("card.unprotected", f"more than {MAX_RECEIPTS} receipts")
+    out = _encode(protected, {cose.HDR_RECEIPTS: held} if held else {}, payload, signature)
+    if len(out) > MAX_CARD_BYTES:
+        raise CardFormatError("card", f"{len(out)} bytes with receipts exceeds the "
+                              f"{MAX_CARD_BYTES}-byte limit")
+    return out
 
 
 def release_key_matches(card: Card, public_key) -> bool:

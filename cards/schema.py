@@ -188,10 +188,13 @@ def _entries(value: dict, item, *, bracketed: bool) -> None:
             raise
 
 
-def record(fields: dict[str, Callable]):
-    """A closed map: exactly these keys, in any order. A stray key is named first (the
-    first in the map's order); then fields are checked in the order given here, so the
-    first missing or bad one is named."""
+def record(fields: dict[str, Callable], optional: dict[str, Callable] | None = None):
+    """A closed map: exactly these keys, in any order, plus any of the ``optional`` ones
+    (absent, never null: a section added after version 1 shipped, so older cards still
+    read). A stray key is named first (the first in the map's order); then fields are
+    checked in the order given here, so the first missing or bad one is named."""
+    known = {**fields, **(optional or {})}
+
     def check(value):
         if type(value) is not dict:
             _fail(f"expected a map, got {_type_name(value)}")
@@ -199,12 +202,14 @@ def record(fields: dict[str, Callable]):
             for key in value:
                 if type(key) is not str:
                     _fail(f"map keys must be strings, got {_type_name(key)}")
-                if key not in fields:
+                if key not in known:
                     _fail_at(key, "unknown critical extension"
                              if key.startswith(CRITICAL_PREFIX) else "unknown field")
-        for key, spec in fields.items():
+        for key, spec in known.items():
             if key not in value:
-                _fail_at(key, "missing")
+                if key in fields:
+                    _fail_at(key, "missing")
+                continue
             try:
                 spec(value[key])
             except _Invalid as exc:
@@ -289,6 +294,20 @@ def dimension(value):
 
 unit = number(0.0, 1.0)
 _tensor = record({"name": text, "shape": array_of(dimension), "dtype": text})
+
+
+def _divisor(value):
+    number()(value)
+    if value <= 0:
+        _fail(f"must be > 0, got {value}")
+
+
+# What a record goes through before the model sees it: input = float32((raw - subtract)
+# / divide), reshaped in C order to input_shape; label i is class_names[i].
+PREPROCESSING = record({
+    "source": non_empty_text, "subtract": number(), "divide": _divisor,
+    "input_shape": array_of(integer(1), 1), "input_dtype": one_of("float32"),
+    "class_names": array_of(text, 2)})
 _dataset = record({
     "name": text, "records": integer(),
     "schema": record({"features": array_of(integer(1)), "dtype": non_empty_text,
@@ -353,7 +372,7 @@ CLAIMS = record({
     "model": record({
         "name": text, "format": one_of("onnx"), "sha256": hex_digest, "size": integer(),
         "parameters": integer(), "opset": integer(1), "inputs": array_of(_tensor, 1),
-        "outputs": array_of(_tensor, 1)}),
+        "outputs": array_of(_tensor, 1)}, {"preprocessing": PREPROCESSING}),
     "dataset": record({"train": _dataset, "test": _dataset}),
     "start": start,
     "training": record({

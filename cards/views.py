@@ -119,6 +119,15 @@ def _start_rows(start: dict) -> list:
     return rows
 
 
+def preprocessing_rows(prep: dict) -> list:
+    """The preprocessing claim as (field, value) rows, its rule written out."""
+    return [("raw records", prep.get("source")),
+            ("rule", f"input = float32((raw - {prep.get('subtract')!r}) / "
+                     f"{prep.get('divide')!r}), reshaped in C order"),
+            ("input shape", prep.get("input_shape")), ("input dtype", prep.get("input_dtype")),
+            ("class names", prep.get("class_names"))]
+
+
 def _card_rows(payload: dict) -> list[tuple[str, list]]:
     """(section title, [(field, value)]) for the sections a reader cares about."""
     claims = _section(payload, "claims") or {}
@@ -133,6 +142,9 @@ def _card_rows(payload: dict) -> list[tuple[str, list]]:
         ("parameters", model.get("parameters")), ("opset", model.get("opset")),
         ("inputs", [_tensor(t) for t in model.get("inputs") or []]),
         ("outputs", [_tensor(t) for t in model.get("outputs") or []])])]
+    prep = model.get("preprocessing")
+    if isinstance(prep, dict):
+        sections.append(("Preprocessing (what the model expects)", preprocessing_rows(prep)))
     for split in ("train", "test"):
         data = _section(claims, "dataset", split) or {}
         schema_ = data.get("schema") or {}

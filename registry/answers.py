@@ -73,7 +73,9 @@ def verdict_lines(verdict: dict) -> list[str]:
         won = get(claim, f"{where}.claims[{i}]", "won", kind=bool)
         card = get(claim, f"{where}.claims[{i}]", "card_id", kind=str)
         reason = get(claim, f"{where}.claims[{i}]", "reason", kind=str)
-        lines.append(f"  {'WON ' if won else 'lost'} card {clean(card)}: {clean(reason)}")
+        evidence = claim.get("evidence")
+        kind = f" ({clean(evidence)} evidence)" if isinstance(evidence, str) else ""
+        lines.append(f"  {'WON ' if won else 'lost'} card {clean(card)}{kind}: {clean(reason)}")
     winner = verdict.get("winner")
     if winner is not None and not isinstance(winner, str):
         raise LaminateError(f"{where}.winner: expected a card id or null")

@@ -105,6 +105,20 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
         status, payload = await run_in_threadpool(service.register_card, body)
         return JSONResponse(payload, status_code=status)
 
+    @app.post("/v1/serving-heads", tags=["cards"], status_code=201,
+              dependencies=[Depends(require_token)],
+              responses={200: {"description": "already logged"}})
+    async def register_serving_head(request: Request):
+        """Log a prediction server's signed query-log head (`GET /v1/log/head` of
+        `laminate serve-model`), checked against its registered serving card: a DAWN
+        claim replays only answers under a head logged before the suspect."""
+        from .serving import register_head
+        body = await request.body()
+        if not body:
+            raise LaminateError("body: expected the signed log head (COSE_Sign1 bytes)")
+        status, payload = await run_in_threadpool(register_head, service, body)
+        return JSONResponse(payload, status_code=status)
+
     @app.get("/v1/cards/{card_id}", tags=["cards"],
              responses={200: {"content": {"application/cbor": {}, "text/html": {}}}})
     def get_card(card_id: str, request: Request,
@@ -119,6 +133,14 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
             return HTMLResponse(card_html(service, row))
         from cards.card import open_card
         from verifier.cli_verify import jsonable
+        from verifier.serving_card import is_serving_card, open_serving_card
+        if is_serving_card(row.card_bytes):
+            serving = open_serving_card(row.card_bytes)
+            return {"card_id": row.card_id, "leaf_index": row.leaf_index, "serving_card": True,
+                    "model_sha256": row.model_sha256, "simulated": serving.simulated,
+                    "appraisal": json.loads(row.appraisal_json),
+                    "payload": jsonable({"statement": serving.statement,
+                                         "evidence": serving.evidence})}
         card = open_card(row.card_bytes)
         return {"card_id": row.card_id, "leaf_index": row.leaf_index,
                 "commitment": row.commitment,
@@ -214,16 +236,33 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
 
     @app.post("/v1/disputes", tags=["disputes"], status_code=201,
               dependencies=[Depends(require_token)])
-    def open_dispute(claims: str = Form(..., description='JSON list of {"card_id", "opening"}'),
+    def open_dispute(claims: str | None = Form(None, description='JSON list of {"card_id", "opening"}'),
                      model: UploadFile | None = File(None),
                      model_sha256: str | None = Form(None),
-                     prediction_url: str | None = Form(None)):
+                     prediction_url: str | None = Form(None),
+                     dawn_claim: str | None = Form(None, description='{"serving_card_id", '
+                                                   '"opening"}: a DAWN claim'),
+                     dawn_evidence: UploadFile | None = File(None, description="the clients' "
+                                                             "answers under an anchored head"),
+                     served_model: UploadFile | None = File(None, description="the model the "
+                                                            "serving card serves")):
         """Judge ownership claims against a suspect model; returns the signed verdict.
 
-        The suspect is an uploaded model file (identified by its digest) or a prediction
+        Claims argue from a card's watermark (``claims``) or from a prediction server's
+        DAWN flips (``dawn_claim`` with ``dawn_evidence`` and ``served_model``). The
+        suspect is an uploaded model file (identified by its digest) or a prediction
         URL (identified by the URL itself: the service cannot tell which model an
         endpoint serves, so a URL is never judged as a logged model digest)."""
-        parsed = disputes.parse_claims(claims)
+        if not claims and not dawn_claim:
+            raise LaminateError("claims: give watermark claims, a dawn_claim, or both")
+        parsed = disputes.parse_claims(claims) if claims else []
+        dawn_parts = None
+        if dawn_claim:
+            from .serving import parse_dawn_claim
+            dawn_parts = parse_dawn_claim(dawn_claim)
+            if dawn_evidence is None or served_model is None:
+                raise LaminateError("dawn_evidence, served_model: a DAWN claim needs the "
+                                    "evidence file and the served model")
         if (model is None) == (not prediction_url):
             raise LaminateError("suspect: upload the ONNX model or give prediction_url, "
                                 "not both")
@@ -241,9 +280,14 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
                 # committed before any claim is judged
                 record = (service.observe_model(digest) if digest
                           else service.observe_endpoint(prediction_url))
-                verdict = disputes.resolve(service, record, suspect, parsed)
+                dawn_claims = []
+                if dawn_parts is not None:
+                    dawn_claims.append(_dawn_claim(dawn_parts, dawn_evidence, served_model, tmp))
+                verdict = disputes.resolve(service, record, suspect, parsed, dawn_claims)
             finally:
                 _close(suspect)
+                for claim in dawn_claims:
+                    _close(claim.victim)
         row = service.record_dispute(verdict)
         return service.dispute_view(row)
 
@@ -329,6 +373,22 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
             raise NotFound(f"log entry {leaf_index}: not in the log")
         return {"leaf_index": entry.leaf_index, "kind": entry.kind, "ref": entry.ref,
                 "leaf_hash": bytes(entry.leaf_hash).hex(), "data": b64(bytes(entry.data))}
+
+    def _dawn_claim(parts, evidence: UploadFile, served: UploadFile, tmp: str):
+        import os
+
+        from verifier.suspect import OnnxSuspect
+
+        from .serving import DawnClaimInput
+        os.makedirs(os.path.join(tmp, "evidence"))
+        os.makedirs(os.path.join(tmp, "served"))
+        evidence_path, _ = save_upload(evidence, os.path.join(tmp, "evidence"))
+        served_path, served_sha = save_upload(served, os.path.join(tmp, "served"))
+        with open(evidence_path, "rb") as f:
+            data = f.read()
+        victim = OnnxSuspect(served_path, time_limit_s=service.config.suspect_seconds,
+                             memory_mb=service.config.suspect_memory_mb)
+        return DawnClaimInput(parts[0], parts[1], data, victim, served_sha)
 
     app.add_middleware(GuardMiddleware, max_bytes=service.config.max_upload_bytes)
     return app

@@ -13,6 +13,7 @@ from cards.errors import LaminateError
 from .client import (
     cmd_dispute_open,
     cmd_dispute_show,
+    cmd_log_attach,
     cmd_log_consistency,
     cmd_log_submit,
     cmd_log_tree_head,
@@ -72,6 +73,22 @@ def register(sub) -> None:
     verify.add_argument("--service-key", required=True, help="the service's public key PEM")
     verify.set_defaults(func=cmd_log_verify)
 
+    attach = log_sub.add_parser(
+        "attach", help="embed the log's receipt in a card (a transparent statement)",
+        description="Check that a COSE Receipt proves the card is in the log, then write the "
+                    "card with the receipt in its unprotected header (394): one file that "
+                    "`laminate verify --log-key` checks offline. The card's digest (its id "
+                    "everywhere) does not change. Without RECEIPT, the receipt is fetched "
+                    "from --server.")
+    attach.add_argument("card", help="card.cbor (may already carry receipts)")
+    attach.add_argument("receipt", nargs="?",
+                        help="COSE Receipt file (binary, or the base64 text the service returns)")
+    attach.add_argument("--out", required=True, help="write the transparent statement here")
+    attach.add_argument("--service-key", help="the service's public key PEM (needed with "
+                                              "RECEIPT; recommended with --server)")
+    _server_args(attach)
+    attach.set_defaults(func=cmd_log_attach)
+
     submit = log_sub.add_parser("submit", help="register a card with a service")
     submit.add_argument("card", help="card.cbor")
     _server_args(submit, token=True)
@@ -109,9 +126,17 @@ def register(sub) -> None:
     d_open.add_argument("--suspect", help="suspect ONNX model file")
     d_open.add_argument("--suspect-url", help="suspect prediction URL; the verdict names the "
                                               "URL, never a model digest it cannot prove")
-    d_open.add_argument("--claim", action="append", required=True, metavar="CARD_ID=OPENING",
+    d_open.add_argument("--claim", action="append", default=[], metavar="CARD_ID=OPENING",
                         help="a claim: registered card id and the watermark opening JSON file; "
                              "repeatable")
+    d_open.add_argument("--dawn", metavar="STATE", help="a DAWN claim from a serve-model state "
+                        "directory: its serving card, opening and log; the service replays the "
+                        "--client's flipped answers under the last head it logged before the suspect")
+    d_open.add_argument("--client", action="append", metavar="ID",
+                        help="with --dawn: the client account(s) the thief used; repeatable")
+    d_open.add_argument("--served-model", metavar="FILE", help="with --dawn: the served model")
+    d_open.add_argument("--head", metavar="FILE", help="with --dawn: the anchored head to argue "
+                        "from (default: the newest in STATE/anchors/)")
     d_open.add_argument("--service-key", help="check the verdict signature with this key PEM")
     d_open.add_argument("--out", help="write the verdict JSON here")
     d_open.set_defaults(func=cmd_dispute_open)

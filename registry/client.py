@@ -72,17 +72,31 @@ def _fail(status, answer, what) -> LaminateError:
 
 # ---------------------------------------------------------------- log commands
 
+def _receipt_file(path) -> bytes:
+    """A receipt file: binary COSE, or the base64 text the service returns."""
+    raw = _read(path, "receipt")
+    try:
+        return base64.b64decode(raw.strip(), validate=True) if raw[:1] != b"\xd2" else raw
+    except ValueError:
+        return raw
+
+
+def _statement(path) -> bytes:
+    """The card file's statement (the card without any receipts it carries)."""
+    from cards.card import statement_bytes
+    try:
+        return statement_bytes(_read(path, "card"))
+    except LaminateError as exc:
+        raise LaminateError(f"{path}: not a card: {exc}") from None
+
+
 def cmd_log_verify(args) -> int:
     from cards import keys
     from verifier.logproof import LogProofError
     from verifier.receipts import verify_receipt
 
-    card = _read(args.card, "card")
-    raw = _read(args.receipt, "receipt")
-    try:
-        receipt = base64.b64decode(raw.strip(), validate=True) if raw[:1] != b"\xd2" else raw
-    except ValueError:
-        receipt = raw
+    card = _statement(args.card)
+    receipt = _receipt_file(args.receipt)
     public_key = keys.load_public_key(args.service_key)
     try:
         check = verify_receipt(receipt, card, public_key)
@@ -92,6 +106,54 @@ def cmd_log_verify(args) -> int:
     print(f"in the log: {args.card} is leaf {check.leaf_index} of the tree of size "
           f"{check.tree_size} with root {check.root_hash.hex()} signed by the service key")
     return 0
+
+
+def cmd_log_attach(args) -> int:
+    """Embed a receipt in the card's unprotected header (394), after checking it proves
+    the card is in the log: the card becomes a transparent statement, same digest."""
+    from cards.card import card_digest, with_receipts
+    from cards.files import write_atomic
+    from verifier.logproof import LogProofError
+    from verifier.receipts import verify_receipt
+
+    card = _read(args.card, "card")
+    statement = _statement(args.card)
+    if args.receipt:
+        if not args.service_key:
+            raise LaminateError("--service-key: needed to check the receipt before it is "
+                                "attached")
+        from cards import keys
+        public_key, receipt = keys.load_public_key(args.service_key), _receipt_file(args.receipt)
+    else:
+        public_key = _service_key(args.server, args.service_key)
+        receipt = _fetch_receipt(args.server, card_digest(statement))
+    try:
+        check = verify_receipt(receipt, statement, public_key)
+    except LogProofError as exc:
+        print(f"not attached: the receipt does not prove {args.card} is in the log: {exc}")
+        return 1
+    try:
+        transparent = with_receipts(card, [receipt])
+    except LaminateError as exc:
+        raise LaminateError(f"{args.card}: cannot attach the receipt: {exc}") from None
+    write_atomic(Path(args.out), transparent)
+    print(f"attached: {args.out} is {args.card} with the receipt of leaf {check.leaf_index} "
+          f"(tree size {check.tree_size}); card digest {card_digest(statement)} unchanged")
+    return 0
+
+
+def _fetch_receipt(server, card_id: str) -> bytes:
+    """The current receipt of a registered card, from the service."""
+    base = server.rstrip("/")
+    status, answer = _request("GET", f"{base}/v1/cards/{card_id}?format=json")
+    if status != 200:
+        raise _fail(status, answer, f"card {card_id}")
+    index = answers.get(answer, "card answer", "leaf_index", kind=int)
+    status, answer = _request("GET", f"{base}/v1/log/inclusion?leaf_index={index}")
+    if status != 200:
+        raise _fail(status, answer, f"inclusion of leaf {index}")
+    where = "inclusion answer"
+    return answers.b64(answers.get(answer, where, "receipt", kind=str), f"{where}.receipt")
 
 
 def cmd_log_submit(args) -> int:
@@ -218,7 +280,11 @@ def cmd_dispute_open(args) -> int:
         except (ValueError, RecursionError):
             raise LaminateError(f"{opening_path}: not a JSON watermark opening") from None
         claims.append({"card_id": card_id, "opening": opening})
-    fields, files = {"claims": json.dumps(claims)}, {}
+    fields, files = ({"claims": json.dumps(claims)} if claims else {}), {}
+    if getattr(args, "dawn", None):
+        fields["dawn_claim"], files["dawn_evidence"], files["served_model"] = _dawn_claim(args)
+    elif not claims:
+        raise LaminateError("give --claim CARD_ID=OPENING, --dawn STATE, or both")
     if args.suspect:
         files["model"] = (Path(args.suspect).name, _read(args.suspect, "suspect model"))
     elif args.suspect_url:
@@ -235,6 +301,40 @@ def cmd_dispute_open(args) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(view, indent=2) + "\n", encoding="utf-8")
     return 0 if verdict.get("winner") else 1
+
+
+def _dawn_claim(args):
+    """(claim JSON, evidence file, served model file) from a serve-model state directory:
+    the serving card, the DAWN opening and the chosen anchored head (``--head``, by
+    default the newest under STATE/anchors/), with the evidence of the ``--client``s."""
+    import hashlib
+
+    from verifier.dawn_evidence import build_evidence
+    from verifier.serving_card import MAX_SERVING_CARD_BYTES, open_serving_card
+
+    state = Path(args.dawn)
+    if not args.client or not args.served_model:
+        raise LaminateError("--dawn needs --client ID (repeatable) and --served-model FILE")
+    card_bytes = _read(state / "serving-card.cbor", "serving card")[:MAX_SERVING_CARD_BYTES + 1]
+    try:
+        card = open_serving_card(card_bytes)
+    except LaminateError as exc:
+        raise LaminateError(f"{state / 'serving-card.cbor'}: {exc}") from None
+    head_path = Path(args.head) if args.head else max(
+        (state / "anchors").glob("*.head"), key=lambda p: int(p.stem), default=None)
+    if head_path is None:
+        raise LaminateError(f"{state / 'anchors'}: no anchored head (serve-model --registry "
+                            "registers them; or give --head FILE)")
+    evidence = build_evidence(state / "log.sqlite", _read(head_path, "log head"), card,
+                              list(args.client))
+    try:
+        opening = json.loads(_read(state / "dawn.opening.json", "DAWN opening"))
+    except ValueError:
+        raise LaminateError(f"{state / 'dawn.opening.json'}: not JSON") from None
+    claim = json.dumps({"serving_card_id": hashlib.sha256(card_bytes).hexdigest(),
+                        "opening": opening})
+    return (claim, ("evidence.cbor", evidence),
+            (Path(args.served_model).name, _read(args.served_model, "served model")))
 
 
 def cmd_dispute_show(args) -> int:

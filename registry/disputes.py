@@ -98,21 +98,28 @@ def judge_claim(service, claim: ClaimInput, suspect_index: int, suspect,
                             card_model=card_model, suspect_sha256=suspect_sha256)
 
 
-def _claim_view(claim: ClaimInput, judged: Judgement) -> dict:
+def _claim_view(claim, judged: Judgement) -> dict:
     commitment = None
     if judged.checks["card"][0]:
         commitment = judged.commitment
-    return {"card_id": claim.card_id, "commitment": commitment,
+    card_id = claim.card_id if isinstance(claim, ClaimInput) else claim.serving_card_id
+    return {"card_id": card_id, "evidence": judged.evidence, "commitment": commitment,
             "commitment_leaf_index": judged.commitment_index, "won": judged.won,
             "reason": (f"ownership shown: {judged.reason}" if judged.won else judged.reason),
             "ownership": judged.ownership.to_dict() if judged.ownership else None}
 
 
-def resolve(service, suspect_record: dict, suspect, claims: list[ClaimInput]) -> dict:
-    """Judge every claim against a suspect whose first log index is already committed."""
+def resolve(service, suspect_record: dict, suspect, claims: list[ClaimInput],
+            dawn_claims: list = ()) -> dict:
+    """Judge every claim (watermark claims, then DAWN claims: ``registry.serving``)
+    against a suspect whose first log index is already committed."""
+    from .serving import judge as judge_dawn
+
     suspect_index = suspect_record["leaf_index"]
     judged = [judge_claim(service, c, suspect_index, suspect, suspect_record.get("sha256"))
               for c in claims]
+    judged += [judge_dawn(service, c, suspect_index, suspect) for c in dawn_claims]
+    claims = [*claims, *dawn_claims]
     winner = rule.rank(judged)
     views = [_claim_view(c, j) for c, j in zip(claims, judged)]
     head = service.log.tree_head()
@@ -129,8 +136,9 @@ def resolve(service, suspect_record: dict, suspect, claims: list[ClaimInput]) ->
         "inclusion_proofs": proofs,
         "claims": views,
         "winner": won["card_id"] if won else None,
-        "reason": (f"claim for card {won['card_id']} has the earliest winning "
-                   f"commitment (index {won['commitment_leaf_index']})" if won
+        "evidence": won["evidence"] if won else None,
+        "reason": (f"claim for card {won['card_id']} ({won['evidence']} evidence) has the "
+                   f"earliest winning commitment (index {won['commitment_leaf_index']})" if won
                    else "no claim established ownership"),
     }
 

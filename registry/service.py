@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from cards import cbor, keys
-from cards.errors import LaminateError
+from cards.errors import CardFormatError, LaminateError
 from verifier.receipts import make_receipt
 
 from . import clocks, disputes
@@ -157,6 +157,12 @@ class Service:
     # lookups -------------------------------------------------------------
     def appraise(self, card_bytes: bytes, *, model_path=None, model_sha256=None):
         from verifier.appraise import appraise
+        from verifier.serving_card import appraise_serving_card, is_serving_card
+        if is_serving_card(card_bytes):
+            if model_path is not None:
+                model_sha256 = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
+            return appraise_serving_card(card_bytes, policy=self.policy,
+                                         model_sha256=model_sha256)[0]
         return appraise(card_bytes, policy=self.policy, model_path=model_path,
                         model_sha256=model_sha256)
 
@@ -191,6 +197,9 @@ class Service:
 
     def watermark_claim(self, row: CardRow):
         from cards.card import open_card
+        from verifier.serving_card import is_serving_card
+        if is_serving_card(row.card_bytes):
+            return None          # a serving card commits to a DAWN key, not a watermark
         return open_card(row.card_bytes).claims["defenses"]["watermark"]
 
     def commitment_index(self, commitment: str) -> int | None:
@@ -269,13 +278,22 @@ class Service:
     # writes --------------------------------------------------------------
     def register_card(self, card_bytes: bytes) -> tuple[int, dict]:
         """(201, registration) for a new card, (200, ...) if already registered,
-        (422, {"detail", "result"}) if the policy rejects it."""
-        from cards.card import open_card
+        (422, {"detail", "result"}) if the policy rejects it. A transparent statement (a
+        card carrying receipts) is the card it carries: it is logged and stored without
+        them, under the same id."""
+        from cards.card import card_digest, open_card, statement_bytes
 
-        card_id = hashlib.sha256(card_bytes).hexdigest()
+        try:
+            card_id, card_bytes = card_digest(card_bytes), statement_bytes(card_bytes)
+        except CardFormatError:
+            card_id = ""        # not a card envelope: the appraisal says why, below
         existing = self.find_card(card_id)
         if existing is not None:
             return 200, {**self.registration(existing), "already_registered": True}
+        from verifier.serving_card import is_serving_card
+        if is_serving_card(card_bytes):
+            from .serving import register_serving_card
+            return register_serving_card(self, card_bytes)
         result = self.appraise(card_bytes)
         if result.status in ("contraindicated", "none"):
             failed = "; ".join(f"{c.check} ({c.field}): {c.reason}" for c in result.failed())

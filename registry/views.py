@@ -28,9 +28,15 @@ def wants(request: Request, fmt: str | None) -> str:
 def card_html(service: Service, row: CardRow) -> str:
     from cards.card import open_card
     from cards.views import to_html
-
-    card = open_card(row.card_bytes)
-    page = to_html(card.payload, verification=json.loads(row.appraisal_json))
+    from verifier.serving_card import is_serving_card
+    if is_serving_card(row.card_bytes):
+        appraisal = html.escape(json.dumps(json.loads(row.appraisal_json), indent=2))
+        page = (f"<!doctype html><html><head><title>serving card</title></head><body>"
+                f"<h1>Serving card</h1><p>serves model <code>{html.escape(row.model_sha256)}"
+                f"</code></p><pre>{appraisal}</pre></body></html>")
+    else:
+        page = to_html(open_card(row.card_bytes).payload,
+                       verification=json.loads(row.appraisal_json))
     size = service.log.size()
     section = (
         '<section id="transparency-log"><h2>Transparency log</h2><ul>'

@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from cards import keys, merkle
+from cards import merkle
 from cards.errors import LaminateError
 from serving.deploy import Deployment
 from serving.log import LogUnavailable, QueryLog
@@ -85,7 +85,7 @@ class Server:
         self.plain = plain
         self.model = Model(deployment.model_path, deployment.input_shape)
         self.key = deployment.opening.key if deployment.opening else None
-        self.kid = keys.key_id(deployment.receipt_key.public_key())
+        self.signer = receipts_inference.ReceiptSigner(deployment.receipt_key)
 
     def parse(self, body: bytes) -> np.ndarray:
         """The request's inputs as float32 [batch, *shape]; LaminateError names the field."""
@@ -143,7 +143,7 @@ class Server:
                 client=client, first_index=first, leaf_hashes=hashes)
 
         first, payload = self.log.append(client, canonical, leaves, record)
-        receipt = receipts_inference.sign_receipt(self.d.receipt_key, payload, self.kid)
+        receipt = self.signer.sign(payload)
         out = {"labels": [label for label, _ in served]}
         if probabilities is not None:
             out["probabilities"] = [probs for _, probs in served]
@@ -193,6 +193,16 @@ def create_app(server: Server, tokens: dict[bytes, str]) -> FastAPI:
         x = server.parse(bytes(body))
         out = await anyio.to_thread.run_sync(server.answer, client, x)
         return Response(json.dumps(out, separators=(",", ":")), media_type="application/json")
+
+    @app.get("/v1/log/head")
+    def log_head(_client: str = Depends(client_of)):
+        """The log's current head, signed by the receipt key: a statement any client may
+        register with the card service (POST /v1/serving-heads) to anchor its answers."""
+        if server.log is None:
+            raise HTTPException(404, "this server keeps no log")
+        from serving.anchor import signed_head
+
+        return Response(signed_head(server), media_type="application/cose")
 
     @app.get("/v1/clients/{client_id}/log")
     def client_log(client_id: str, start: int = 0, limit: int = 100,

@@ -15,6 +15,11 @@ With --dawn RATE a keyed fraction RATE of inputs gets a wrong label, the same on
 time; STATE/dawn.opening.json (secret) lets the owner replay a client's flipped queries
 against a suspect (`laminate ownership --serving-card`).
 
+With --registry URL the serving card is registered with that card service at start, and
+the log's signed head every --anchor-every seconds when it grew (STATE/anchors/): a
+dispute over a client's flipped queries needs a head anchored before the suspect was
+first seen. Clients may fetch a signed head themselves: GET /v1/log/head.
+
 Clients: --tokens FILE, one "CLIENT_ID TOKEN" per line; they call
 POST /v1/predict {"inputs": [...]} with Authorization: Bearer TOKEN."""
 
@@ -35,6 +40,12 @@ def register(sub) -> None:
     p.add_argument("--backend", choices=("sim", "tpm"), default="sim")
     p.add_argument("--sim-dir", type=Path, help="simulated device directory")
     p.add_argument("--tpm", metavar="TCTI", help="TPM TCTI string")
+    p.add_argument("--registry", metavar="URL", help="card service to register the serving "
+                   "card and the log's heads with (laminate serve)")
+    p.add_argument("--registry-token", metavar="TOKEN", help="write token for --registry "
+                   "(or LAMINATE_REGISTRY_TOKEN)")
+    p.add_argument("--anchor-every", type=float, default=300.0, metavar="SECONDS",
+                   help="seconds between head registrations (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=run)
@@ -58,7 +69,22 @@ def prepare(args):
                               probabilities=args.probabilities, backend=args.backend,
                               sim_dir=args.sim_dir, tcti=args.tpm, state_dir=state)
     server = Server(deployment, QueryLog(state / "log.sqlite"))
-    return create_app(server, tokens), deployment
+    app = create_app(server, tokens)
+    app.state.anchorer = None
+    if getattr(args, "registry", None):
+        import os
+
+        from serving.anchor import Anchorer
+
+        token = args.registry_token or os.environ.get("LAMINATE_REGISTRY_TOKEN")
+        if not token:
+            raise LaminateError("--registry-token: required with --registry "
+                                "(or set LAMINATE_REGISTRY_TOKEN)")
+        if not 1.0 <= args.anchor_every <= 86400.0:
+            raise LaminateError("--anchor-every: expected 1 to 86400 seconds")
+        app.state.anchorer = Anchorer(server, args.registry, token, args.anchor_every, state)
+        app.state.anchorer.register_card()
+    return app, deployment
 
 
 def run(args) -> int:
@@ -70,5 +96,14 @@ def run(args) -> int:
         print(f"wrote {args.state / 'dawn.opening.json'} (secret: the DAWN key; keep it)")
     print(f"serving {args.model} (sha256 {deployment.model_sha256[:16]}...) on "
           f"http://{args.host}:{args.port}")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    if app.state.anchorer is not None:
+        print(f"registered the serving card with {args.registry}; anchoring the log every "
+              f"{args.anchor_every:g} s")
+        app.state.anchorer.start()
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        if app.state.anchorer is not None:
+            app.state.anchorer.stop()
+            app.state.anchorer.anchor()        # the last answers, before the process ends
     return 0

@@ -104,7 +104,7 @@ def start(card_path, model_path, release_key, *, rate: float = 0.0, probabilitie
             if rate else None
         statement = {
             "type": serving_card.STATEMENT_TYPE, "deployment": module.random(32).hex(),
-            "model_sha256": digest, "card_sha256": hashlib.sha256(card_bytes).hexdigest(),
+            "model_sha256": digest, "card_sha256": cardlib.card_digest(card_bytes),
             "classes": classes, "input_shape": shape,
             "answers": "probabilities" if probabilities else "labels",
             "dawn": None if not rate else {"scheme": dawn.SCHEME, "rate": rate,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 from cards import cbor, merkle
 from cards.errors import LaminateError
@@ -36,6 +37,8 @@ CREATE TRIGGER IF NOT EXISTS batches_no_delete BEFORE DELETE ON batches
     BEGIN SELECT RAISE(ABORT, 'the query log is append-only'); END;
 """
 MAX_PAGE = 1000
+GATHER_S = 0.01           # longest a batch waits to be committed with later ones
+GATHER_ROWS = 256
 
 
 class LogUnavailable(LaminateError):
@@ -62,11 +65,13 @@ class QueryLog:
         self._changed = threading.Condition(self._lock)
         self._pending = []
         self._writing, self._closed, self._failed = False, False, None
+        self._flushing = 0        # readers waiting for the rows to be on disk
         self._tree = merkle.MerkleTree()
         for (record,) in self._db.execute("SELECT record FROM batches ORDER BY seq"):
             self._tree.add(record)
         (count,) = self._db.execute("SELECT coalesce(sum(count), 0) FROM batches").fetchone()
         self._next_index = count
+        self._committed = self._tree.size        # batches known to be on disk
         self._writer = threading.Thread(target=self._write_loop, name="query-log", daemon=True)
         self._writer.start()
 
@@ -74,17 +79,20 @@ class QueryLog:
                record) -> tuple[int, bytes]:
         """Queue a batch: its canonical inputs, its leaves and its record,
         ``record(first index)`` (the receipt payload); (first index, record bytes)."""
+        blobs = cbor.dumps(inputs), cbor.dumps(leaves)
         with self._lock:
             if self._failed is not None or self._closed:
                 raise LogUnavailable(f"{self.path}: the query log cannot be written "
                                      f"({self._failed or 'closed'}); not answering unlogged")
             first = self._next_index
             data = record(first)
-            self._pending.append((self._tree.size, client, first, len(leaves), data,
-                                  cbor.dumps(inputs), cbor.dumps(leaves)))
+            self._pending.append((self._tree.size, client, first, len(leaves), data, *blobs))
             self._tree.add(data)
             self._next_index += len(leaves)
-            self._changed.notify_all()
+            # Wake the writer only when it has something new to do: waking it for every
+            # batch costs a thread switch per answer.
+            if len(self._pending) in (1, GATHER_ROWS):
+                self._changed.notify_all()
             return first, data
 
     def _write_loop(self) -> None:
@@ -94,6 +102,12 @@ class QueryLog:
                     self._changed.wait()
                 if not self._pending:
                     return
+                # A commit costs about as much as answering a batch: gather what arrives
+                # within GATHER_S (or GATHER_ROWS batches) so one commit covers many.
+                deadline = time.monotonic() + GATHER_S
+                while (len(self._pending) < GATHER_ROWS and not self._closed
+                       and self._flushing == 0 and time.monotonic() < deadline):
+                    self._changed.wait(max(0.0, deadline - time.monotonic()))
                 rows, self._pending, self._writing = self._pending, [], True
             try:
                 with self._db_lock:
@@ -102,6 +116,8 @@ class QueryLog:
                         "INSERT INTO batches (seq, client, first_index, count, record, inputs, "
                         "leaves) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
                     self._db.execute("COMMIT")
+                with self._lock:
+                    self._committed = rows[-1][0] + 1
             except sqlite3.Error as exc:
                 with self._lock:
                     self._failed = str(exc)
@@ -116,14 +132,31 @@ class QueryLog:
     def flush(self) -> None:
         """Wait until every appended row is committed."""
         with self._lock:
+            self._flushing += 1
+            self._changed.notify_all()
             while (self._pending or self._writing) and self._failed is None:
                 self._changed.wait()
+            self._flushing -= 1
             if self._failed is not None:
                 raise LogUnavailable(f"{self.path}: the query log cannot be written ({self._failed})")
 
     def tree_head(self) -> tuple[int, bytes]:
         with self._lock:
             return self._tree.size, self._tree.root()
+
+    def durable_head(self) -> tuple[int, bytes]:
+        """A tree head every row under which is committed (what may be signed and
+        anchored: it can always be rebuilt from the file)."""
+        with self._lock:
+            head = self._tree.size, self._tree.root()
+            self._flushing += 1
+            self._changed.notify_all()
+            while self._committed < head[0] and self._failed is None:
+                self._changed.wait()
+            self._flushing -= 1
+            if self._failed is not None:
+                raise LogUnavailable(f"{self.path}: the query log cannot be written ({self._failed})")
+        return head
 
     def entries(self, client: str, start: int = 0, limit: int = MAX_PAGE) -> list[dict]:
         """One client's answers from log index ``start`` on (digests and answers only)."""

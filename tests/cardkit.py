@@ -110,6 +110,11 @@ def save_onnx_classifier(path, nodes, inits, *, input_shape, classes, name) -> P
     return Path(path)
 
 
+# How the kit's fake records were made: uniform floats, as they are.
+PREPROCESSING = {"source": "kit: uniform random floats in [0, 1)", "subtract": 0.0,
+                 "divide": 1.0, "input_shape": [FEATURES], "input_dtype": "float32",
+                 "class_names": [f"class {c}" for c in range(CLASSES)]}
+
 # A start the wrapper drew itself (the kit's model is not trained, so the digests are labels).
 START = {"kind": "random", "seed": hashlib.sha256(b"kit-seed").hexdigest(),
          "init": "torch.nn.Module.reset_parameters (kit)",
@@ -179,7 +184,8 @@ def make_card(tmp_path, *, backend="sim", key_kind="ed25519", tcti=None, dp=True
     session.measure_evaluation({**EVALUATION, **(evaluation or {}),
                                 **({} if watermark_claim is not None
                                    else {"watermark_accuracy": None})})
-    session.measure_model(measure.model_claim(model_path, "kit-model"))
+    session.measure_model({**measure.model_claim(model_path, "kit-model"),
+                           "preprocessing": PREPROCESSING})
     card_bytes = session.seal()
     files = write_card(tmp_path / "card", card_bytes)
 

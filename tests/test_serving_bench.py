@@ -22,5 +22,7 @@ def test_dawn_bench_quick(tmp_path):
     assert len(copies) == 4 and all(t["shown"] for t in copies)
     assert all(t["p_value"] <= 1e-6 for t in copies)
     assert rate["independent_tests"] == 48 and rate["false_positives"] == 0
+    assert len(rate["honest_client_models"]) == 8 and rate["honest_client_false_positives"] == 0
+    assert all(t["reason"].startswith("ownership:") for t in rate["thieves"] if not t["shown"])
     # the flips cost honest clients about the flip rate of their accuracy
     assert 0.0 < rate["honest_accuracy_cost"] < 0.1

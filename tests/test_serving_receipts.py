@@ -163,3 +163,12 @@ def test_verify_inference_command(served, answer, tmp_path, capsys):
     assert main(base) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0] and "not a JSON receipt" in err[0]
+
+
+def test_the_servers_signer_writes_the_same_receipt_as_sign_receipt(served):
+    from verifier import receipts_inference
+
+    key = served.deployment.receipt_key
+    payload = cbor.dumps({"any": "payload", "n": 1})
+    assert receipts_inference.ReceiptSigner(key).sign(payload) == \
+        receipts_inference.sign_receipt(key, payload)

@@ -394,3 +394,36 @@ def test_quote_signed_by_the_device_but_malformed(kit, policy, edit, field, reas
     failed = _rejected_by(result, "quote_signature", reason)
     assert failed["quote_signature"].field == field
     assert result.get("log_replay").status == SKIPPED
+
+
+# --- transparency_receipt: the log receipt embedded in the card ---------------------------
+
+def _log_receipt(card_bytes, log_key, *, bend=False):
+    """A receipt of ``card_bytes`` as leaf 1 of a 3-leaf log signed by ``log_key``; with
+    ``bend``, the first path hash altered (what a forger without the log key can do)."""
+    from cards import merkle
+    from verifier.receipts import make_receipt
+    leaves = [merkle.leaf_hash(b"before"), merkle.leaf_hash(card_bytes), merkle.leaf_hash(b"after")]
+    path = merkle.inclusion_proof(leaves, 1)
+    if bend:
+        path[0] = bytes(32)
+    return make_receipt(log_key, 3, 1, path, merkle.root_of(leaves))
+
+
+def test_embedded_receipt_verifies_with_the_log_key(kit, policy):
+    from cards.card import with_receipts
+    log_key = keys.generate_private_key("ed25519")
+    statement = with_receipts(kit.card_bytes, [_log_receipt(kit.card_bytes, log_key)])
+    result = appraise(statement, policy=policy, log_key=log_key.public_key())
+    assert result.exit_code == 0, result.to_table()
+    assert any(c.check == "transparency_receipt" and c.status == AFFIRMING
+               for c in result.checks)
+
+
+def test_altered_embedded_receipt_is_contraindicated(kit, policy):
+    from cards.card import with_receipts
+    log_key = keys.generate_private_key("ed25519")
+    statement = with_receipts(kit.card_bytes, [_log_receipt(kit.card_bytes, log_key, bend=True)])
+    failed = _rejected_by(appraise(statement, policy=policy, log_key=log_key.public_key()),
+                          "transparency_receipt", "does not cover the root")
+    assert failed["transparency_receipt"].field == "card.unprotected.394[0]"

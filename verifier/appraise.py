@@ -14,7 +14,7 @@ from pathlib import Path
 from cards import cbor, cose, schema
 from cards.card import open_card
 from cards.errors import CardFormatError, LaminateError
-from verifier import binomial, dp_check, provenance
+from verifier import binomial, dp_check, provenance, receipts
 from verifier.evidence import check_evidence
 from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, WARNING, Check, Result
 
@@ -26,9 +26,11 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_POWER_TRIGGERS = 1000
 
 
-def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None) -> Result:
+def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None,
+             log_key=None) -> Result:
     """Appraise `card_bytes` against `policy`, optionally binding it to a model file or
-    digest. Raises LaminateError only for caller mistakes (missing model file, bad hex);
+    digest, and, with `log_key` (a transparency log's public key), checking that a
+    receipt the card carries proves it is in that log. Raises LaminateError only for caller mistakes (missing model file, bad hex);
     anything wrong with the card itself is a contraindicated check."""
     expected_model = _model_digests(model_path, model_sha256)
     try:
@@ -75,6 +77,9 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None) -
     checks.append(provenance.check_libraries(claims, policy))
     checks.append(provenance.check_start(claims, policy))
     checks.append(_model_digest(claims, expected_model))
+    transparency = receipts.check_embedded(card, log_key)
+    if transparency is not None:
+        checks.append(transparency)
     for predicate in policy.predicates:
         holds, reason = predicate.evaluate(claims)
         checks.append(Check(f"policy:{predicate.text}", AFFIRMING if holds else CONTRAINDICATED,

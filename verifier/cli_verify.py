@@ -31,6 +31,10 @@ def register(sub) -> None:
     verify.add_argument("--at", metavar="TIME",
                         help="verify TEE evidence as of this UTC time (ISO 8601), e.g. when "
                         "its collateral was current (overrides the policy's verification_time)")
+    verify.add_argument("--log-key", metavar="PEM",
+                        help="a transparency log's public key: the card must carry a receipt "
+                        "(`laminate log attach`) proving it is in that log, checked offline "
+                        "(check transparency_receipt)")
     verify.add_argument("--chain", nargs="+", metavar="DIR_OR_CARD",
                         help="also appraise the cards this model was fine-tuned from, found "
                         "by their SHA-256 among these card files (or *.cbor in these "
@@ -88,14 +92,19 @@ def run_verify(args) -> int:
         at = parse_time(args.at, lambda _field, reason: LaminateError(f"--at: {reason}"))
         policy = dataclasses.replace(policy, verification_time=at)
     card_bytes = read_card_file(args.card)
+    log_key = None
+    if getattr(args, "log_key", None):
+        from cards import keys
+        log_key = keys.load_public_key(args.log_key)
     if getattr(args, "chain", None):
         from verifier.lineage import appraise_chain, gather
         chain = appraise_chain(card_bytes, str(args.card), gather(args.chain), policy=policy,
-                               model_path=args.model, model_sha256=args.model_sha256)
+                               model_path=args.model, model_sha256=args.model_sha256,
+                               log_key=log_key)
         print(chain.to_json() if args.json else chain.to_table())
         return chain.exit_code
     result = appraise(card_bytes, policy=policy, model_path=args.model,
-                      model_sha256=args.model_sha256)
+                      model_sha256=args.model_sha256, log_key=log_key)
     print(result.to_json() if args.json else result.to_table())
     return result.exit_code
 

@@ -75,19 +75,23 @@ def commitment(key: bytes, salt: bytes) -> str:
 @functools.lru_cache(maxsize=8)
 def _flip_mac(key: bytes):
     """HMAC(key) with the flip domain already absorbed: a server computes one per query,
-    and copying a keyed state skips the key schedule each time."""
+    and copying a keyed state is twice as fast as a one-shot HMAC, which redoes the key
+    schedule each time."""
     return hmac.new(key, _FLIP_DOMAIN, hashlib.sha256)
 
 
 def flipped(key: bytes, canonical: bytes, rate: float) -> bool:
-    """HMAC(key, "flip" || input) read as a fraction in [0, 1) below ``rate``."""
-    return _below(_flip_mac(bytes(key)), canonical, rate)
-
-
-def _below(base, canonical: bytes, rate: float) -> bool:
-    mac = base.copy()
+    """HMAC(key, "flip" || input) read as a fraction in [0, 1) below ``rate``: its first
+    8 bytes, big-endian, below ceil(rate * 2^64) (compared as bytes, which is the same)."""
+    mac = _flip_mac(bytes(key)).copy()
     mac.update(canonical)
-    return int.from_bytes(mac.digest()[:8], "big") / _TWO_64 < rate
+    return mac.digest()[:8] < _threshold(rate)
+
+
+@functools.lru_cache(maxsize=8)
+def _threshold(rate: float) -> bytes:
+    """ceil(rate * 2^64) as 8 big-endian bytes (rate <= MAX_RATE, so it fits)."""
+    return math.ceil(rate * _TWO_64).to_bytes(8, "big")
 
 
 def wrong_label(key: bytes, canonical: bytes, true_label: int, classes: int) -> int:
@@ -107,13 +111,16 @@ def wrong_label(key: bytes, canonical: bytes, true_label: int, classes: int) -> 
 def answers(key: bytes | None, rate: float, canonicals: list[bytes], labels,
             classes: int) -> list[tuple[int, bool]]:
     """(the label served, whether it was flipped) for each input of a batch the model
-    labels ``labels``; the keyed state is prepared once per batch."""
+    labels ``labels``: ``flipped`` for each, inlined (a server calls it per answer)."""
     if key is None or rate <= 0.0:
         return [(int(label), False) for label in labels]
-    base = _flip_mac(bytes(key))
+    key = bytes(key)
+    base, threshold = _flip_mac(key), _threshold(rate)
     out = []
     for canonical, label in zip(canonicals, labels):
-        if _below(base, canonical, rate):
+        mac = base.copy()
+        mac.update(canonical)
+        if mac.digest()[:8] < threshold:
             out.append((wrong_label(key, canonical, int(label), classes), True))
         else:
             out.append((int(label), False))
@@ -161,10 +168,15 @@ class Opening:
             raise LaminateError(f"{path}: cannot read the DAWN opening ({exc.strerror})") from None
         except (ValueError, UnicodeDecodeError):
             raise LaminateError(f"{path}: the DAWN opening is not JSON") from None
+        return cls.from_doc(doc, str(path))
+
+    @classmethod
+    def from_doc(cls, doc, where: str = "opening") -> Opening:
+        """The opening in a parsed dawn.opening.json; LaminateError names the field."""
         if not isinstance(doc, dict) or doc.get("format") != OPENING_FORMAT:
-            raise LaminateError(f"{path}: format: expected {OPENING_FORMAT!r}")
+            raise LaminateError(f"{where}: format: expected {OPENING_FORMAT!r}")
         if doc.get("scheme") != SCHEME:
-            raise LaminateError(f"{path}: scheme: expected {SCHEME!r}")
+            raise LaminateError(f"{where}: scheme: expected {SCHEME!r}")
         parts = {}
         for name, size in (("key", KEY_BYTES), ("salt", SALT_BYTES)):
             try:
@@ -172,5 +184,5 @@ class Opening:
             except (TypeError, ValueError):
                 parts[name] = b""
             if len(parts[name]) != size:
-                raise LaminateError(f"{path}: {name}: expected {size} bytes as hex")
+                raise LaminateError(f"{where}: {name}: expected {size} bytes as hex")
         return cls(parts["key"], parts["salt"])

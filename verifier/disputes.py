@@ -15,7 +15,21 @@ A claim wins only if
   opening    the revealed opening matches that commitment, so the triggers were fixed by
              the attested session before the suspect existed;
   ownership  the sequential ownership test on the regenerated triggers shows ownership.
-Among several winning claims over one suspect, the earliest commitment wins.
+
+A DAWN claim (a client's flipped answers from an attested prediction server) wins only if
+  card       its serving card verifies under the arbiter's policy, serves with DAWN, and
+             the served model handed over for the replay is the one it names;
+  order      a head of the deployment's query log, signed by the serving card's receipt
+             key, entered the log at an index before the suspect's first appearance;
+  log        the evidence is the complete set of the named clients' batches under that
+             head (every record hashes to the anchored root, each batch's answers to the
+             root its record signed), so the flips replayed were fixed before the suspect;
+  opening    the revealed DAWN key opens the serving card's key commitment;
+  ownership  the suspect matches the replayed flipped labels beyond chance 1/(C-1)
+             (sequential binomial test, ``verifier.dawn_ownership``).
+Among several winning claims over one suspect, of either kind, the earliest commitment
+(a watermark commitment's or an anchored head's log index) wins; the verdict names the
+evidence that decided.
 
 This is the one implementation of the rule: the registry's disputes and the red team's
 table both call it, so the table measures the rule the service applies.
@@ -28,6 +42,7 @@ from typing import cast
 from cards.errors import LaminateError
 
 CHECKS = ("card", "start", "order", "opening", "ownership")
+DAWN_CHECKS = ("card", "order", "log", "opening", "ownership")
 
 
 @dataclass
@@ -39,11 +54,13 @@ class Judgement:
     commitment_index: int | None = None
     commitment: str | None = None
     outranked_by: int | None = None   # an earlier winning commitment's log index
+    evidence: str = "watermark"       # or "dawn": which evidence the claim argues from
+    names: tuple = CHECKS             # the checks of the rule for that evidence
 
     @property
     def passed(self) -> bool:
         """Every check of the rule ran and passed."""
-        return all(self.checks.get(c, (False, ""))[0] for c in CHECKS)
+        return all(self.checks.get(c, (False, ""))[0] for c in self.names)
 
     @property
     def won(self) -> bool:
@@ -53,13 +70,13 @@ class Judgement:
     @property
     def reason(self) -> str:
         """Why the claim wins, or the first check that stops it and why."""
-        for name in CHECKS:
+        for name in self.names:
             ok, why = self.checks.get(name, (False, "not run"))
             if not ok:
                 return f"{name}: {why}"
         if self.outranked_by is not None:
             return f"an earlier winning commitment (index {self.outranked_by}) outranks it"
-        return "; ".join(self.checks[c][1] for c in CHECKS)
+        return "; ".join(self.checks[c][1] for c in self.names)
 
 
 def judge_claim(*, card_problem: str | None, commitment: str | None,
@@ -142,6 +159,81 @@ def _start(start: dict | None, suspect_sha256: str | None) -> tuple[bool, str]:
                        "weights and cannot own them")
     return True, (f"the card started from {start['kind']} weights "
                   f"{start['model_sha256'][:16]}..., not from the suspect")
+
+
+def judge_dawn_claim(*, card_problem: str | None, card, anchor_index: int | None,
+                     anchor: bytes | None, suspect_index: int, evidence: bytes | None,
+                     opening, victim, suspect, alpha: float,
+                     run_all: bool = False) -> Judgement:
+    """Apply the DAWN rule to one claim.
+
+    ``card`` is the opened serving card (None when it could not be opened), with
+    ``card_problem`` None when it verified under the arbiter's policy, serves with DAWN
+    and ``victim`` is its served model; ``anchor`` is the signed log head the arbiter
+    found logged at ``anchor_index`` (the last one for this serving card before the
+    suspect); ``evidence`` the owner's `verifier.dawn_evidence` bytes; ``opening`` a
+    ``verifier.dawn.Opening`` or the text of its parse error.
+    """
+    from verifier.dawn_evidence import check_evidence
+    from verifier.dawn_ownership import dawn_ownership_test
+
+    commitment = card.dawn["key_commitment"] if card is not None and card.dawn else None
+    checks: dict = {}
+
+    def stop() -> Judgement | None:
+        if run_all or all(ok for ok, _ in checks.values()):
+            return None
+        return Judgement(checks, None, anchor_index, commitment, evidence="dawn",
+                         names=DAWN_CHECKS)
+
+    checks["card"] = ((True, "serving card verifies, serves with DAWN, and the served model "
+                             "is the one it names")
+                      if card_problem is None else (False, card_problem))
+    if (j := stop()) is not None:
+        return j
+    if anchor_index is None or anchor is None:
+        checks["order"] = (False, "no head of this deployment's query log was logged before "
+                                  f"the suspect first appeared at index {suspect_index}")
+    elif anchor_index < suspect_index:
+        checks["order"] = (True, f"query-log head anchored at index {anchor_index} precedes the "
+                                 f"suspect's first appearance at index {suspect_index}")
+    else:
+        checks["order"] = (False, f"query-log head anchored at index {anchor_index}, not before "
+                                  f"the suspect first appeared at index {suspect_index}")
+    if (j := stop()) is not None:
+        return j
+    rows = None
+    if card is None or anchor is None or evidence is None:
+        checks["log"] = (False, "no evidence to check against an anchored head")
+    else:
+        try:
+            clients, rows = check_evidence(evidence, card, anchor)
+            checks["log"] = (True, f"all {len(rows)} answers to {', '.join(clients)} under "
+                                   "the anchored head")
+        except LaminateError as exc:
+            checks["log"] = (False, str(exc))
+    if (j := stop()) is not None:
+        return j
+    if isinstance(opening, str):
+        checks["opening"] = (False, f"DAWN opening is malformed ({opening})")
+    elif commitment is None or not opening.opens(commitment):
+        checks["opening"] = (False, "the DAWN opening does not open the serving card's key "
+                                    "commitment")
+    else:
+        checks["opening"] = (True, "the DAWN opening opens the key commitment")
+    if (j := stop()) is not None:
+        return j
+    result = None
+    if rows is None or isinstance(opening, str) or card_problem is not None:
+        checks["ownership"] = (False, "no verified serving card and log to replay")
+    else:
+        try:
+            result = dawn_ownership_test(card, opening, rows, victim, suspect, alpha=alpha)
+            checks["ownership"] = (result.shown, result.reason)
+        except LaminateError as exc:
+            checks["ownership"] = (False, f"the replay could not run ({exc})")
+    return Judgement(checks, result, anchor_index, commitment, evidence="dawn",
+                     names=DAWN_CHECKS)
 
 
 def rank(judged: list[Judgement]) -> Judgement | None:

@@ -8,14 +8,13 @@ is opened (parsed and schema-checked) but not appraised: exporting is not verify
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from pathlib import Path
 
 import yaml
 
 from cards import views
-from cards.card import Card, open_card
+from cards.card import Card, card_digest, open_card
 from cards.errors import LaminateError
 from cards.files import write_atomic
 from verifier.cli_verify import jsonable, read_card_file
@@ -26,11 +25,11 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 
 
 class Source:
-    """The card being exported: the opened card and the digest of its exact bytes."""
+    """The card being exported: the opened card and its digest (receipts aside)."""
 
     def __init__(self, card_bytes: bytes, card_name: str = "card.cbor"):
         self.card: Card = open_card(card_bytes)
-        self.sha256 = hashlib.sha256(card_bytes).hexdigest()
+        self.sha256 = card_digest(card_bytes)
         self.card_name = card_name
 
     @property
@@ -175,6 +174,11 @@ def _model_card(claims: dict) -> dict:
         metrics.append({"type": "accuracy", "value": repr(evaluation["watermark_accuracy"]),
                         "slice": "watermark triggers"})
     tensors = [{"format": f"{t['name']} {t['dtype']} {t['shape']}"} for t in claims["model"]["inputs"]]
+    prep = claims["model"].get("preprocessing")
+    if prep is not None:
+        tensors = [{"format": f"{t['format']}; " + "; ".join(
+            f"{name}: {value}" for name, value in views.preprocessing_rows(prep))}
+            for t in tensors]
     dp = claims["defenses"]["dp"]
     considerations = {}
     if dp is not None:

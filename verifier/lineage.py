@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
-from cards.card import open_card
-from cards.errors import LaminateError
+from cards.card import card_digest, open_card
+from cards.errors import CardFormatError, LaminateError
 from verifier.appraise import appraise
 from verifier.result import AFFIRMING, CONTRAINDICATED, Check, Result
 
@@ -68,20 +68,30 @@ def gather(paths) -> dict[str, tuple[str, bytes]]:
             files.append(given)
         if len(files) > MAX_CANDIDATES:
             raise LaminateError(f"--chain: more than {MAX_CANDIDATES} card files given")
-    return {hashlib.sha256(data).hexdigest(): (str(path), data)
+    return {_identity(data): (str(path), data)
             for path in files for data in (read_card_file(path),)}
 
 
+def _identity(data: bytes) -> str:
+    """The card digest; a file that is no card envelope keeps its plain SHA-256, so it
+    can still be named (and refused) when a child names it."""
+    try:
+        return card_digest(data)
+    except CardFormatError:
+        return hashlib.sha256(data).hexdigest()
+
+
 def appraise_chain(card_bytes: bytes, name: str, candidates: dict, *, policy,
-                   model_path=None, model_sha256=None) -> Chain:
+                   model_path=None, model_sha256=None, log_key=None) -> Chain:
     """Appraise the card, then each parent it names, each under the same policy; each
     link that names a parent gets a `lineage` check saying whether its parent was found
-    and describes the model it started from."""
+    and describes the model it started from. ``log_key`` (its receipt) is checked for
+    the card named only."""
     links = []
-    expected = {"model_path": model_path, "model_sha256": model_sha256}
+    expected = {"model_path": model_path, "model_sha256": model_sha256, "log_key": log_key}
     while True:
         result = appraise(card_bytes, policy=policy, **expected)
-        links.append(Link(name, hashlib.sha256(card_bytes).hexdigest(), result))
+        links.append(Link(name, _identity(card_bytes), result))
         try:
             start = open_card(card_bytes).claims["start"]
         except LaminateError:
@@ -96,7 +106,7 @@ def appraise_chain(card_bytes: bytes, name: str, candidates: dict, *, policy,
         if parent is None:
             break
         name, card_bytes = parent
-        expected = {"model_path": None, "model_sha256": start["model_sha256"]}
+        expected = {"model_path": None, "model_sha256": start["model_sha256"], "log_key": None}
     return Chain(links)
 
 

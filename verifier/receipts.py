@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import cbor2
 
 from cards import cbor, cose, keys, merkle
+from cards.card import Card, statement_of
 from cards.errors import LaminateError
 
 from .logproof import LogProofError, check_inclusion, root_from_inclusion
+from .result import AFFIRMING, CONTRAINDICATED, SKIPPED, Check
 
 HDR_VDS = 395
 HDR_VDP = 396
@@ -142,3 +144,41 @@ def verify_receipt(receipt_bytes: bytes, statement: bytes, public_key) -> Receip
                             "statement and path lead to (wrong statement, altered path or "
                             "wrong service key)")
     return ReceiptCheck(receipt.tree_size, receipt.leaf_index, root)
+
+
+CHECK = "transparency_receipt"
+FIELD = "card.unprotected.394"
+
+
+def check_embedded(card: Card, log_key):
+    """The ``transparency_receipt`` check of an opened card: that a receipt it carries
+    proves, under ``log_key``, that the card's statement (the card without its receipts)
+    is in that log. Receipts of other logs are passed over. None when the card carries
+    no receipt and no key is given, as there is nothing to say."""
+    receipts = card.sign1.unprotected.get(cose.HDR_RECEIPTS, [])
+    if log_key is None:
+        if not receipts:
+            return None
+        return Check(CHECK, SKIPPED, FIELD, f"not checked: the card carries {len(receipts)} "
+                     "receipt(s) but no log key was given (--log-key)")
+    key_id = keys.key_id(keys.public_key_of(log_key))
+    kid = key_id.hex()[:16]
+    if not receipts:
+        return Check(CHECK, CONTRAINDICATED, FIELD, f"no receipt embedded, so nothing shows "
+                     f"the card is in log {kid}... (add one with `laminate log attach`)")
+    statement = statement_of(card)
+    failed = None
+    for i, receipt in enumerate(receipts):
+        try:
+            if parse_receipt(receipt).kid not in (None, key_id):
+                continue        # another log's receipt
+            proved = verify_receipt(receipt, statement, log_key)
+        except LogProofError as exc:
+            failed = failed or Check(CHECK, CONTRAINDICATED, f"{FIELD}[{i}]", str(exc))
+            continue
+        return Check(CHECK, AFFIRMING, f"{FIELD}[{i}]",
+                     f"the card is leaf {proved.leaf_index} of log {kid}...'s tree of size "
+                     f"{proved.tree_size}, root {proved.root_hash.hex()[:16]}..., signed by "
+                     "the log key")
+    return failed or Check(CHECK, CONTRAINDICATED, FIELD, f"none of the {len(receipts)} "
+                           f"receipt(s) is signed by log key {kid}...")

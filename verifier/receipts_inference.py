@@ -16,6 +16,8 @@ import hmac
 import math
 import re
 
+import cbor2
+
 from cards import cbor, cose, keys, merkle
 from cards.errors import CardFormatError, LaminateError
 from verifier.result import AFFIRMING, CONTRAINDICATED, Check
@@ -60,6 +62,24 @@ def sign_receipt(private_key, payload: bytes, kid: bytes | None = None) -> bytes
     if kid is None:
         kid = keys.key_id(keys.public_key_of(private_key))
     return cose.sign1(payload, private_key, kid=kid)
+
+
+class ReceiptSigner:
+    """``sign_receipt`` for one key, with the protected header encoded once: a server
+    signs every batch with the same key, and encoding the header again per batch costs
+    about as much as the Ed25519 signature itself. Same bytes as ``sign_receipt``."""
+
+    def __init__(self, private_key):
+        self.key = private_key
+        self.alg = cose.alg_for_key(private_key)
+        kid = keys.key_id(keys.public_key_of(private_key))
+        self.protected = cbor.dumps({cose.HDR_ALG: self.alg, cose.HDR_KID: kid})
+
+    def sign(self, payload: bytes) -> bytes:
+        structure = cbor2.dumps(["Signature1", self.protected, b"", payload])
+        signature = cose.sign_bytes(self.key, self.alg, structure)
+        return cbor2.dumps(cbor2.CBORTag(cose.TAG_SIGN1, [self.protected, {}, payload,
+                                                          signature]))
 
 
 def _answers(doc) -> tuple[list, list, list | None]:

@@ -82,6 +82,17 @@ def open_serving_card(data: bytes) -> ServingCard:
                        hashlib.sha256(bytes(data)).hexdigest())
 
 
+def is_serving_card(data: bytes) -> bool:
+    """Whether ``data`` is a COSE_Sign1 whose payload says it is a serving card (not a
+    trust decision: a service picks the checks to run by it)."""
+    try:
+        msg = cose.parse_sign1(bytes(data), require_tag=True, field="card")
+        payload = cbor.loads(msg.payload, field="card.payload")
+    except (LaminateError, TypeError):
+        return False
+    return type(payload) is dict and payload.get("format") == FORMAT
+
+
 def validate_statement(s) -> None:
     where = "serving_card.statement"
     _fields(s, _STATEMENT_FIELDS, where)
