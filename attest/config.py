@@ -44,7 +44,9 @@ Keys:
     watermark:
       enabled: bool                trigger-set watermark; seed drawn by the attestation
                                    backend, never by the user (default false)
-      trigger_count: int           (default 100)
+      scheme: trigger | ewe        trigger: random-input trigger set; ewe: entangled watermark
+                                   (10 keys of stamped train records, SNNL; default trigger)
+      trigger_count: int           (default 100; ewe: watermark inputs the opening proves)
       schedule: joint | split      joint: triggers in every batch; split: a non-DP phase on
                                    triggers + real data after training (default joint)
       split_epochs: int            epochs of that non-DP phase (default 10)
@@ -126,6 +128,7 @@ _SCHEMA = {
     },
     "watermark": {
         "enabled": ("bool", False),
+        "scheme": (("choice", ("trigger", "ewe")), "trigger"),
         "trigger_count": ("int", 100),
         "schedule": (("choice", ("joint", "split")), "joint"),
         "split_epochs": ("int", 10),

@@ -143,6 +143,11 @@ class Trainer:
             self.dp = DPTraining(self.model, optimizer, loader, dpc, epochs=training["epochs"])
             model, optimizer, loader, step = self.dp.model, self.dp.optimizer, self.dp.loader, self.dp.step
         joint = self.watermark if self.watermark and self.watermark.schedule == "joint" else None
+        # EWE interleaves its own steps (SNNL couples samples, so not under DP: there its
+        # stamped records are mixed into the DP batches like triggers).
+        interleave = joint if joint is not None and getattr(joint, "interleaved", False) and not self.dp else None
+        joint = None if interleave else joint
+        ewe_rng = np.random.default_rng(self.seed + 4)
         sampler = joint.sampler(self.seed) if joint else None
         k = joint.per_batch(training["batch_size"]) if joint else 0
         for epoch in range(1, training["epochs"] + 1):
@@ -159,6 +164,8 @@ class Trainer:
                 loss.backward()
                 step()
                 stats.add(loss, out, yb, len(yb) - k)
+                if interleave:
+                    interleave.step(model, optimizer, training["batch_size"], ewe_rng)
             self._report("train" if not self.dp else "dp", epoch, training["epochs"], stats, model)
         module = self.dp.release_model() if self.dp else self.model
         if self.watermark and self.watermark.schedule == "split":
@@ -297,9 +304,17 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
         mark = None
         if config["watermark"]["enabled"]:
             w = config["watermark"]
-            mark = wm.create(session, trigger_count=w["trigger_count"], classes=classes,
-                             input_shape=train_set.input_shape, schedule=w["schedule"],
-                             weight=w["weight"], split_epochs=w["split_epochs"])
+            if w["scheme"] == "ewe":
+                from attest.defenses import ewe
+
+                mark = ewe.create(session, model, train_set, trigger_count=w["trigger_count"],
+                                  classes=classes, schedule=w["schedule"], weight=w["weight"],
+                                  split_epochs=w["split_epochs"], lr=config["training"]["lr"],
+                                  seed=config["training"]["seed"])
+            else:
+                mark = wm.create(session, trigger_count=w["trigger_count"], classes=classes,
+                                 input_shape=train_set.input_shape, schedule=w["schedule"],
+                                 weight=w["weight"], split_epochs=w["split_epochs"])
         trainer = Trainer(model, train_set, config, mark, progress)
         module = trainer.run()
 
@@ -313,7 +328,12 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
             note = dp_note(opacus_version=opacus.__version__, watermark=mark.schedule if mark else None,
                            split_records=trainer.split_records, split_epochs=mark.split_epochs if split else 0,
                            start=start_claim["kind"])
-            dp_claim = trainer.dp.claim(tight=not split and start_claim["kind"] == "random", note=note,
+            is_ewe = mark is not None and mark.claim()["scheme"] == "laminate-ewe-v1"
+            if is_ewe:
+                note += (" EWE: the stamped copies of the watermark records are extra samples of "
+                         "those records, so their privacy is that of a group (record plus copies).")
+            dp_claim = trainer.dp.claim(tight=not split and start_claim["kind"] == "random"
+                                        and not is_ewe, note=note,
                                         non_dp_records=trainer.split_records)
         session.measure_dp(dp_claim)
         session.measure_watermark(mark.claim() if mark else None)

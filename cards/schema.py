@@ -359,9 +359,26 @@ DISTRIBUTED_CLAIM = record({
     "world_size": integer(1), "backend": non_empty_text,
     "assignment": one_of("contiguous-v1"), "shard_digest": one_of("range-roots-v1"),
     "ranks": array_of(_rank, 1)})
-WATERMARK_CLAIM = record({
-    "scheme": one_of("laminate-trigger-v1"), "commitment": hex_digest,
-    "trigger_count": integer(1), "classes": integer(2), "schedule": one_of("joint", "split")})
+_WATERMARKS = {
+    "laminate-trigger-v1": record({
+        "scheme": one_of("laminate-trigger-v1"), "commitment": hex_digest,
+        "trigger_count": integer(1), "classes": integer(2), "schedule": one_of("joint", "split")}),
+    "laminate-ewe-v1": record({
+        "scheme": one_of("laminate-ewe-v1"), "commitment": hex_digest,
+        "trigger_count": integer(1), "keys": integer(1, 64), "classes": integer(3),
+        "schedule": one_of("joint", "split"), "train_root": hex_digest,
+        "train_records": integer(1)}),
+}
+
+
+def WATERMARK_CLAIM(value) -> None:
+    """A watermark claim: the record its ``scheme`` names; anything else is judged as a
+    trigger-set claim, so the reader names the same first problem it always did."""
+    kind = value.get("scheme") if type(value) is dict else None
+    checker = _WATERMARKS.get(kind) if type(kind) is str else None
+    (checker or _WATERMARKS["laminate-trigger-v1"])(value)
+
+
 CLAIMS = record({
     "model": record({
         "name": text, "format": one_of("onnx"), "sha256": hex_digest, "size": integer(),

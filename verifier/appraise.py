@@ -95,7 +95,11 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None,
         checks.append(dp_check.check_accounting(dp, claims["start"], policy))
     checks.extend(distributed.checks(claims))
     watermark = claims["defenses"]["watermark"]
-    if watermark is not None:
+    if watermark is not None and watermark["scheme"] == "laminate-ewe-v1":
+        from verifier import ewe_checks
+
+        checks += ewe_checks.checks(watermark, claims, policy)
+    elif watermark is not None:
         checks.append(_watermark_power(watermark, claims["evaluation"], policy))
     if card.simulated and allowed:
         checks.append(Check("simulated_hardware", WARNING, "evidence.backend",

@@ -15,6 +15,12 @@ time, until a one-sided binomial test against chance (1/classes) decides at --al
 An independent model is declared a copy with probability at most alpha, however early
 the test stops.
 
+For an entangled watermark (scheme laminate-ewe-v1) the opening also carries the
+watermark records with their Merkle proofs in the card's train split; all of them are
+checked, the suspect is asked once on each stamped record (100 by default), and the
+exact conditional test over the seed-drawn target classes decides (cards/FORMAT.md,
+"EWE ownership null").
+
 This command does not decide whether to trust the card: it only parses it. Verify the
 card first (`laminate verify CARD --policy POLICY`) so that the commitment is known to
 come from an attested training run.
@@ -52,7 +58,7 @@ def run(args) -> int:
     alpha outside (0, 1), an unusable suspect) raise LaminateError, which the CLI prints as
     one line with exit 2."""
     from cards.card import open_card
-    from cards.watermark import Opening
+    from cards.ewe import load_opening
     from verifier.ownership import ownership_test
     from verifier.suspect import open_suspect
 
@@ -73,7 +79,7 @@ def run(args) -> int:
     card = open_card(_read(args.card, "card"))
     if not args.opening.is_file():
         raise LaminateError(f"{args.opening}: watermark opening not found")
-    opening = Opening.load(args.opening)
+    opening = load_opening(args.opening)
     watermark = card.claims["defenses"]["watermark"]
     if watermark is None:
         raise LaminateError(f"{args.card}: claims.defenses.watermark: the card carries "

@@ -36,6 +36,7 @@ class OwnershipResult:
     classes: int
     reason: str
     elapsed_ms: float
+    test: str = "sequential"   # "sequential" (binomial, 1/C) or "ewe" (conditional, FORMAT.md)
 
     @property
     def shown(self) -> bool:
@@ -56,7 +57,12 @@ class OwnershipResult:
         was queried."""
         head = "OWNERSHIP SHOWN" if self.shown else "ownership NOT shown"
         lines = [f"{head}: {self.reason}"]
-        if self.queries:
+        if self.queries and self.test == "ewe":
+            lines.append(
+                f"  matches {self.matches}/{self.queries} (rate {self.match_rate:.3f}), exact "
+                f"conditional p-value {self.p_value:.3g} over the seed-drawn targets (alpha "
+                f"{self.alpha:g}, all {self.trigger_count} inputs asked once), {self.elapsed_ms:.0f} ms")
+        elif self.queries:
             lines.append(
                 f"  matches {self.matches}/{self.queries} (rate {self.match_rate:.3f}, chance "
                 f"{1 / self.classes:.3f}), p-value {self.p_value:.3g} (alpha {self.alpha:g}, "
@@ -74,6 +80,10 @@ def ownership_test(opening, watermark_claim, suspect, *, alpha: float = 1e-6) ->
                             "so there is nothing to test ownership against")
     if not 0.0 < alpha < 1.0:
         raise LaminateError(f"alpha: must be between 0 and 1, got {alpha}")
+    if watermark_claim["scheme"] == "laminate-ewe-v1":
+        from verifier import ewe_null
+
+        return ewe_null.ownership(opening, watermark_claim, suspect, alpha=alpha)
     count, classes = watermark_claim["trigger_count"], watermark_claim["classes"]
     if type(count) is not int or not 1 <= count <= MAX_TRIGGERS:
         raise LaminateError(f"claims.defenses.watermark.trigger_count: {count!r} triggers; "
@@ -87,7 +97,7 @@ def ownership_test(opening, watermark_claim, suspect, *, alpha: float = 1e-6) ->
             elapsed_ms=(time.perf_counter() - started) * 1000.0)
 
     parameters = opening.parameters
-    if (not opening.matches(watermark_claim["commitment"])
+    if (parameters.get("scheme") != watermark_claim["scheme"] or not opening.matches(watermark_claim["commitment"])
             or parameters.get("scheme") != watermark_claim["scheme"]
             or parameters.get("trigger_count") != count
             or parameters.get("classes") != classes):
