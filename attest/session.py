@@ -101,6 +101,10 @@ class AttestedSession:
     def measure_watermark(self, claim) -> None:
         self._measure("defense.watermark", claim)
 
+    def measure_adversarial(self, claim) -> None:
+        """None: no adversarial training (the claim section is left out, no event)."""
+        self._measure("defense.adversarial", claim)
+
     def measure_evaluation(self, claim: dict) -> None:
         self._measure("evaluation", claim)
 
@@ -125,7 +129,9 @@ class AttestedSession:
                 "framework": self.framework if self.framework is not None
                 else framework_versions(),
             },
-            "defenses": {"dp": s["defense.dp"], "watermark": s["defense.watermark"]},
+            "defenses": {"dp": s["defense.dp"], "watermark": s["defense.watermark"],
+                         **({"adversarial": s["defense.adversarial"]}
+                            if s.get("defense.adversarial") else {})},
             "evaluation": s["evaluation"],
         }
 

@@ -188,10 +188,13 @@ def _entries(value: dict, item, *, bracketed: bool) -> None:
             raise
 
 
-def record(fields: dict[str, Callable]):
-    """A closed map: exactly these keys, in any order. A stray key is named first (the
-    first in the map's order); then fields are checked in the order given here, so the
-    first missing or bad one is named."""
+def record(fields: dict[str, Callable], optional: dict[str, Callable] | None = None):
+    """A closed map: exactly these keys, in any order, plus any of the ``optional`` ones
+    (absent, never null: a section added after version 1 shipped, so older cards still
+    read). A stray key is named first (the first in the map's order); then fields are
+    checked in the order given here, so the first missing or bad one is named."""
+    known = {**fields, **(optional or {})}
+
     def check(value):
         if type(value) is not dict:
             _fail(f"expected a map, got {_type_name(value)}")
@@ -199,12 +202,14 @@ def record(fields: dict[str, Callable]):
             for key in value:
                 if type(key) is not str:
                     _fail(f"map keys must be strings, got {_type_name(key)}")
-                if key not in fields:
+                if key not in known:
                     _fail_at(key, "unknown critical extension"
                              if key.startswith(CRITICAL_PREFIX) else "unknown field")
-        for key, spec in fields.items():
+        for key, spec in known.items():
             if key not in value:
-                _fail_at(key, "missing")
+                if key in fields:
+                    _fail_at(key, "missing")
+                continue
             try:
                 spec(value[key])
             except _Invalid as exc:
@@ -332,6 +337,13 @@ DP_CLAIM = record({
 WATERMARK_CLAIM = record({
     "scheme": one_of("laminate-trigger-v1"), "commitment": hex_digest,
     "trigger_count": integer(1), "classes": integer(2), "schedule": one_of("joint", "split")})
+# Adversarial training (PGD, Madry et al.): the attack it trained against, and the same
+# attack, seeded from the session, run on the exported model's test split.
+ADVERSARIAL_CLAIM = record({
+    "method": one_of("pgd"), "norm": one_of("linf"), "epsilon": number(0.0, 1.0),
+    "step_size": number(0.0, 1.0), "steps": integer(1, 1000), "train_fraction": unit,
+    "attack_seed": hex_digest, "examples_merkle_root": hex_digest,
+    "adversarial_accuracy": unit, "test_records": integer(1)})
 CLAIMS = record({
     "model": record({
         "name": text, "format": one_of("onnx"), "sha256": hex_digest, "size": integer(),
@@ -342,7 +354,8 @@ CLAIMS = record({
     "training": record({
         "config": map_of(plain), "config_sha256": hex_digest, "code": _code,
         "framework": map_of(text)}),
-    "defenses": record({"dp": nullable(DP_CLAIM), "watermark": nullable(WATERMARK_CLAIM)}),
+    "defenses": record({"dp": nullable(DP_CLAIM), "watermark": nullable(WATERMARK_CLAIM)},
+                       {"adversarial": ADVERSARIAL_CLAIM}),
     "evaluation": record({
         "accuracy": unit, "per_class_accuracy": array_of(unit), "test_records": integer(),
         "watermark_accuracy": nullable(unit)}),
@@ -413,6 +426,8 @@ EVENT_CLAIMS: dict[str, EventClaim] = {e.type: e for e in (
     EventClaim("defense.dp", 23, "claims.defenses.dp", lambda c: c["defenses"]["dp"], True),
     EventClaim("defense.watermark", 23, "claims.defenses.watermark",
                lambda c: c["defenses"]["watermark"], True),
+    EventClaim("defense.adversarial", 23, "claims.defenses.adversarial",
+               lambda c: c["defenses"].get("adversarial"), True),
     EventClaim("evaluation", 23, "claims.evaluation", lambda c: c["evaluation"]),
     EventClaim("model", 23, "claims.model", lambda c: c["model"]),
 )}

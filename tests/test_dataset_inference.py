@@ -1,0 +1,73 @@
+"""Dataset inference: its statistics, private-record proofs, and that the dispute rule
+never lets it decide."""
+import numpy as np
+import pytest
+
+from cards import merkle
+from verifier import dataset_inference as di
+from verifier.disputes import Judgement, add_dataset_inference
+
+
+@pytest.mark.parametrize("t, df", [(0.3, 4), (2.5, 12.5), (-1.7, 30), (8.0, 200), (40.0, 900)])
+def test_student_t_tail_matches_scipy(t, df):
+    stats = pytest.importorskip("scipy.stats")
+    assert di.student_t_sf(t, df) == pytest.approx(stats.t.sf(t, df), rel=1e-9, abs=1e-300)
+
+
+def test_welch_test_matches_scipy_and_sees_a_shift():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    private, public = rng.normal(0, 1, (80, 6)), rng.normal(0.4, 1, (70, 6))
+    d = di.fit(private, public)
+    result = di.test(d, private, public)
+    ref = stats.ttest_ind(d.score(public), d.score(private), equal_var=False, alternative="greater")
+    assert result.p_value == pytest.approx(ref.pvalue, rel=1e-8)
+    assert result.p_value < 1e-3 and result.mean_public > result.mean_private
+
+
+def test_walk_counts_steps_to_the_label_change():
+    """A threshold model on the mean pixel: every walk ends where the mean crosses 0.5."""
+    def predict(x):
+        return (x.reshape(len(x), -1).mean(axis=1) > 0.5).astype(np.int64)
+
+    x = np.full((4, 8), 0.2, dtype=np.float32)
+    x[2:] = 0.45
+    y = predict(x)
+    features = di.walk_features(predict, x, y, directions=2, seed=0)
+    assert features.shape == (4, 6)
+    assert np.all(features[2:] <= features[:2]), "records nearer the boundary flip sooner"
+
+
+def test_private_records_are_proved_against_the_train_root():
+    rng = np.random.default_rng(1)
+    x, y = rng.random((9, 5), dtype=np.float32), np.arange(9) % 3
+    leaves = [di.record_leaf(r, int(c)) for r, c in zip(x, y)]
+    claim = {"merkle_root": merkle.root_of(leaves).hex(), "records": 9}
+    idx = [1, 4, 8]
+    proofs = [merkle.inclusion_proof(leaves, i) for i in idx]
+    assert di.prove_private(claim, x[idx], y[idx], idx, proofs) is None
+    forged = x[idx].copy()
+    forged[1, 0] += 0.5          # tamper: a record the model never trained on
+    assert "private record 1 (train index 4)" in di.prove_private(claim, forged, y[idx], idx, proofs)
+
+
+def _judgement(won: bool) -> Judgement:
+    checks = {c: (True, "ok") for c in ("card", "start", "order", "opening", "ownership")}
+    if not won:
+        checks["ownership"] = (False, "watermark not shown")
+    return Judgement(checks)
+
+
+def test_dataset_inference_alone_never_convicts():
+    j = _judgement(won=False)
+    text = add_dataset_inference(j, 1e-30, alpha=1e-3, false_positive_rate=0.9,
+                                 independent_models=10)
+    assert not j.won and j.reason.startswith("ownership:")
+    assert "cannot make it win" in text and "90% of 10 independent models" in text
+    assert j.supplementary == [text]
+
+
+def test_dataset_inference_never_acquits_a_watermark_win():
+    j = _judgement(won=True)
+    add_dataset_inference(j, 0.7, alpha=1e-3, false_positive_rate=0.0, independent_models=10)
+    assert j.won
