@@ -18,7 +18,7 @@ same-distribution models (trained on B) beside its true-positive rate on stolen 
 of the teacher (fine-tuned and label-extracted). Radioactive data is not implemented;
 its cells print as "-".
 
-    python bench/conflicts.py           # full size (about 15-25 min on 2 loaded cores)
+    python bench/conflicts.py           # full size (about 30-40 min on 2 loaded cores)
     python bench/conflicts.py --quick   # digits, MLP, few epochs: about 5 min on 2 loaded cores
 Writes bench/results/conflicts.json and conflicts.png (the matrix as a heat map); the
 full run also records its figures as `ours` in verifier/conflicts.json.
@@ -28,6 +28,7 @@ import json
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +61,9 @@ SEEDS = {
     "dataset inference A/B (CIFAR10)": {"A (teacher)": 1e-23, "test (original)": 0.1,
                                         "B (independent)": 1e-12, "A+B": 1e-13},
 }
-FULL = {"dataset": "mnist-5k", "arch": "cnn", "epochs": 15, "split_epochs": 10, "lr": 0.5,
-        "pgd_steps": 5, "di_arch": "mlp", "di_epochs": 20, "independent": 10, "stolen": 10,
-        "di_records": 300, "directions": 4}
+FULL = {"dataset": "mnist-5k", "arch": "cnn", "epochs": 8, "split_epochs": 6, "lr": 0.5,
+        "pgd_steps": 3, "di_arch": "mlp", "di_epochs": 10, "independent": 10, "stolen": 10,
+        "di_records": 200, "directions": 3}
 QUICK = {"dataset": "digits", "arch": "mlp", "epochs": 4, "split_epochs": 3, "lr": 0.5,
          "pgd_steps": 2, "di_arch": "mlp", "di_epochs": 8, "independent": 3, "stolen": 2,
          "di_records": 100, "directions": 2}
@@ -153,23 +154,25 @@ def train_plain(data, size, seed, *, init=None, epochs=None, x_override=None):
     return model
 
 
-def run_settings(size, tmp, rows):
+def train_setting(setting, size, tmp) -> dict:
+    """One attested run (in a worker process) and its figures."""
+    import torch
     import yaml
 
     from attest.train import train_from_config
     from verifier.binomial import power
 
-    for setting in SETTINGS:
-        name = setting[0]
-        path = tmp / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config_for(setting, size, tmp)))
-        print(f"--- {name}", flush=True)
-        started = time.perf_counter()
-        result = train_from_config(path, tmp / name, progress=lambda line: print("    " + line, flush=True))
-        claims = result.claims
-        wm, adv = claims["defenses"]["watermark"], claims["defenses"].get("adversarial")
-        wm_acc = claims["evaluation"]["watermark_accuracy"]
-        rows[name] = {
+    torch.set_num_threads(1)
+    name = setting[0]
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config_for(setting, size, tmp)))
+    started = time.perf_counter()
+    result = train_from_config(path, tmp / name,
+                               progress=lambda line: print(f"    {name}: {line}", flush=True))
+    claims = result.claims
+    wm, adv = claims["defenses"]["watermark"], claims["defenses"].get("adversarial")
+    wm_acc = claims["evaluation"]["watermark_accuracy"]
+    return {
             "test_accuracy": claims["evaluation"]["accuracy"], "watermark_accuracy": wm_acc,
             "adversarial_accuracy": adv["adversarial_accuracy"] if adv else None,
             "epsilon": claims["defenses"]["dp"]["epsilon"] if claims["defenses"]["dp"] else None,
@@ -177,17 +180,32 @@ def run_settings(size, tmp, rows):
             "seconds": round(time.perf_counter() - started, 1), "model": str(result.model_path)}
 
 
-def run_dataset_inference(size, rows, di_rows):
-    """DI on the wrapper's models (private: their own train records), then the A/B study."""
+def run_settings(size, tmp, rows, pool):
+    futures = {setting[0]: pool.submit(train_setting, setting, size, tmp) for setting in SETTINGS}
+    for name, future in futures.items():
+        rows[name] = future.result()
+
+
+def di_on_settings(size, rows):
+    """DI on the wrapper's models: private records from their own train split."""
     from attest import datasets as ds
 
-    full = _load(size)
-    train, test = ds.split(full, 0.2, 0)
+    train, test = ds.split(_load(size), 0.2, 0)
     di = DI(train, test, onnx_predict(rows["none"]["model"]), size)
     for name in ("none", "dp", "adversarial"):
         rows[name]["di_p_value"] = di.p_value(onnx_predict(rows[name]["model"]))
         print(f"    dataset inference on {name}: p = {rows[name]['di_p_value']:.3g}", flush=True)
 
+
+def di_study(size) -> dict:
+    """The A/B study (in a worker process): teacher on A, independent, test, union, FPR, TPR."""
+    import torch
+
+    from attest import datasets as ds
+
+    torch.set_num_threads(1)
+    di_rows: dict = {"chunks": {}, "independent": [], "stolen": []}
+    train, test = ds.split(_load(size), 0.2, 0)
     half = len(train) // 2
     a = train.subset("A", np.arange(half))
     b = train.subset("B", np.arange(half, 2 * half))
@@ -213,6 +231,7 @@ def run_dataset_inference(size, rows, di_rows):
         di_rows["stolen"].append(study.p_value(torch_predict(stolen)))
     print(f"    independent p-values: {[f'{p:.2g}' for p in di_rows['independent']]}", flush=True)
     print(f"    stolen p-values:      {[f'{p:.2g}' for p in di_rows['stolen']]}", flush=True)
+    return di_rows
 
 
 def _load(size):
@@ -330,6 +349,7 @@ def update_table(rows) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="digits and an MLP: minutes, for CI")
+    parser.add_argument("--workers", type=int, default=2, help="training processes (default 2)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "conflicts.json")
     args = parser.parse_args()
     import torch
@@ -340,13 +360,14 @@ def main() -> int:
     size = QUICK if args.quick else FULL
     started = time.perf_counter()
     rows: dict = {}
-    di_rows: dict = {"chunks": {}, "independent": [], "stolen": []}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.workers) as pool:
         tmp = Path(tmp)
         keys.save_private_key(keys.generate_private_key("ed25519"), tmp / "release.pem")
-        run_settings(size, tmp, rows)
-        print("--- dataset inference", flush=True)
-        run_dataset_inference(size, rows, di_rows)
+        study = pool.submit(di_study, size)
+        run_settings(size, tmp, rows, pool)
+        print("--- dataset inference on the attested models", flush=True)
+        di_on_settings(size, rows)
+        di_rows = study.result()
     for r in rows.values():
         r.pop("model")
     seconds = round(time.perf_counter() - started, 1)

@@ -113,3 +113,46 @@ def test_attested_run_with_pgd_training(tmp_path):
     check = adversarial.check(result.claims, predict=_onnx_predictor(result.model_path),
                               test_x=test.x, test_y=test.y, examples=examples)
     assert check.status == AFFIRMING, check
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "laminate", "adversarial", *map(str, args)],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_re_measures_a_sealed_card_and_refuses_tampered_examples(tmp_path):
+    """`laminate adversarial` on a card sealed with the kit: exit 0 for the committed
+    examples, 1 for examples moved past epsilon, 2 for a missing file."""
+    from attest.measure import dataset_claim
+
+    records = list(cardkit.fake_records(cardkit.TEST_RECORDS, seed=2))
+    x = np.stack([r for r, _ in records]).astype(np.float32)
+    y = np.array([c for _, c in records], dtype=np.int64)
+    predict = _predictor(cardkit.make_onnx_model(tmp_path / "probe.onnx"))
+    rng = np.random.default_rng(5)
+    examples = np.clip(x + rng.uniform(-EPS, EPS, x.shape), 0, 1).astype(np.float32)
+    examples = np.clip(examples, x - np.float32(EPS), x + np.float32(EPS)).astype(np.float32)
+    claim = {"epsilon": EPS, "adversarial_accuracy": float(np.mean(predict(examples) == y)),
+             "examples_merkle_root": dataset_claim("e", zip(examples, y), 10)["merkle_root"]}
+    config = {**cardkit.CONFIG, "dp": {"enabled": False},
+              "adversarial": {"enabled": True, "epsilon": EPS, "step_size": 0.025, "steps": 10,
+                              "train_fraction": 1.0}}
+    kit = cardkit.make_card(tmp_path / "kit", dp=None, adversarial=claim, config=config)
+    np.savez(tmp_path / "test.npz", x=x, y=y)
+    np.save(tmp_path / "adv.npy", examples)
+    common = ["--model", kit.model_path, "--test", tmp_path / "test.npz"]
+    ok = _cli(kit.card_path, *common, "--examples", tmp_path / "adv.npy")
+    assert ok.returncode == 0 and "adversarial_accuracy: affirming" in ok.stdout, ok.stdout + ok.stderr
+    far = examples.copy()
+    far[0] = np.where(x[0] > 0.5, 0.0, 1.0)
+    np.save(tmp_path / "far.npy", far)
+    bad = _cli(kit.card_path, *common, "--examples", tmp_path / "far.npy")
+    assert bad.returncode == 1 and "examples_merkle_root" in bad.stdout, bad.stdout
+    missing = _cli(kit.card_path, *common, "--examples", tmp_path / "none.npy")
+    assert missing.returncode == 2 and "none.npy: examples file not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
