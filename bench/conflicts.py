@@ -188,9 +188,8 @@ def run_settings(size, tmp, rows, pool):
 
 def di_on_settings(size, rows):
     """DI on the wrapper's models: private records from their own train split."""
-    from attest import datasets as ds
 
-    train, test = ds.split(_load(size), 0.2, 0)
+    train, test = _shuffled(_load(size))
     di = DI(train, test, onnx_predict(rows["none"]["model"]), size)
     for name in ("none", "dp", "adversarial"):
         rows[name]["di_p_value"] = di.p_value(onnx_predict(rows[name]["model"]))
@@ -201,11 +200,10 @@ def di_study(size) -> dict:
     """The A/B study (in a worker process): teacher on A, independent, test, union, FPR, TPR."""
     import torch
 
-    from attest import datasets as ds
 
     torch.set_num_threads(1)
     di_rows: dict = {"chunks": {}, "independent": [], "stolen": []}
-    train, test = ds.split(_load(size), 0.2, 0)
+    train, test = _shuffled(_load(size))
     half = len(train) // 2
     a = train.subset("A", np.arange(half))
     b = train.subset("B", np.arange(half, 2 * half))
@@ -232,6 +230,18 @@ def di_study(size) -> dict:
     print(f"    independent p-values: {[f'{p:.2g}' for p in di_rows['independent']]}", flush=True)
     print(f"    stolen p-values:      {[f'{p:.2g}' for p in di_rows['stolen']]}", flush=True)
     return di_rows
+
+
+def _shuffled(full):
+    """The wrapper's train/test split, each in a seeded random order: the split keeps the
+    dataset's order, and the MNIST file is sorted by label, so chunks taken in order
+    would hold different digits (A: 0-4, B: 5-9) instead of the same distribution."""
+    from attest import datasets as ds
+
+    train, test = ds.split(full, 0.2, 0)
+    rng = np.random.default_rng(11)
+    return (train.subset(train.name, rng.permutation(len(train))),
+            test.subset(test.name, rng.permutation(len(test))))
 
 
 def _load(size):
@@ -291,36 +301,43 @@ def print_tables(rows, di_rows, size):
                   + (f" (95% upper bound {upper_bound(k, len(ps)):.2f})" if kind == "independent" else ""))
 
 
-def heat_map(rows, di_rows, path: Path) -> None:
-    """Each defense's own figure (rows) alone and beside another defense (columns)."""
+def heat_map(rows, di_rows, path: Path, dataset: str) -> None:
+    """Each defense's own figure (rows), alone and beside another defense (columns)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    get = lambda name, key: rows.get(name, {}).get(key)  # noqa: E731
-    log_p = lambda p: None if p is None else min(-np.log10(max(p, 1e-300)), 30.0) / 30.0  # noqa: E731
+    def get(name, key):
+        return rows.get(name, {}).get(key)
+
+    def log_p(p):
+        return None if p is None else min(-np.log10(max(p, 1e-300)), 30.0) / 30.0
+
     figures = [
         ("watermark accuracy", [get("watermark", "watermark_accuracy"),
                                 get("watermark+dp", "watermark_accuracy"),
-                                get("watermark+adversarial", "watermark_accuracy")]),
+                                get("watermark+adversarial", "watermark_accuracy"), None]),
         ("adversarial accuracy", [get("adversarial", "adversarial_accuracy"),
-                                  get("dp+adversarial", "adversarial_accuracy"),
-                                  None]),
-        ("DI -log10 p / 30", [log_p(get("none", "di_p_value")), log_p(get("dp", "di_p_value")),
-                              log_p(get("adversarial", "di_p_value"))]),
+                                  get("dp+adversarial", "adversarial_accuracy"), None,
+                                  get("watermark+adversarial", "adversarial_accuracy")]),
+        ("DI -log10(p) / 30", [log_p(get("none", "di_p_value")), log_p(get("dp", "di_p_value")),
+                               log_p(get("adversarial", "di_p_value")), None]),
         ("test accuracy", [get("none", "test_accuracy"), get("dp", "test_accuracy"),
-                           get("adversarial", "test_accuracy")]),
+                           get("adversarial", "test_accuracy"), get("watermark", "test_accuracy")]),
     ]
     matrix = np.array([[np.nan if v is None else v for v in vals] for _, vals in figures])
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(7.2, 3.8))
     ax.imshow(matrix, cmap="RdYlGn", vmin=0, vmax=1)
-    ax.set_xticks(range(3), ["alone", "with DP-SGD eps 3", "with adversarial training"])
-    ax.set_yticks(range(len(figures)), [name for name, _ in figures])
+    ax.set_xticks(range(4), ["alone", "with\nDP-SGD eps 3", "with adversarial\ntraining",
+                             "with\nwatermark"], fontsize=8)
+    ax.set_yticks(range(len(figures)), [name for name, _ in figures], fontsize=8)
     for i, j in np.ndindex(matrix.shape):
         ax.text(j, i, "-" if np.isnan(matrix[i, j]) else f"{matrix[i, j]:.2f}", ha="center", va="center")
-    fpr = rate(di_rows["independent"], 1e-3)
-    ax.set_title(f"Conflicts on {rows and 'MNIST-5k' or ''}: each defense's own figure\n"
-                 f"DI flags {fpr:.0%} of independent models at p<1e-3", fontsize=9)
+    fpr, tpr = rate(di_rows["independent"], 1e-3), rate(di_rows["stolen"], 1e-3)
+    ax.set_title(f"{dataset}: each defense's own figure, alone and beside another\n"
+                 f"dataset inference at p<1e-3: {fpr:.0%} of {len(di_rows['independent'])} "
+                 f"independent models, {tpr:.0%} of {len(di_rows['stolen'])} stolen copies",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -351,7 +368,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="digits and an MLP: minutes, for CI")
     parser.add_argument("--workers", type=int, default=2, help="training processes (default 2)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "conflicts.json")
+    parser.add_argument("--replot", action="store_true",
+                        help="redraw the PNG from the JSON at --out, without training")
     args = parser.parse_args()
+    if args.replot:
+        figures = json.loads(args.out.read_text())
+        heat_map(figures["rows"], figures["dataset_inference"], args.out.with_suffix(".png"),
+                 figures["size"]["dataset"])
+        return 0
     import torch
 
     from cards import keys
@@ -385,7 +409,7 @@ def main() -> int:
         "seeds": SEEDS, "seconds": seconds}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    heat_map(rows, di_rows, args.out.with_suffix(".png"))
+    heat_map(rows, di_rows, args.out.with_suffix(".png"), size["dataset"])
     if not args.quick:
         update_table(rows)
     print(f"wrote {args.out} and {args.out.with_suffix('.png').name} in {seconds:.0f} s")
