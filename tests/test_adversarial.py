@@ -156,3 +156,12 @@ def test_cli_re_measures_a_sealed_card_and_refuses_tampered_examples(tmp_path):
     missing = _cli(kit.card_path, *common, "--examples", tmp_path / "none.npy")
     assert missing.returncode == 2 and "none.npy: examples file not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_card_view_shows_the_adversarial_claim(tmp_path):
+    from cards import views
+    from cards.card import open_card
+
+    kit = cardkit.make_card(tmp_path, dp=None, adversarial={"adversarial_accuracy": 0.62})
+    markdown = views.to_markdown(open_card(kit.card_bytes).payload)
+    assert "## Adversarial training" in markdown and "| adversarial accuracy | 0.62 |" in markdown
