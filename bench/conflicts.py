@@ -343,8 +343,9 @@ def heat_map(rows, di_rows, path: Path, dataset: str) -> None:
     plt.close(fig)
 
 
-def update_table(rows) -> None:
-    """Record this run's figures as `ours` in the verifier's conflicts table."""
+def update_table(rows, di: dict) -> None:
+    """Record this run's figures as `ours` in the verifier's conflicts table, and dataset
+    inference's measured false-positive rate (what `laminate dataset-inference` cites)."""
     path = ROOT / "verifier" / "conflicts.json"
     doc = json.loads(path.read_text())
     ours = {"dp-joint-watermark": (rows["watermark"]["watermark_accuracy"],
@@ -360,6 +361,10 @@ def update_table(rows) -> None:
             alone, together = ours[row["id"]]
             row["ours"] = {"source": "bench/results/conflicts.json", "alone": round(alone, 3),
                            "together": round(together, 3)}
+    doc["dataset_inference"] = {
+        "source": "bench/results/conflicts.json", "independent_models": len(di["independent"]),
+        "fpr_at_1e-3": di["fpr_at_1e-3"], "fpr_upper_95_at_1e-3": di["fpr_upper_95_at_1e-3"],
+        "stolen_models": len(di["stolen"]), "tpr_at_1e-3": di["tpr_at_1e-3"]}
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
@@ -375,6 +380,8 @@ def main() -> int:
         figures = json.loads(args.out.read_text())
         heat_map(figures["rows"], figures["dataset_inference"], args.out.with_suffix(".png"),
                  figures["size"]["dataset"])
+        if not figures["quick"]:
+            update_table(figures["rows"], figures["dataset_inference"])
         return 0
     import torch
 
@@ -411,7 +418,7 @@ def main() -> int:
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     heat_map(rows, di_rows, args.out.with_suffix(".png"), size["dataset"])
     if not args.quick:
-        update_table(rows)
+        update_table(rows, figures["dataset_inference"])
     print(f"wrote {args.out} and {args.out.with_suffix('.png').name} in {seconds:.0f} s")
     return 0
 

@@ -71,3 +71,41 @@ def test_dataset_inference_never_acquits_a_watermark_win():
     j = _judgement(won=True)
     add_dataset_inference(j, 0.7, alpha=1e-3, false_positive_rate=0.0, independent_models=10)
     assert j.won
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "laminate", "dataset-inference", *map(str, args)],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_checks_the_training_split_and_never_claims_to_decide(tmp_path):
+    """The arbiter's command: the owner's records must be the card's training split
+    (Merkle root) and its model the card's; the answer carries the measured FPR."""
+    import cardkit
+
+    kit = cardkit.make_card(tmp_path / "kit")
+    train = list(cardkit.fake_records(cardkit.TRAIN_RECORDS, seed=1))
+    x = np.stack([r for r, _ in train]).astype(np.float32)
+    y = np.array([c for _, c in train])
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    public = list(cardkit.fake_records(40, seed=9))
+    np.savez(tmp_path / "public.npz", x=np.stack([r for r, _ in public]),
+             y=np.array([c for _, c in public]))
+    common = ["--public", tmp_path / "public.npz", "--suspect", kit.model_path,
+              "--records", 10, "--directions", 1]
+    ok = _cli(kit.card_path, "--model", kit.model_path, "--train", tmp_path / "train.npz", *common)
+    assert ok.returncode in (0, 1), ok.stderr
+    assert ok.stdout.startswith("dataset inference: p = ") and "not decisive" in ok.stdout
+    x[7, 0] = 1.0 - x[7, 0]      # tamper: one private record the session never measured
+    np.savez(tmp_path / "forged.npz", x=x, y=y)
+    bad = _cli(kit.card_path, "--model", kit.model_path, "--train", tmp_path / "forged.npz", *common)
+    assert bad.returncode == 2 and "claims.dataset.train.merkle_root" in bad.stderr, bad.stderr
+    other = cardkit.make_onnx_model(tmp_path / "other.onnx", seed=5)
+    wrong = _cli(kit.card_path, "--model", other, "--train", tmp_path / "train.npz", *common)
+    assert wrong.returncode == 2 and "claims.model.sha256" in wrong.stderr
+    assert "Traceback" not in bad.stderr + wrong.stderr
