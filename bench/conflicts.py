@@ -18,7 +18,7 @@ same-distribution models (trained on B) beside its true-positive rate on stolen 
 of the teacher (fine-tuned and label-extracted). Radioactive data is not implemented;
 its cells print as "-".
 
-    python bench/conflicts.py           # full size (about 30-40 min on 2 loaded cores)
+    python bench/conflicts.py           # full size (about 30 min on 2 heavily loaded cores)
     python bench/conflicts.py --quick   # digits, MLP, few epochs: about 5 min on 2 loaded cores
 Writes bench/results/conflicts.json and conflicts.png (the matrix as a heat map); the
 full run also records its figures as `ours` in verifier/conflicts.json.
@@ -61,9 +61,9 @@ SEEDS = {
     "dataset inference A/B (CIFAR10)": {"A (teacher)": 1e-23, "test (original)": 0.1,
                                         "B (independent)": 1e-12, "A+B": 1e-13},
 }
-FULL = {"dataset": "mnist-5k", "arch": "cnn", "epochs": 8, "split_epochs": 6, "lr": 0.5,
-        "pgd_steps": 3, "di_arch": "mlp", "di_epochs": 10, "independent": 10, "stolen": 10,
-        "di_records": 200, "directions": 3}
+FULL = {"dataset": "mnist-5k", "arch": "cnn", "epochs": 6, "split_epochs": 4, "lr": 0.5,
+        "pgd_steps": 2, "di_arch": "mlp", "di_epochs": 8, "independent": 10, "stolen": 10,
+        "di_records": 150, "directions": 2}
 QUICK = {"dataset": "digits", "arch": "mlp", "epochs": 4, "split_epochs": 3, "lr": 0.5,
          "pgd_steps": 2, "di_arch": "mlp", "di_epochs": 8, "independent": 3, "stolen": 2,
          "di_records": 100, "directions": 2}
@@ -371,7 +371,7 @@ def update_table(rows, di: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="digits and an MLP: minutes, for CI")
-    parser.add_argument("--workers", type=int, default=2, help="training processes (default 2)")
+    parser.add_argument("--workers", type=int, default=4, help="training processes (default 4)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "conflicts.json")
     parser.add_argument("--replot", action="store_true",
                         help="redraw the PNG from the JSON at --out, without training")
