@@ -354,6 +354,8 @@ def update_table(rows, di: dict) -> None:
                                    rows["split"]["watermark_accuracy"]),
             "adversarial-watermark": (rows["adversarial"]["adversarial_accuracy"],
                                       rows["watermark+adversarial"]["adversarial_accuracy"]),
+            "adversarial-joint-watermark": (rows["watermark"]["watermark_accuracy"],
+                                            rows["watermark+adversarial"]["watermark_accuracy"]),
             "adversarial-dp": (rows["adversarial"]["adversarial_accuracy"],
                                rows["dp+adversarial"]["adversarial_accuracy"])}
     for row in doc["conflicts"]:

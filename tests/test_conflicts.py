@@ -68,7 +68,8 @@ def test_each_row_warns_naming_the_cards_value(row):
                          ids=lambda r: r["id"])
 def test_row_with_threshold_affirms_when_the_figure_held(row):
     checks = conflicts.check_conflicts(_claims_for(row, row["undermined_below"] + 0.01))
-    assert checks and all(c.status == AFFIRMING for c in checks), checks
+    mine = [c for c in checks if c.field == f"claims.{row['figure']}"]
+    assert mine and all(c.status == AFFIRMING for c in mine), checks
 
 
 @pytest.mark.parametrize("defenses", [[], ["dp"], ["watermark"], ["adversarial"]])
@@ -140,7 +141,8 @@ def test_appraise_warns_on_adversarial_training_with_a_watermark(tmp_path):
     result, checks = _conflict_checks(kit)
     assert not [c for c in result.checks if c.status == CONTRAINDICATED], result.checks
     assert [(c.status, c.field) for c in checks] == [
-        (WARNING, "claims.defenses.adversarial.adversarial_accuracy")]
+        (WARNING, "claims.defenses.adversarial.adversarial_accuracy"),
+        (AFFIRMING, "claims.evaluation.watermark_accuracy")]   # the kit's watermark: 0.97
     assert "adversarial accuracy 0.62" in checks[0].reason
 
 
@@ -182,3 +184,13 @@ def test_adversarial_config_disagreeing_with_the_claim(tmp_path, config, claim, 
     result = appraise(kit.card_bytes, policy=Policy.load(kit.policy_path))
     bad = {c.check: c for c in result.checks if c.status == CONTRAINDICATED}
     assert bad["adversarial_config"].field == field, result.checks
+
+
+def test_appraise_warns_when_adversarial_training_erased_the_watermark(tmp_path):
+    kit = cardkit.make_card(tmp_path, dp=None, adversarial={},
+                            evaluation={"watermark_accuracy": 0.34}, config=ADV_CONFIG)
+    _, checks = _conflict_checks(kit)
+    wm = [c for c in checks if c.field == "claims.evaluation.watermark_accuracy"]
+    assert [c.status for c in wm] == [WARNING]
+    assert wm[0].reason.startswith("adversarial training with a joint watermark: watermark "
+                                   "accuracy 0.34, ownership would not be shown")
