@@ -11,8 +11,8 @@ here, each setting trained through the attested wrapper on mnist-5k (4,000 train
   each with DP-SGD eps 3 and each with adversarial training (PGD, L-inf)
   split                  DP-SGD then a non-DP watermark phase (accounting "not tight")
 
-Dataset inference (Maini et al.) is then run the way the seeds' false-positive study
-does: a teacher on chunk A of the training split, an independent model on the disjoint
+Dataset inference (Maini et al.) is then run the way Szyller and Asokan's false-positive
+study does: a teacher on chunk A of the training split, an independent model on the disjoint
 chunk B, one on the test split, one on A+B; then its false-positive rate on independent
 same-distribution models (trained on B) beside its true-positive rate on stolen copies
 of the teacher (fine-tuned and label-extracted). Radioactive data is not implemented;
@@ -48,7 +48,7 @@ SETTINGS = [
     ("split", True, "split", False),
 ]
 # Published MNIST figures (Szyller and Asokan 2023), per setting: test, watermark, adversarial.
-SEEDS = {
+PUBLISHED = {
     "none": {"test": 0.99}, "watermark": {"test": 0.99, "watermark": 0.97},
     "dp": {"test": 0.98}, "adversarial": {"test": 0.99, "adversarial": 0.95},
     "watermark+dp": {"test": 0.97, "watermark": 0.30},
@@ -274,12 +274,11 @@ def cell(value, fmt=".2f"):
 
 
 def print_tables(rows, di_rows, size):
-    seeds = SEEDS
     print(f"\n{size['dataset']} ({size['arch']}, {size['epochs']} epochs; PGD L-inf eps {EPSILON}, "
           f"{size['pgd_steps']} steps; DP-SGD eps 3); published MNIST figures in brackets")
     print(f"{'setting':24} {'test':>12} {'watermark':>12} {'adversarial':>12} {'DI p':>10}")
     for name, r in rows.items():
-        s = seeds.get(name, {})
+        s = PUBLISHED.get(name, {})
 
         def both(ours, key, s=s):
             theirs = s.get(key)
@@ -289,10 +288,10 @@ def print_tables(rows, di_rows, size):
               f"{both(r['adversarial_accuracy'], 'adversarial'):>12} "
               f"{cell(r.get('di_p_value'), '.2g'):>10}")
     for name in ("radioactive", "radioactive+dp", "radioactive+adversarial"):
-        print(f"{name:24} not implemented here; published {seeds[name]}")
+        print(f"{name:24} not implemented here; published {PUBLISHED[name]}")
     print("\ndataset inference, A/B split (published: CIFAR10)")
     for name, p in di_rows["chunks"].items():
-        print(f"  {name:18} p = {p:.3g}   [{seeds['dataset inference A/B (CIFAR10)'][name]:g}]")
+        print(f"  {name:18} p = {p:.3g}   [{PUBLISHED['dataset inference A/B (CIFAR10)'][name]:g}]")
     for kind in ("independent", "stolen"):
         ps = di_rows[kind]
         for alpha in (1e-3, 1e-6):
@@ -415,7 +414,7 @@ def main() -> int:
             "tpr_at_1e-3": rate(di_rows["stolen"], 1e-3),
             "fpr_at_1e-6": rate(di_rows["independent"], 1e-6),
             "tpr_at_1e-6": rate(di_rows["stolen"], 1e-6)},
-        "seeds": SEEDS, "seconds": seconds}
+        "published": PUBLISHED, "seconds": seconds}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     heat_map(rows, di_rows, args.out.with_suffix(".png"), size["dataset"])

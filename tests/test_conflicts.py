@@ -79,7 +79,7 @@ def test_no_pair_no_conflicts_check(defenses):
 
 def test_every_row_cites_its_source():
     for row in TABLE:
-        assert row["seeds"]["source"] and row["ours"]["source"], row["id"]
+        assert row["published"]["source"] and row["ours"]["source"], row["id"]
 
 
 def test_dp_joint_watermark_message_is_the_measured_one():

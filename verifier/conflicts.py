@@ -19,7 +19,7 @@ from verifier.result import AFFIRMING, WARNING, Check
 TABLE_PATH = Path(__file__).with_name("conflicts.json")
 DEFENSES = ("dp", "watermark", "adversarial")
 _ROW_KEYS = {"id", "defenses", "where", "figure", "undermined_below", "effect", "undermined",
-             "held", "seeds", "ours"}
+             "held", "published", "ours"}
 
 
 def _field(claims: dict, dotted: str):
@@ -94,10 +94,10 @@ def check_conflicts(claims: dict, table: tuple | None = None) -> list[Check]:
 
 def _sources(row: dict) -> str:
     parts = []
-    for name in ("seeds", "ours"):
+    for name in ("published", "ours"):
         ref = row[name]
         if ref.get("together") is not None:
-            label = "published" if name == "seeds" else "measured here"
+            label = "published" if name == "published" else "measured here"
             alone = f"{ref['alone']:g} alone, " if ref.get("alone") is not None else ""
             parts.append(f"{label}: {alone}{ref['together']:g} together")
     return "; ".join(parts) or "no published figure"
