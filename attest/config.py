@@ -51,6 +51,13 @@ Keys:
                                    triggers + real data after training (default joint)
       split_epochs: int            epochs of that non-DP phase (default 10)
       weight: float                share of each batch made of trigger samples (default 0.25)
+    adversarial:
+      enabled: bool                PGD adversarial training, L-infinity (default false)
+      epsilon: float               perturbation bound in input units, 0..1 (default 0.1)
+      step_size: float             PGD step (default 0.025)
+      steps: int                   PGD steps per attack, 1..1000 (default 10)
+      train_fraction: float        share of each batch replaced by its adversarial version
+                                   (default 1.0; 0.5 mixes clean and adversarial)
     attestation:
       backend: sim | tpm | tdx | snp   (default sim)
       sim_dir: str | null          simulator state directory (default: the simulator's own)
@@ -133,6 +140,13 @@ _SCHEMA = {
         "schedule": (("choice", ("joint", "split")), "joint"),
         "split_epochs": ("int", 10),
         "weight": ("float", 0.25),
+    },
+    "adversarial": {
+        "enabled": ("bool", False),
+        "epsilon": ("float", 0.1),
+        "step_size": ("float", 0.025),
+        "steps": ("int", 10),
+        "train_fraction": ("float", 1.0),
     },
     "attestation": {
         "backend": (("choice", ("sim", "tpm", "tdx", "snp")), "sim"),
@@ -336,6 +350,13 @@ def _check_values(c: dict) -> None:
             _fail("watermark.split_epochs", "must be at least 1 under the split schedule")
         if not 0.0 < wm["weight"] < 1.0:
             _fail("watermark.weight", "must be between 0 and 1 (exclusive)")
+    adv = c["adversarial"]
+    if adv["enabled"]:
+        for key in ("epsilon", "step_size", "train_fraction"):
+            if not 0.0 < adv[key] <= 1.0:
+                _fail(f"adversarial.{key}", "must be in (0, 1]")
+        if not 1 <= adv["steps"] <= 1000:
+            _fail("adversarial.steps", "must be between 1 and 1000")
     pcrs = c["attestation"]["tpm_pcrs"]
     for pcr in pcrs:
         if pcr not in RESETTABLE_PCRS:

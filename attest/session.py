@@ -105,6 +105,10 @@ class AttestedSession:
         """The ranks' shard measurements and feeds (attest.distributed); None for one process."""
         self._measure("distributed", claim)
 
+    def measure_adversarial(self, claim) -> None:
+        """None: no adversarial training (the claim section is left out, no event)."""
+        self._measure("defense.adversarial", claim)
+
     def measure_evaluation(self, claim: dict) -> None:
         self._measure("evaluation", claim)
 
@@ -129,7 +133,9 @@ class AttestedSession:
                 "framework": self.framework if self.framework is not None
                 else framework_versions(),
             },
-            "defenses": {"dp": s["defense.dp"], "watermark": s["defense.watermark"]},
+            "defenses": {"dp": s["defense.dp"], "watermark": s["defense.watermark"],
+                         **({"adversarial": s["defense.adversarial"]}
+                            if s.get("defense.adversarial") else {})},
             "evaluation": s["evaluation"],
         }
         if s.get("distributed") is not None:

@@ -113,8 +113,10 @@ class Trainer:
     Measures nothing: `train()` wraps it in an attested session; benchmarks use it to
     train the same way without one."""
 
-    def __init__(self, model, train_data: ds.ArrayData, config: TrainConfig, watermark, progress):
+    def __init__(self, model, train_data: ds.ArrayData, config: TrainConfig, watermark, progress,
+                 adversarial=None):
         self.model = model
+        self.adversarial = adversarial
         self.data = train_data
         self.config = config
         self.watermark = watermark
@@ -154,6 +156,8 @@ class Trainer:
             stats = _Stats()
             model.train()
             for xb, yb in loader:
+                if self.adversarial is not None and len(xb):
+                    xb = self._attack(model, xb, yb)
                 if joint:
                     idx = sampler.take(k)
                     xb = torch.cat([xb, torch.from_numpy(joint.x[idx])])
@@ -171,6 +175,18 @@ class Trainer:
         if self.watermark and self.watermark.schedule == "split":
             self._split_phase(module)
         return module
+
+    def _attack(self, model, xb, yb):
+        """PGD on the real records of a batch; DP's per-sample hooks stay off meanwhile,
+        so the attack's gradients never reach the clipped, noised update."""
+        hooked = hasattr(model, "disable_hooks")
+        if hooked:
+            model.disable_hooks()
+        try:
+            return self.adversarial.perturb(model, xb, yb)
+        finally:
+            if hooked:
+                model.enable_hooks()
 
     def _split_phase(self, module: nn.Module) -> None:
         """Non-DP phase: triggers plus a fixed handful of real records (as many as triggers).
@@ -315,7 +331,12 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
                 mark = wm.create(session, trigger_count=w["trigger_count"], classes=classes,
                                  input_shape=train_set.input_shape, schedule=w["schedule"],
                                  weight=w["weight"], split_epochs=w["split_epochs"])
-        trainer = Trainer(model, train_set, config, mark, progress)
+        adversarial = None
+        if config["adversarial"]["enabled"]:
+            from attest.defenses import adversarial as adv_mod
+
+            adversarial = adv_mod.create(session, config["adversarial"], seed=config["training"]["seed"])
+        trainer = Trainer(model, train_set, config, mark, progress, adversarial)
         module = trainer.run()
 
         dp_claim = None
@@ -340,7 +361,10 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
 
         model_path = out_dir / MODEL_NAME
         diff = export.export_checked(module, test_set.x, model_path)
-        evaluation = evaluate(_onnx_predictor(model_path), test_set, mark)
+        predict = _onnx_predictor(model_path)
+        if adversarial is not None:
+            session.measure_adversarial(adversarial.measure(module, test_set, predict, out_dir))
+        evaluation = evaluate(predict, test_set, mark)
         session.measure_evaluation(evaluation)
         session.measure_model({**model_claim(model_path, config["name"]), "preprocessing": prep})
         # The opening is saved before the card exists: a card whose opening was lost
@@ -355,6 +379,8 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
     write_atomic(out_dir / PUBLIC_KEY_NAME, keys.public_pem(signing_key))
     wmtext = f", watermark accuracy {evaluation['watermark_accuracy']:.3f}" if mark else ""
     dptext = f", epsilon {dp_claim['epsilon']:.2f}" if dp_claim else ""
+    adv = session.claims["defenses"].get("adversarial")
+    dptext += f", adversarial accuracy {adv['adversarial_accuracy']:.3f}" if adv else ""
     progress(f"test accuracy {evaluation['accuracy']:.3f}{wmtext}{dptext}; onnx matches torch "
              f"within {diff:.1e}; sealed in {time.monotonic() - started:.1f} s")
     return TrainResult(out_dir=out_dir, card_path=paths.cbor, model_path=model_path,

@@ -379,6 +379,13 @@ def WATERMARK_CLAIM(value) -> None:
     (checker or _WATERMARKS["laminate-trigger-v1"])(value)
 
 
+# Adversarial training (PGD, Madry et al.): the attack it trained against, and the same
+# attack, seeded from the session, run on the exported model's test split.
+ADVERSARIAL_CLAIM = record({
+    "method": one_of("pgd"), "norm": one_of("linf"), "epsilon": number(0.0, 1.0),
+    "step_size": number(0.0, 1.0), "steps": integer(1, 1000), "train_fraction": unit,
+    "attack_seed": hex_digest, "examples_merkle_root": hex_digest,
+    "adversarial_accuracy": unit, "test_records": integer(1)})
 CLAIMS = record({
     "model": record({
         "name": text, "format": one_of("onnx"), "sha256": hex_digest, "size": integer(),
@@ -389,7 +396,8 @@ CLAIMS = record({
     "training": record({
         "config": map_of(plain), "config_sha256": hex_digest, "code": _code,
         "framework": map_of(text)}, optional={"distributed": DISTRIBUTED_CLAIM}),
-    "defenses": record({"dp": nullable(DP_CLAIM), "watermark": nullable(WATERMARK_CLAIM)}),
+    "defenses": record({"dp": nullable(DP_CLAIM), "watermark": nullable(WATERMARK_CLAIM)},
+                       {"adversarial": ADVERSARIAL_CLAIM}),
     "evaluation": record({
         "accuracy": unit, "per_class_accuracy": array_of(unit), "test_records": integer(),
         "watermark_accuracy": nullable(unit)}),
@@ -462,6 +470,8 @@ EVENT_CLAIMS: dict[str, EventClaim] = {e.type: e for e in (
                lambda c: c["defenses"]["watermark"], True),
     EventClaim("distributed", 23, "claims.training.distributed",
                lambda c: c["training"].get("distributed"), True),
+    EventClaim("defense.adversarial", 23, "claims.defenses.adversarial",
+               lambda c: c["defenses"].get("adversarial"), True),
     EventClaim("evaluation", 23, "claims.evaluation", lambda c: c["evaluation"]),
     EventClaim("model", 23, "claims.model", lambda c: c["model"]),
 )}

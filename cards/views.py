@@ -174,6 +174,11 @@ def _card_rows(payload: dict) -> list[tuple[str, list]]:
     sections.append(("Watermark", [("enabled", "no")] if not wm else [
         (key.replace("_", " "), wm.get(key)) for key in (
             "scheme", "commitment", "trigger_count", "classes", "schedule")]))
+    adv = _section(claims, "defenses", "adversarial")
+    if adv:
+        sections.append(("Adversarial training", [(key.replace("_", " "), adv.get(key)) for key in (
+            "method", "norm", "epsilon", "step_size", "steps", "train_fraction",
+            "adversarial_accuracy", "test_records", "attack_seed", "examples_merkle_root")]))
     sections.append(("Evaluation", [
         ("accuracy", evaluation.get("accuracy")),
         ("per-class accuracy", evaluation.get("per_class_accuracy")),

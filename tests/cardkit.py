@@ -40,6 +40,10 @@ CONFIG = {"name": "kit-model", "dataset": {"name": "kit-digits"},
                  "max_grad_norm": 1.0, "delta": 1e-5},
           "watermark": {"enabled": True, "trigger_count": 100, "schedule": "joint"}}
 WATERMARK_TRIGGERS = 100
+ADVERSARIAL = {"method": "pgd", "norm": "linf", "epsilon": 0.1, "step_size": 0.025, "steps": 10,
+               "train_fraction": 1.0, "attack_seed": hashlib.sha256(b"kit-attack").hexdigest(),
+               "examples_merkle_root": hashlib.sha256(b"kit-examples").hexdigest(),
+               "adversarial_accuracy": 0.81, "test_records": TEST_RECORDS}
 
 
 @dataclass
@@ -163,12 +167,14 @@ def dp_claim(**overrides) -> dict:
 
 def make_card(tmp_path, *, backend="sim", key_kind="ed25519", tcti=None, dp=True,
               watermark_claim=True, evaluation=None, config=None, entry_point=Path(__file__),
-              policy=None, start=None, distributed=None, **forgery) -> CardKit:
+              policy=None, start=None, distributed=None, adversarial=None,
+              **forgery) -> CardKit:
     """Seal an honest card in tmp_path; any `forge` keyword then forges it.
 
     entry_point: the script measured as the entry point (None: the card says none).
     dp / watermark_claim: True for the kit's defaults, None for no defence, a dict of
     fields to override (dp epsilon is recomputed from the parameters unless given).
+    adversarial: None for no adversarial training, or fields merged into ADVERSARIAL.
     evaluation: fields merged into the default evaluation. policy: keys merged into the
     kit's policy mapping (e.g. {"require": ["defenses.dp.epsilon <= 3"]}).
     """
@@ -207,6 +213,8 @@ def make_card(tmp_path, *, backend="sim", key_kind="ed25519", tcti=None, dp=True
     if distributed is not None:
         session.measure_distributed(distributed_claim(distributed, config or CONFIG,
                                                       code["wrapper_sha256"]))
+    if adversarial is not None:
+        session.measure_adversarial({**ADVERSARIAL, **adversarial})
     session.measure_evaluation({**EVALUATION, **(evaluation or {}),
                                 **({} if watermark_claim is not None
                                    else {"watermark_accuracy": None})})

@@ -14,7 +14,7 @@ from pathlib import Path
 from cards import cbor, cose, schema
 from cards.card import open_card
 from cards.errors import CardFormatError, LaminateError
-from verifier import binomial, distributed, dp_check, provenance, receipts
+from verifier import adversarial, binomial, conflicts, distributed, dp_check, provenance, receipts
 from verifier.evidence import check_evidence
 from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, WARNING, Check, Result
 
@@ -101,6 +101,10 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None,
         checks += ewe_checks.checks(watermark, claims, policy)
     elif watermark is not None:
         checks.append(_watermark_power(watermark, claims["evaluation"], policy))
+    adversarial_config = adversarial.check_config(claims)
+    if adversarial_config is not None:
+        checks.append(adversarial_config)
+    checks.extend(conflicts.check_conflicts(claims))
     if card.simulated and allowed:
         checks.append(Check("simulated_hardware", WARNING, "evidence.backend",
                             "evidence comes from the software simulator: it shows the card is "

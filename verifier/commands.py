@@ -1,8 +1,11 @@
-"""Registers the verifier-side subcommands (verify, show, ownership)."""
-from verifier import cli_ownership, cli_verify
+"""Registers the verifier-side subcommands (verify, show, ownership, adversarial,
+dataset-inference)."""
+from verifier import cli_adversarial, cli_dataset_inference, cli_ownership, cli_verify
 
 
 def register(sub) -> None:
-    """Add every verifier subcommand (verify, show, ownership) to ``sub``."""
+    """Add every verifier subcommand to ``sub``."""
     cli_verify.register(sub)
     cli_ownership.register(sub)
+    cli_adversarial.register(sub)
+    cli_dataset_inference.register(sub)

@@ -31,12 +31,18 @@ Among several winning claims over one suspect, of either kind, the earliest comm
 (a watermark commitment's or an anchored head's log index) wins; the verdict names the
 evidence that decided.
 
+Dataset inference (verifier.dataset_inference) is never one of these checks: models
+trained independently on the same distribution are flagged at tiny p-values (measured in
+bench/conflicts.py), so its p-value is attached to a judgement as supplementary evidence
+(`add_dataset_inference`) and the verdict says what it added, but it cannot make a
+claim win or lose.
+
 This is the one implementation of the rule: the registry's disputes and the red team's
 table both call it, so the table measures the rule the service applies.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from cards.errors import LaminateError
@@ -56,6 +62,7 @@ class Judgement:
     outranked_by: int | None = None   # an earlier winning commitment's log index
     evidence: str = "watermark"       # or "dawn": which evidence the claim argues from
     names: tuple = CHECKS             # the checks of the rule for that evidence
+    supplementary: list = field(default_factory=list)  # evidence that informs, never decides
 
     @property
     def passed(self) -> bool:
@@ -249,3 +256,18 @@ def rank(judged: list[Judgement]) -> Judgement | None:
         else:
             winner = j
     return winner
+
+
+def add_dataset_inference(judgement: Judgement, p_value: float, *, alpha: float,
+                          false_positive_rate: float, independent_models: int) -> str:
+    """Attach dataset inference's result to `judgement` without changing who wins, and
+    return the sentence the verdict shows: the p-value, and the measured false-positive
+    rate on independent same-distribution models that keeps it from deciding alone."""
+    flagged = p_value < alpha
+    text = (f"dataset inference: p = {p_value:.3g} ({'below' if flagged else 'not below'} "
+            f"alpha {alpha:g}); not decisive: it flagged {false_positive_rate:.0%} of "
+            f"{independent_models} independent models trained on the same distribution, so "
+            f"it {'supports' if flagged else 'does not support'} the claim but "
+            f"{'cannot make it win' if not judgement.won else 'was not needed for it to win'}")
+    judgement.supplementary.append(text)
+    return text
