@@ -7,7 +7,7 @@ import pytest
 from cards import keys, merkle
 from registry import db as dbmod
 from registry.batching import Integrator
-from registry.tlog import TransparencyLog
+from registry.tlog import LeafBatch, TransparencyLog
 from verifier import tiles
 
 
@@ -43,18 +43,18 @@ def test_many_threads_share_batches(log):
 
 def test_failed_batch_fails_its_callers_and_commits_nothing(log, monkeypatch):
     integ = Integrator(log, interval=0.01, max_batch=8)
-    plain = log.append_many
+    plain = LeafBatch.finish
 
-    def crash(session, head, items):
-        plain(session, head, items)
+    def crash(self):
+        plain(self)
         raise RuntimeError("database went away mid-batch")
 
-    monkeypatch.setattr(log, "append_many", crash)
+    monkeypatch.setattr(LeafBatch, "finish", crash)
     with pytest.raises(RuntimeError, match="went away mid-batch"):
         integ.add("test", "r", b"lost")
-    monkeypatch.setattr(log, "append_many", plain)
+    monkeypatch.setattr(LeafBatch, "finish", plain)
     assert log.size() == 0
     assert integ.add("test", "r", b"kept") == 0
     integ.close()
-    with pytest.raises(Exception, match="integrator: closed"):
+    with pytest.raises(Exception, match="integrator is closed"):
         integ.add("test", "r", b"late")
