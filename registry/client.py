@@ -84,8 +84,11 @@ def cmd_log_verify(args) -> int:
     except ValueError:
         receipt = raw
     public_key = keys.load_public_key(args.service_key)
-    if args.min_witnesses and not args.checkpoint:
-        raise LaminateError("--min-witnesses: needs --checkpoint (a cosigned checkpoint file)")
+    if (args.min_witnesses or args.witness or args.log_key) and not args.checkpoint:
+        raise LaminateError("--log-key, --witness, --min-witnesses: need --checkpoint "
+                            "(a cosigned checkpoint file)")
+    if args.checkpoint and not args.log_key:
+        raise LaminateError("--checkpoint: needs --log-key (the log's note verifier key)")
     try:
         check = verify_receipt(receipt, card, public_key)
         witnessed = ""

@@ -142,10 +142,19 @@ def test_a_checkpoint_signed_by_another_log_key_is_refused(setup, capsys):
     assert f"no signature by log key {log.origin}" in capsys.readouterr().out
 
 
-def test_min_witnesses_above_the_pins_is_a_usage_error(setup):
+def test_incomplete_pins_are_usage_errors(setup):
     tmp, log, _, _ = setup
     with pytest.raises(LaminateError, match="--min-witnesses 3: only 2 --witness keys"):
         verify(tmp, log.checkpoint(), *PINS, k=3)
+    base = ("log", "verify", tmp / "card", "--receipt", tmp / "receipt",
+            "--service-key", tmp / "service.pub")
+    with pytest.raises(LaminateError, match="need --checkpoint"):
+        run(*base, *PINS, "--min-witnesses", 2)
+    (tmp / "cp.txt").write_text(log.checkpoint())
+    with pytest.raises(LaminateError, match="--checkpoint: needs --log-key"):
+        run(*base, "--checkpoint", tmp / "cp.txt")
+    with pytest.raises(LaminateError, match="--log-key 'nope': neither a verifier key nor"):
+        run(*base, "--checkpoint", tmp / "cp.txt", "--log-key", "nope")
 
 
 def test_online_checkpoint_merges_witness_copies(tmp_path, capsys):
