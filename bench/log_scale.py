@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -26,12 +27,17 @@ from registry.tlog import TransparencyLog
 OUT = Path(__file__).resolve().parent / "results" / "log_scale.json"
 
 
-def _median_ms(fn, runs: int) -> float:
-    times = []
+def _median_ms(fn, runs: int, cpu: list | None = None) -> float:
+    """Median wall time; with ``cpu``, the median of this process's CPU time is appended
+    to it (on a shared machine the wall time also counts other processes' turns)."""
+    times, cpus = [], []
     for _ in range(runs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         times.append((time.perf_counter() - t) * 1000)
+        cpus.append((time.process_time() - c) * 1000)
+    if cpu is not None:
+        cpu.append(round(statistics.median(cpus), 3))
     return round(statistics.median(times), 3)
 
 
@@ -106,14 +112,16 @@ def measure_proofs(url: str, runs: int, rng: random.Random) -> list[dict]:
         statements[0] = 0
         cold = _median_ms(lambda m=mark: log.inclusion_proof(rng.randrange(m), m), 1)
         cold_statements = statements[0]
+        cpu: list[float] = []
         rows.append({
             "size": mark,
             "inclusion_ms": _median_ms(lambda m=mark: log.inclusion_proof(rng.randrange(m), m),
-                                       runs),
+                                       runs, cpu),
             "inclusion_cold_ms": cold,
             "consistency_ms": _median_ms(
-                lambda m=mark: log.consistency_proof(rng.randint(1, m), m), runs),
+                lambda m=mark: log.consistency_proof(rng.randint(1, m), m), runs, cpu),
         })
+        rows[-1]["inclusion_cpu_ms"], rows[-1]["consistency_cpu_ms"] = cpu
         # load-independent: SQL statements sent per proof (one per round trip)
         rows[-1]["statements_cold_inclusion"] = cold_statements
         rows[-1]["statements_per_proof"] = round(statements[0] / (2 * runs + 1), 2)
@@ -172,6 +180,8 @@ def main() -> None:
                     help="PostgreSQL schema holding the benchmark log")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "laminate-log-scale"))
     ap.add_argument("--appends-only", action="store_true", help="skip the proof timings")
+    ap.add_argument("--proofs-only", action="store_true",
+                    help="time proofs on the logs as they are, appending nothing")
     ap.add_argument("--fresh", action="store_true", help="drop the kept logs first")
     ap.add_argument("--quick", action="store_true", help="a small run for development")
     args = ap.parse_args()
@@ -186,10 +196,13 @@ def main() -> None:
         urls["sqlite"] = f"sqlite:///{work / 'bench.sqlite'}"
     if args.db in ("postgresql", "both") and args.pg_url:
         urls["postgresql"] = _pg_schema_url(args.pg_url, args.pg_schema)
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if args.fresh:
-        for p in work.glob("bench.sqlite*"):
-            p.unlink()
-        state_path.unlink(missing_ok=True)
+        for kind in urls:
+            state.pop(kind, None)
+        if "sqlite" in urls:
+            for p in work.glob("bench.sqlite*"):
+                p.unlink()
         if "postgresql" in urls:
             from sqlalchemy import create_engine, text
             engine = create_engine(args.pg_url)
@@ -197,15 +210,19 @@ def main() -> None:
                 conn.execute(text(f'DROP SCHEMA IF EXISTS "{args.pg_schema}" CASCADE'))
             engine.dispose()
             urls["postgresql"] = _pg_schema_url(args.pg_url, args.pg_schema)
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
     result = json.loads(OUT.read_text()) if OUT.exists() and not args.quick else {}
     result.setdefault("tiled", {})
     rng = random.Random(16)
     for kind, url in urls.items():
         print(f"tiled log, {kind}:")
         segs = state.setdefault(kind, [])
-        size = append_to(url, args.max, args.batch, args.interval, segs,
-                         lambda: state_path.write_text(json.dumps(state, indent=1) + "\n"))
+        if args.proofs_only:
+            db = dbmod.open_database(url)
+            size = TransparencyLog(db, None).size()
+            db.dispose()
+        else:
+            size = append_to(url, args.max, args.batch, args.interval, segs,
+                             lambda: state_path.write_text(json.dumps(state, indent=1) + "\n"))
         done = sum(s["to"] - s["from"] for s in segs)
         secs = sum(s["seconds"] for s in segs)
         timed = [s for s in segs if "cpu_seconds" in s]
@@ -219,9 +236,10 @@ def main() -> None:
                  if cpu else None}
         if not args.appends_only:
             entry["runs"] = args.runs
+            entry["load_average_1m"] = round(os.getloadavg()[0], 1)   # 2 cores, shared
             entry["rows"] = measure_proofs(url, args.runs, rng)
         result["tiled"][kind] = entry
-    if not args.appends_only:
+    if not args.appends_only and args.linear_max > 0:
         print("linear design (all leaf hashes in memory):")
         result["linear"] = run_linear(args.linear_max, max(3, args.runs // 10), rng)
     result["target"] = {"appends_per_s": 5000, "proof_median_ms": 2.0}

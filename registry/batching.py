@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 from cards.errors import LaminateError
@@ -22,6 +21,24 @@ from .tlog import LeafBatch, TransparencyLog
 Job = Callable[[Any, LeafBatch], Any]
 
 
+class Ticket:
+    """A caller's claim on its job's outcome: cheaper than a Future (no lock of its
+    own), as a bulk append makes one per leaf; ``result`` waits for the commit."""
+    __slots__ = ("_cv", "finished", "value", "error")
+
+    def __init__(self, cv: threading.Condition):
+        self._cv, self.finished, self.value, self.error = cv, False, None, None
+
+    def result(self, timeout: float | None = None):
+        if not self.finished:
+            with self._cv:
+                if not self._cv.wait_for(lambda: self.finished, timeout):
+                    raise LaminateError(f"log batching: not committed within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
 class Integrator:
     def __init__(self, log: TransparencyLog, interval: float = 0.02, max_batch: int = 1024):
         if not 0 < interval <= 10 or not 1 <= max_batch <= 65_536:
@@ -29,16 +46,17 @@ class Integrator:
                                 "1 <= batch size <= 65536")
         self.log, self.interval, self.max_batch = log, interval, max_batch
         self.batches = 0
-        self._queue: list[tuple[Job | tuple, Future, bool]] = []
+        self._queue: list[tuple[Job | tuple, Ticket, bool]] = []
         self._cv = threading.Condition()
+        self._done = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="log-integrator", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job | tuple[str, str, bytes], isolated: bool = True) -> Future:
-        """Queue a job (or a plain ``(kind, ref, data)`` leaf); the future holds the job's
+    def submit(self, job: Job | tuple[str, str, bytes], isolated: bool = True) -> Ticket:
+        """Queue a job (or a plain ``(kind, ref, data)`` leaf); the ticket holds the job's
         result (a leaf's index) once its batch committed, or the exception."""
-        future: Future = Future()
+        future = Ticket(self._done)
         with self._cv:
             if self._closed:
                 raise LaminateError("log batching: the integrator is closed")
@@ -75,33 +93,35 @@ class Integrator:
                 self._commit(batch)
 
     def _commit(self, batch) -> None:
-        outcomes: list[tuple[Future, bool, Any]] = []
+        outcomes: list[tuple[Ticket, Any, BaseException | None]] = []
         try:
             with self.log.db.write() as (session, head):
                 leaves = LeafBatch(self.log, session, head, immediate=False)
-                for job, future, isolated in batch:
+                for job, ticket, isolated in batch:
                     if not isolated:            # a plain leaf cannot fail on its own
-                        outcomes.append((future, True, leaves.add(*job)[0]))
+                        outcomes.append((ticket, leaves.add(*job)[0], None))
                         continue
                     leaves.flush_rows()         # earlier leaves stay outside the savepoint
                     mark, leaves.immediate = leaves.mark(), True
                     try:
                         with session.begin_nested():
-                            outcomes.append((future, True, job(session, leaves)))
+                            outcomes.append((ticket, job(session, leaves), None))
                     except Exception as exc:    # noqa: BLE001 - handed to its caller
                         leaves.undo(mark)
-                        outcomes.append((future, False, exc))
+                        outcomes.append((ticket, None, exc))
                     leaves.immediate = False
                 leaves.finish()
         except BaseException as exc:            # every caller of the batch learns it failed
-            for _, future, _ in batch:
-                future.set_exception(exc)
+            outcomes = [(ticket, None, exc) for _, ticket, _ in batch]
             if not isinstance(exc, Exception):
+                self._answer(outcomes)
                 raise
-            return
-        self.batches += 1
-        for future, ok, value in outcomes:
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+        else:
+            self.batches += 1
+        self._answer(outcomes)
+
+    def _answer(self, outcomes) -> None:
+        for ticket, value, error in outcomes:
+            ticket.value, ticket.error, ticket.finished = value, error, True
+        with self._done:
+            self._done.notify_all()

@@ -50,8 +50,17 @@ class LeafBatch:
         return index, leaf_hash
 
     def flush_rows(self) -> None:
+        """One executemany, handed to the driver as is: SQLAlchemy's per-row parameter
+        processing would cost more than the insert itself on a bulk append."""
         if self._rows:
-            self.session.execute(insert(LogEntry.__table__), self._rows)
+            conn = self.session.connection()
+            compiled = insert(LogEntry.__table__).compile(dialect=conn.dialect)
+            if compiled.positional:
+                order = compiled.positiontup or []
+                params: list = [tuple(r[k] for k in order) for r in self._rows]
+            else:
+                params = self._rows
+            conn.exec_driver_sql(str(compiled), params)
             self._rows = []
 
     def mark(self) -> int:
