@@ -24,6 +24,32 @@ from .db import Database, LogEntry, LogHead, TileRow, now_ms
 
 TILE_CACHE = 4096               # 4096 * 8 KiB = 32 MiB at most
 TILE_BYTES = tiles.TILE_WIDTH * tiles.HASH_SIZE
+MEMO_TILES = 512                # internal trees of 511 hashes: about 40 KiB each
+
+
+class _Memo:
+    """Tiles' internal trees across proofs (a tile of a given width never changes),
+    least recently used first out."""
+
+    def __init__(self, limit: int):
+        self.limit, self._items, self._lock = limit, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def __setitem__(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
 
 class LeafBatch:
@@ -93,6 +119,7 @@ class TransparencyLog:
         self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
         self._known_size = 0          # the log only grows: any size up to this exists
+        self._memo = _Memo(MEMO_TILES)
 
     # tiles ------------------------------------------------------------------
     def _cached(self, level: int, index: int, width: int) -> bytes | None:
@@ -147,28 +174,23 @@ class TransparencyLog:
         return got
 
     def _with_tiles(self, compute):
-        """``compute(read_tile)`` with every tile it needs read in one statement. Which
-        tiles a proof reads depends on the sizes only, never on hash values, so a first
-        pass over cached tiles and zero placeholders names the missing ones; when none
-        is missing, that pass is already the answer."""
+        """``compute(read_tile, memo, plan)`` with every tile it needs read in one
+        statement: a planning pass (no hashing) names the tiles that are not cached."""
         need: dict[tuple[int, int], int] = {}
 
-        def dry(level: int, index: int, width: int) -> bytes:
-            known = self._cached(level, index, width)
-            if known is None:
+        def plan(level: int, index: int, width: int) -> bytes:
+            if self._cached(level, index, width) is None:
                 need[(level, index)] = max(width, need.get((level, index), 0))
-                return bytes(width * tiles.HASH_SIZE)
-            return known
-        result = compute(dry)
-        if not need:
-            return result
-        fetched = self._fetch(need)
+            return bytes(width * tiles.HASH_SIZE)
+        compute(plan, None, True)
+        fetched = self._fetch(need) if need else {}
         return compute(lambda lv, i, w: fetched[(lv, i)][:w * tiles.HASH_SIZE]
-                       if (lv, i) in fetched else self.read_tile(lv, i, w))
+                       if (lv, i) in fetched else self.read_tile(lv, i, w), self._memo, False)
 
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+        self._memo.clear()
 
     def _write_tiles(self, session, changed: dict[tuple[int, int], bytes]) -> None:
         for (level, index), data in changed.items():
@@ -203,7 +225,7 @@ class TransparencyLog:
 
     def root(self, size: int) -> bytes:
         self._check_size(size)
-        return self._with_tiles(lambda read: tiles.tree_root(read, size))
+        return self._with_tiles(lambda read, memo, plan: tiles.tree_root(read, size, memo, plan))
 
     def tree_head(self) -> TreeHead:
         """The signed head of the current tree; no other size is ever signed, so a
@@ -247,7 +269,8 @@ class TransparencyLog:
         if not 0 <= leaf_index < tree_size:
             raise LaminateError(f"leaf_index {leaf_index} is not in a tree of size {tree_size}")
         self._check_size(tree_size)
-        return self._with_tiles(lambda read: tiles.inclusion_proof(read, tree_size, leaf_index))
+        return self._with_tiles(lambda read, memo, plan: tiles.inclusion_proof(
+            read, tree_size, leaf_index, memo, plan))
 
     def consistency_proof(self, first: int, second: int) -> list[bytes]:
         if not 1 <= first <= second:
@@ -256,7 +279,8 @@ class TransparencyLog:
         self._check_size(second)
         if first == second:
             return []
-        return self._with_tiles(lambda read: tiles.consistency_proof(read, first, second))
+        return self._with_tiles(lambda read, memo, plan: tiles.consistency_proof(
+            read, first, second, memo, plan))
 
     def entry(self, leaf_index: int) -> LogEntry | None:
         with self.db.read() as session:
