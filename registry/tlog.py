@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from sqlalchemy import func, insert, select, tuple_
+from sqlalchemy import and_, func, insert, or_, select
 from sqlalchemy.exc import OperationalError
 
 from cards import keys, merkle
@@ -154,8 +154,14 @@ class TransparencyLog:
 
     def _fetch(self, need: dict[tuple[int, int], int]) -> dict[tuple[int, int], bytes]:
         """Committed tiles, all in one statement, checked to reach the widths asked."""
-        stmt = select(TileRow.level, TileRow.idx, TileRow.data).where(
-            tuple_(TileRow.level, TileRow.idx).in_(list(need)))
+        by_level: dict[int, list[int]] = {}
+        for level, index in need:
+            by_level.setdefault(level, []).append(index)
+        # One (level = ? AND idx IN (...)) term per level: each is a primary-key search
+        # on SQLite and PostgreSQL alike (SQLite scans the table for a row-value IN).
+        stmt = select(TileRow.level, TileRow.idx, TileRow.data).where(or_(*(
+            and_(TileRow.level == level, TileRow.idx.in_(idxs))
+            for level, idxs in sorted(by_level.items()))))
         engine = self.db.tile_reader or self.db.reader
         for attempt in (1, 2):
             try:
