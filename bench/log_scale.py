@@ -215,8 +215,7 @@ def main() -> None:
                 conn.execute(text(f'DROP SCHEMA IF EXISTS "{args.pg_schema}" CASCADE'))
             engine.dispose()
             urls["postgresql"] = _pg_schema_url(args.pg_url, args.pg_schema)
-    result = json.loads(OUT.read_text()) if OUT.exists() and not args.quick else {}
-    result.setdefault("tiled", {})
+    result: dict = {"tiled": {}}
     rng = random.Random(16)
     for kind, url in urls.items():
         print(f"tiled log, {kind}:")
@@ -251,7 +250,11 @@ def main() -> None:
     result["target"] = {"appends_per_s": 5000, "proof_median_ms": 2.0}
     out = work / "log_scale.json" if args.quick else OUT
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    # Merged into the file as it is now: runs per database may overlap in time.
+    merged = json.loads(out.read_text()) if out.exists() else {}
+    merged.setdefault("tiled", {}).update(result.pop("tiled"))
+    merged.update(result)
+    out.write_text(json.dumps(merged, indent=2) + "\n")
     print(f"wrote {out}")
 
 
