@@ -237,7 +237,8 @@ def main() -> None:
                  # wall time on a shared machine counts other work; this counts only
                  # the bench process's own CPU (not the PostgreSQL server's)
                  "appends_per_cpu_s": round(sum(s["to"] - s["from"] for s in timed) / cpu)
-                 if cpu else None}
+                 if cpu else None,
+                 "append_segments": segs}
         if not args.appends_only:
             entry["runs"] = args.runs
             entry["load_average_1m"] = round(os.getloadavg()[0], 1)   # 2 cores, shared
@@ -256,6 +257,34 @@ def main() -> None:
     merged.update(result)
     out.write_text(json.dumps(merged, indent=2) + "\n")
     print(f"wrote {out}")
+    plot(merged, out.with_suffix(".png"))
+
+
+def plot(result: dict, path: Path) -> None:
+    """Median proof time against log size, per database and for the linear design."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no matplotlib: no plot (it comes with the train extra)")
+        return
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    series = [(f"tiled, {k}", v.get("rows", [])) for k, v in result["tiled"].items()]
+    series.append(("former linear design", result.get("linear", [])))
+    for label, rows in series:
+        if rows:
+            for key, style in (("inclusion_ms", "-o"), ("consistency_ms", "--s")):
+                ax.plot([r["size"] for r in rows], [r[key] for r in rows], style,
+                        label=f"{label}: {key.split('_')[0]}")
+    ax.axhline(2.0, color="grey", linewidth=0.8, label="2 ms target")
+    ax.set(xscale="log", yscale="log", xlabel="log size (entries)",
+           ylabel="median proof time (ms)", title="Transparency log proofs")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
