@@ -305,7 +305,13 @@ def create_app(config: ServiceConfig | None = None, service: Service | None = No
     def service_key():
         """The service's public key, to check tree heads, receipts and verdicts offline."""
         return {"key_id": service.key_id.hex(),
-                "public_key_pem": keys.public_pem(service.public_key).decode("ascii")}
+                "public_key_pem": keys.public_pem(service.public_key).decode("ascii"),
+                "log_note_key": service.log.note_key}
+
+    @app.get("/v1/log/note-key", tags=["log"], response_class=PlainTextResponse)
+    def note_key():
+        """The log key's note verifier key, to pin when checking checkpoints."""
+        return PlainTextResponse(service.log.note_key + "\n")
 
     @app.get("/v1/log/inclusion", tags=["log"])
     def inclusion(leaf_index: int = Query(..., ge=0), tree_size: int | None = Query(None, ge=1)):

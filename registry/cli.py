@@ -18,8 +18,8 @@ from .client import (
     cmd_log_submit,
     cmd_log_tree_head,
     cmd_log_verify,
-    cmd_log_witness,
 )
+from .witness_cli import add_pins, cmd_log_checkpoint, cmd_log_note_key, cmd_log_witness
 
 
 def _env(name, default=None):
@@ -50,6 +50,18 @@ def register(sub) -> None:
                        help="service signing key PEM [LAMINATE_SERVICE_KEY, default: generated "
                             "next to the SQLite file, or in the working directory]; every "
                             "process on one database needs the same key")
+    serve.add_argument("--log-key", default=_env("LAMINATE_LOG_KEY"),
+                       help="the log's Ed25519 checkpoint (signed-note) key PEM "
+                            "[LAMINATE_LOG_KEY, default: generated beside the service key]; "
+                            "its verifier key is at GET /v1/log/note-key")
+    serve.add_argument("--log-batch-ms", type=float,
+                       default=float(_env("LAMINATE_LOG_BATCH_MS", "20")),
+                       help="log writes of this process are committed together every this "
+                            "many milliseconds [LAMINATE_LOG_BATCH_MS, default 20]")
+    serve.add_argument("--log-batch-size", type=int,
+                       default=int(_env("LAMINATE_LOG_BATCH_SIZE", "256")),
+                       help="... or as soon as this many are waiting "
+                            "[LAMINATE_LOG_BATCH_SIZE, default 256]")
     serve.add_argument("--max-upload-mb", type=float,
                        default=float(_env("LAMINATE_MAX_UPLOAD_MB", "64")),
                        help="largest request body [LAMINATE_MAX_UPLOAD_MB, default 64]")
@@ -71,6 +83,11 @@ def register(sub) -> None:
     verify.add_argument("--receipt", required=True,
                         help="COSE Receipt file (binary, or the base64 text the service returns)")
     verify.add_argument("--service-key", required=True, help="the service's public key PEM")
+    verify.add_argument("--checkpoint", help="also require this cosigned checkpoint "
+                                            "(the output of `log checkpoint --out`)")
+    add_pins(verify, required=False)
+    verify.add_argument("--consistency", help="JSON of GET /v1/log/consistency from the "
+                                             "receipt's tree size to the checkpoint's")
     verify.set_defaults(func=cmd_log_verify)
 
     attach = log_sub.add_parser(
@@ -112,12 +129,33 @@ def register(sub) -> None:
     wit = log_sub.add_parser("witness", help="cosign the log's checkpoint if it extends "
                                               "the last one this witness saw")
     _server_args(wit)
-    wit.add_argument("--service-key", required=True, help="the service's public key PEM")
+    wit.add_argument("--log-key", required=True, metavar="VKEY",
+                     help="the log's note verifier key (GET /v1/log/note-key), or a file")
     wit.add_argument("--witness-key", required=True, help="this witness's Ed25519 key PEM")
     wit.add_argument("--name", required=True, help="this witness's note key name")
     wit.add_argument("--state", required=True, help="JSON file of the last checkpoints seen")
     wit.add_argument("--out", help="write the cosigned checkpoint here")
     wit.set_defaults(func=cmd_log_witness)
+
+    cp = log_sub.add_parser(
+        "checkpoint", help="fetch the checkpoint and require K witness cosignatures",
+        description="Fetch the log's checkpoint, add the cosignatures from witness copies "
+                    "(--cosigned), and accept it only if the pinned log key signed it and "
+                    "at least --min-witnesses of the pinned --witness keys cosigned it "
+                    "(exit 1 otherwise, naming what each witness lacked).")
+    _server_args(cp)
+    add_pins(cp, required=True)
+    cp.add_argument("--cosigned", action="append", default=[],
+                    help="a copy cosigned by a witness (`log witness --out`); repeatable")
+    cp.add_argument("--out", help="save the checkpoint with every cosignature here")
+    cp.set_defaults(func=cmd_log_checkpoint)
+
+    nk = log_sub.add_parser("note-key", help="print the verifier key of an Ed25519 key PEM")
+    nk.add_argument("key", help="private key PEM")
+    nk.add_argument("--name", required=True, help="the key's note name")
+    nk.add_argument("--witness", action="store_true",
+                    help="a witness key (cosignature/v1, type 4) rather than a log key")
+    nk.set_defaults(func=cmd_log_note_key)
 
     dispute = sub.add_parser("dispute", help="open or fetch an ownership dispute on a service")
     d_sub = dispute.add_subparsers(dest="dispute_command", metavar="COMMAND", required=True)
@@ -158,7 +196,7 @@ def _server_args(parser, *, token=False) -> None:
 # ---------------------------------------------------------------- serve
 
 def cmd_serve(args) -> int:
-    from registry.config import ServiceConfig
+    from registry.config import ServiceConfig, check_batching
     from registry.service import Service
 
     config = ServiceConfig.from_env()
@@ -173,6 +211,10 @@ def cmd_serve(args) -> int:
     if args.max_upload_mb <= 0:
         raise LaminateError(f"--max-upload-mb: must be positive, got {args.max_upload_mb}")
     config.max_upload_mb = args.max_upload_mb
+    check_batching(args.log_batch_ms / 1000, args.log_batch_size)
+    config.log_batch_interval, config.log_batch_size = args.log_batch_ms / 1000, args.log_batch_size
+    if args.log_key:
+        config.log_key_path = args.log_key
     config.allow_prediction_urls = args.allow_prediction_urls
     if args.workers < 1:
         raise LaminateError(f"--workers: must be at least 1, got {args.workers}")
@@ -185,7 +227,7 @@ def cmd_serve(args) -> int:
         service.add_token(token)
         print(f"laminate serve: generated API token (shown once, stored hashed): {token}",
               file=sys.stderr)
-    key_path = service.key_path
+    key_path, log_key_path = service.key_path, service.log_key_path
     service.close()
     if service.policy.source == "built-in default policy":
         print("laminate serve: no --policy: the built-in policy rejects simulated hardware",
@@ -194,6 +236,9 @@ def cmd_serve(args) -> int:
         "LAMINATE_DATABASE_URL": config.database_url,
         "LAMINATE_POLICY": config.policy_path or "",
         "LAMINATE_SERVICE_KEY": str(key_path),
+        "LAMINATE_LOG_KEY": str(log_key_path),
+        "LAMINATE_LOG_BATCH_MS": str(args.log_batch_ms),
+        "LAMINATE_LOG_BATCH_SIZE": str(args.log_batch_size),
         "LAMINATE_MAX_UPLOAD_MB": str(config.max_upload_mb),
         "LAMINATE_ALLOW_PREDICTION_URLS": "1" if config.allow_prediction_urls else "",
         "LAMINATE_API_TOKEN": "",      # already stored hashed in the database

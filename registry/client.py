@@ -98,13 +98,23 @@ def cmd_log_verify(args) -> int:
     card = _statement(args.card)
     receipt = _receipt_file(args.receipt)
     public_key = keys.load_public_key(args.service_key)
+    if (args.min_witnesses or args.witness or args.log_key) and not args.checkpoint:
+        raise LaminateError("--log-key, --witness, --min-witnesses: need --checkpoint "
+                            "(a cosigned checkpoint file)")
+    if args.checkpoint and not args.log_key:
+        raise LaminateError("--checkpoint: needs --log-key (the log's note verifier key)")
     try:
         check = verify_receipt(receipt, card, public_key)
+        witnessed = ""
+        if args.checkpoint:
+            from .witness_cli import check_receipt_against
+            witnessed = "; " + check_receipt_against(args, check.tree_size, check.root_hash)
     except LogProofError as exc:
         print(f"NOT in the log: {args.card}: {exc}")
         return 1
     print(f"in the log: {args.card} is leaf {check.leaf_index} of the tree of size "
-          f"{check.tree_size} with root {check.root_hash.hex()} signed by the service key")
+          f"{check.tree_size} with root {check.root_hash.hex()} signed by the service key"
+          + witnessed)
     return 0
 
 
@@ -350,42 +360,6 @@ def cmd_dispute_show(args) -> int:
 
 
 # ---------------------------------------------------------------- witness
-
-def cmd_log_witness(args) -> int:
-    """Fetch the service's checkpoint, check it extends the last one this witness saw,
-    and print it with this witness's cosignature added."""
-    from cards import keys
-    from registry.witness import Refused, load_state, log_origin, witness
-
-    log_key = keys.load_public_key(args.service_key)
-    witness_key = keys.load_private_key(args.witness_key)
-    if keys.key_kind(witness_key) != "ed25519":
-        raise LaminateError(f"{args.witness_key}: a witness key must be Ed25519")
-    base = args.server.rstrip("/")
-    status, note = _request_text(f"{base}/checkpoint")
-    if status != 200:
-        raise LaminateError(f"{base}/checkpoint: HTTP {status}")
-    state_path = Path(args.state)
-    last = load_state(state_path).get(log_origin(log_key))
-    proof: list[bytes] = []
-    size_line = note.split("\n")[1] if note.count("\n") > 2 else ""
-    if isinstance(last, dict) and size_line.isdigit() and int(size_line) > last.get("size", 0) > 0:
-        status, answer = _request("GET", f"{base}/v1/log/consistency?" + urllib.parse.urlencode(
-            {"first": last["size"], "second": int(size_line)}))
-        if status != 200:
-            raise _fail(status, answer, "consistency proof")
-        path = answers.get(answer, "consistency answer", "consistency_proof", kind=list)
-        proof = [answers.hex_bytes(p, "consistency_proof") for p in path]
-    try:
-        cosigned = witness(note, log_key, proof, state_path, args.name, witness_key)
-    except Refused as exc:
-        print(f"REFUSED: {exc}")
-        return 1
-    if args.out:
-        Path(args.out).write_text(cosigned, encoding="utf-8")
-    sys.stdout.write(cosigned)
-    return 0
-
 
 def _request_text(url: str, limit: int = 1 << 16) -> tuple[int, str]:
     try:

@@ -25,6 +25,11 @@ class ServiceConfig:
     # prediction URL is queried batch by batch) stops at these bounds.
     suspect_seconds: float = 30.0
     suspect_memory_mb: int = 2048
+    # The log's own Ed25519 signed-note key (checkpoints), whatever the service key is.
+    log_key_path: str | None = None
+    # Log writes are batched: one transaction every interval, or sooner at this size.
+    log_batch_interval: float = 0.02
+    log_batch_size: int = 256
 
     @classmethod
     def from_env(cls, env=None) -> ServiceConfig:
@@ -42,7 +47,17 @@ class ServiceConfig:
             raise LaminateError("LAMINATE_SUSPECT_SECONDS: expected a number of seconds") from None
         if not 0 < suspect_seconds <= 3600:
             raise LaminateError("LAMINATE_SUSPECT_SECONDS: expected 0 < seconds <= 3600")
+        try:
+            interval = float(env.get("LAMINATE_LOG_BATCH_MS", "20")) / 1000
+            batch = int(env.get("LAMINATE_LOG_BATCH_SIZE", "256"))
+        except ValueError:
+            raise LaminateError("LAMINATE_LOG_BATCH_MS / LAMINATE_LOG_BATCH_SIZE: expected "
+                                "numbers") from None
+        check_batching(interval, batch)
         return cls(
+            log_key_path=env.get("LAMINATE_LOG_KEY") or None,
+            log_batch_interval=interval,
+            log_batch_size=batch,
             database_url=env.get("LAMINATE_DATABASE_URL") or DEFAULT_DATABASE_URL,
             policy_path=env.get("LAMINATE_POLICY") or None,
             api_tokens=tokens,
@@ -55,6 +70,13 @@ class ServiceConfig:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+
+def check_batching(interval: float, batch: int) -> None:
+    if not 0 < interval <= 10:
+        raise LaminateError(f"log batch interval: expected 0 < ms <= 10000, got {interval * 1000:g}")
+    if not 1 <= batch <= 65_536:
+        raise LaminateError(f"log batch size: expected 1..65536 entries, got {batch}")
 
 
 def load_or_create_key(path: Path):

@@ -150,6 +150,9 @@ class Database:
     # Writers of one process queue here rather than in the database's lock, whose
     # busy-wait backs off far longer than a registration takes.
     write_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Tile reads for proofs: one statement per proof, so on PostgreSQL no pre-ping and
+    # no transaction around it (each would be one more round trip).
+    tile_reader: Engine | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -179,6 +182,8 @@ class Database:
     def dispose(self) -> None:
         self.reader.dispose()
         self.writer.dispose()
+        if self.tile_reader is not None:
+            self.tile_reader.dispose()
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
@@ -221,7 +226,9 @@ def open_database(url: str | None = None) -> Database:
             engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
         except Exception as exc:  # missing driver, bad options: a user error
             raise LaminateError(f"--database {parsed.render_as_string()}: {exc}") from None
-        db = Database(url, engine, engine)
+        db = Database(url, engine, engine,
+                      tile_reader=create_engine(url, pool_size=5, max_overflow=20,
+                                                isolation_level="AUTOCOMMIT"))
     try:
         _create_schema(db)
     except OperationalError as exc:

@@ -24,6 +24,7 @@ from cards.errors import CardFormatError, LaminateError
 from verifier.receipts import make_receipt
 
 from . import clocks, disputes
+from .batching import Integrator
 from .config import ServiceConfig, load_or_create_key
 from .db import (
     ApiToken,
@@ -31,6 +32,7 @@ from .db import (
     CommitmentRow,
     DisputeRow,
     EndpointRow,
+    LogEntry,
     ModelRow,
     now_ms,
     open_database,
@@ -40,6 +42,9 @@ from .metrics import REGISTRATIONS
 from .tlog import TransparencyLog
 
 GENESIS_TYPE = "laminate-log-genesis/1"
+LOG_KEY_TYPE = "laminate-log-key/1"
+LOG_KEY_REF = "laminate-log-key"
+LOG_KEY_FILE = "laminate-log-key.pem"
 COMMITMENT_TYPE = "laminate-watermark-commitment/1"
 MODEL_TYPE = "laminate-model-observed/1"
 ENDPOINT_TYPE = "laminate-endpoint-observed/1"
@@ -86,9 +91,18 @@ class Service:
         self.key_path = key_path
         self.public_key = self.key.public_key()
         self.key_id = keys.key_id(self.public_key)
-        self.log = TransparencyLog(self.db, self.key)
+        log_key_path = Path(config.log_key_path) if config.log_key_path \
+            else key_path.with_name(LOG_KEY_FILE)
+        self.log_key = load_or_create_key(log_key_path)
+        self.log_key_path = log_key_path
+        if keys.key_kind(self.log_key) != "ed25519":
+            raise LaminateError(f"{log_key_path}: the log key must be Ed25519 (it signs "
+                                "checkpoints as signed notes)")
+        self.log = TransparencyLog(self.db, self.key, self.log_key)
         self._ensure_genesis()
+        self._ensure_log_key()
         self.log.audit()
+        self.integrator = Integrator(self.log, config.log_batch_interval, config.log_batch_size)
         self._valid_tokens: set[str] = set()
         self._token_lock = threading.Lock()
         # Registered cards and first sightings of models never change once committed,
@@ -112,7 +126,7 @@ class Service:
         with self.db.write() as (session, head):
             if head.size == 0:
                 data = cbor.dumps({"type": GENESIS_TYPE, "service_key_id": self.key_id,
-                                   "created_ms": now_ms()})
+                                   "note_key": self.log.note_key, "created_ms": now_ms()})
                 self.log.append(session, head, "genesis", self.key_id.hex(), data)
                 return
         genesis = self.log.entry(0)
@@ -126,7 +140,35 @@ class Service:
                 f"{owner.hex() if isinstance(owner, bytes) else '?'}, not this key "
                 f"{self.key_id.hex()}; start every process with the same --key")
 
+    def _ensure_log_key(self) -> None:
+        """A leaf names the log key (the genesis leaf of a new log, a leaf of its own in
+        a log started before log keys), so tree heads signed by the service key vouch
+        for it; a process started with another log key on one database is refused."""
+        note_key = self.log.note_key
+        genesis = cbor.loads(self.log.entry(0).data)
+        logged = genesis.get("note_key")
+        if logged is None:
+            with self.db.read() as session:
+                found = session.execute(select(LogEntry.data)
+                                        .where(LogEntry.ref == LOG_KEY_REF)
+                                        .order_by(LogEntry.leaf_index).limit(1)).first()
+            if found is None:
+                with self.db.write() as (session, head):
+                    if session.execute(select(LogEntry.leaf_index)
+                                       .where(LogEntry.ref == LOG_KEY_REF)).first() is None:
+                        self.log.append(session, head, "log-key", LOG_KEY_REF, cbor.dumps(
+                            {"type": LOG_KEY_TYPE, "note_key": note_key}))
+                        return
+                return self._ensure_log_key()
+            logged = cbor.loads(bytes(found[0])).get("note_key")
+        if logged != note_key:
+            raise LaminateError(
+                f"{self.log_key_path}: this database's checkpoints are signed by log key "
+                f"{logged!r}, not this key {note_key!r}; start every process with the "
+                "same --log-key")
+
     def close(self) -> None:
+        self.integrator.close()
         self.db.dispose()
 
     # tokens --------------------------------------------------------------
@@ -317,48 +359,49 @@ class Service:
         return 201, {**self.registration(row), "already_registered": False}
 
     def _append_card(self, card_id, card_bytes, model_sha, commitment, result, quoted):
-        """Log an appraised card (and its commitment) in one transaction; a TPM quote
-        whose clock goes back for its device rolls the whole registration back."""
-        with self.db.write() as (session, head):
-            if session.get(CardRow, card_id) is not None:   # a concurrent twin won
-                row = session.get(CardRow, card_id)
-                size = None
-            else:
-                # The commitment goes first: it is what the registration proves was
-                # known no later than the model it protects.
-                if commitment is not None and session.get(CommitmentRow, commitment) is None:
-                    index, _ = self.log.append(
-                        session, head, "commitment", commitment,
-                        cbor.dumps({"type": COMMITMENT_TYPE, "commitment": commitment,
-                                    "card_id": card_id}))
-                    session.add(CommitmentRow(commitment=commitment, leaf_index=index))
-                index, _ = self.log.append(session, head, "card", card_id, card_bytes)
-                row = CardRow(card_id=card_id, card_bytes=card_bytes, leaf_index=index,
-                              model_sha256=model_sha, commitment=commitment,
-                              appraisal_json=json.dumps(result.to_dict()))
-                session.add(row)
-                if session.get(ModelRow, model_sha) is None:
-                    session.add(ModelRow(sha256=model_sha, leaf_index=index, source="registered"))
-                if quoted is not None:
-                    problem = clocks.check_and_record(session, quoted, index)
-                    if problem:
-                        raise _ClockRefused(problem)
-                size = head.size
-        return (200 if size is None else 201), row
+        """Log an appraised card (and its commitment) in the next batch; a TPM quote
+        whose clock goes back for its device rolls this registration back alone."""
+        def job(session, leaves):
+            row = session.get(CardRow, card_id)
+            if row is not None:                  # a concurrent twin won
+                return 200, row
+            # The commitment goes first: it is what the registration proves was
+            # known no later than the model it protects.
+            if commitment is not None and session.get(CommitmentRow, commitment) is None:
+                index, _ = leaves.add("commitment", commitment,
+                                      cbor.dumps({"type": COMMITMENT_TYPE,
+                                                  "commitment": commitment,
+                                                  "card_id": card_id}))
+                session.add(CommitmentRow(commitment=commitment, leaf_index=index))
+            index, _ = leaves.add("card", card_id, card_bytes)
+            row = CardRow(card_id=card_id, card_bytes=card_bytes, leaf_index=index,
+                          model_sha256=model_sha, commitment=commitment,
+                          appraisal_json=json.dumps(result.to_dict()))
+            session.add(row)
+            if session.get(ModelRow, model_sha) is None:
+                session.add(ModelRow(sha256=model_sha, leaf_index=index, source="registered"))
+            if quoted is not None:
+                problem = clocks.check_and_record(session, quoted, index)
+                if problem:
+                    raise _ClockRefused(problem)
+            return 201, row
+        return self.integrator.run(job)
 
     def observe_model(self, sha256: str) -> dict:
         """The model's first log index; logs the digest now if never seen before."""
         record = self.model_record(sha256)
         if record is not None:
             return record
-        with self.db.write() as (session, head):
+
+        def job(session, leaves):
             row = session.get(ModelRow, sha256)
             if row is None:
-                index, _ = self.log.append(session, head, "model", sha256,
-                                           cbor.dumps({"type": MODEL_TYPE, "sha256": sha256}))
+                index, _ = leaves.add("model", sha256,
+                                      cbor.dumps({"type": MODEL_TYPE, "sha256": sha256}))
                 row = ModelRow(sha256=sha256, leaf_index=index, source="submitted")
                 session.add(row)
             return {"sha256": row.sha256, "leaf_index": row.leaf_index, "source": row.source}
+        return self.integrator.run(job)
 
     def observe_endpoint(self, url: str) -> dict:
         """A prediction URL's first log index, as a suspect of its own; logs it now if
@@ -367,26 +410,30 @@ class Service:
         if not isinstance(url, str) or len(url) > MAX_URL:
             raise LaminateError(f"prediction_url: expected a URL of at most {MAX_URL} characters")
         key = hashlib.sha256(url.encode("utf-8")).hexdigest()
-        with self.db.write() as (session, head):
+
+        def job(session, leaves):
             row = session.get(EndpointRow, key)
             if row is None:
-                index, _ = self.log.append(session, head, "endpoint", key,
-                                           cbor.dumps({"type": ENDPOINT_TYPE, "url": url}))
+                index, _ = leaves.add("endpoint", key,
+                                      cbor.dumps({"type": ENDPOINT_TYPE, "url": url}))
                 row = EndpointRow(url_sha256=key, url=url, leaf_index=index)
                 session.add(row)
             return {"prediction_url": row.url, "leaf_index": row.leaf_index,
                     "source": "endpoint"}
+        return self.integrator.run(job)
 
     def record_dispute(self, verdict: dict) -> DisputeRow:
         dispute_id = secrets.token_hex(16)
         verdict = {**verdict, "dispute_id": dispute_id}
         signed = disputes.sign_verdict(verdict, self.key)
-        with self.db.write() as (session, head):
-            index, _ = self.log.append(session, head, "verdict", dispute_id, signed)
+
+        def job(session, leaves):
+            index, _ = leaves.add("verdict", dispute_id, signed)
             row = DisputeRow(dispute_id=dispute_id, leaf_index=index,
                              verdict_json=json.dumps(verdict), signed_verdict=signed)
             session.add(row)
-        return row
+            return row
+        return self.integrator.run(job)
 
     def dispute_view(self, row: DisputeRow) -> dict:
         return {"dispute_id": row.dispute_id, "verdict": json.loads(row.verdict_json),

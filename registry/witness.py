@@ -12,10 +12,11 @@ from cards import keys
 from cards.errors import LaminateError
 from verifier.logproof import (
     LogProofError,
+    NoteKey,
     check_consistency,
+    check_witnessed,
     cosign_checkpoint,
     split_note,
-    verify_checkpoint,
 )
 
 STATE_MAX = 1 << 20
@@ -25,9 +26,9 @@ class Refused(LaminateError):
     """The checkpoint is not cosigned; the message says which check failed."""
 
 
-def log_origin(log_public_key) -> str:
+def log_origin(service_public_key) -> str:
     """The origin (and note key name) the registry uses for a service key."""
-    return f"laminate.log/{keys.key_id(log_public_key).hex()}"
+    return f"laminate.log/{keys.key_id(service_public_key).hex()}"
 
 
 def load_state(path: Path) -> dict:
@@ -51,14 +52,15 @@ def save_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def witness(note: str, log_public_key, proof: list[bytes], state_path: Path,
+def witness(note: str, log_key: NoteKey, proof: list[bytes], state_path: Path,
             witness_name: str, witness_key, timestamp: int | None = None) -> str:
-    """Check ``note`` against the last checkpoint in the state file and return it
-    cosigned; Refused on a bad signature, a smaller tree, two roots for one size or a
-    consistency proof that does not verify. The state moves only forward."""
-    origin = log_origin(log_public_key)
+    """Check ``note`` (signed by the pinned log note key) against the last checkpoint in
+    the state file and return it cosigned; Refused on a bad signature, a smaller tree,
+    two roots for one size or a consistency proof that does not verify. The state moves
+    only forward."""
+    origin = log_key.name
     try:
-        cp = verify_checkpoint(note, origin, origin, log_public_key)
+        cp = check_witnessed(note, log_key, [], 0)
     except LogProofError as exc:
         raise Refused(f"checkpoint: {exc}") from None
     state = load_state(state_path)

@@ -279,7 +279,7 @@ def test_tlog_client_verifies_the_served_tiles_and_checkpoint(kind, tmp_path):
                 service.log.append_many(session, head,
                                         [("test", "r", b"e%d" % i) for i in range(600)])
             note = client.get("/checkpoint").text
-            raw_pub = service.key.public_key().public_bytes(
+            raw_pub = service.log_key.public_key().public_bytes(
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw)
             name = service.log.origin
             origin, size, root = spec_verify_checkpoint(note, name, raw_pub)

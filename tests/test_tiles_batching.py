@@ -7,7 +7,7 @@ import pytest
 from cards import keys, merkle
 from registry import db as dbmod
 from registry.batching import Integrator
-from registry.tlog import TransparencyLog
+from registry.tlog import LeafBatch, TransparencyLog
 from verifier import tiles
 
 
@@ -43,18 +43,41 @@ def test_many_threads_share_batches(log):
 
 def test_failed_batch_fails_its_callers_and_commits_nothing(log, monkeypatch):
     integ = Integrator(log, interval=0.01, max_batch=8)
-    plain = log.append_many
+    plain = LeafBatch.finish
 
-    def crash(session, head, items):
-        plain(session, head, items)
+    def crash(self):
+        plain(self)
         raise RuntimeError("database went away mid-batch")
 
-    monkeypatch.setattr(log, "append_many", crash)
+    monkeypatch.setattr(LeafBatch, "finish", crash)
     with pytest.raises(RuntimeError, match="went away mid-batch"):
         integ.add("test", "r", b"lost")
-    monkeypatch.setattr(log, "append_many", plain)
+    monkeypatch.setattr(LeafBatch, "finish", plain)
     assert log.size() == 0
     assert integ.add("test", "r", b"kept") == 0
     integ.close()
-    with pytest.raises(Exception, match="integrator: closed"):
+    with pytest.raises(Exception, match="integrator is closed"):
         integ.add("test", "r", b"late")
+
+
+def test_proofs_from_cached_tiles_and_memoized_tile_trees_stay_exact(log):
+    """One log object answers proofs while it grows: the tile cache and the memo of
+    tile trees hold prefixes of tiles that later widen, and every proof at every old
+    size must still be the RFC 9162 one."""
+    leaves: list[bytes] = []
+    for step in (1, 255, 2, 300, 65_000 - 558):
+        data = [b"g%d" % (len(leaves) + i) for i in range(step)]
+        with log.db.write() as (session, head):
+            log.append_many(session, head, [("t", "r", d) for d in data])
+        leaves += [merkle.leaf_hash(d) for d in data]
+        n = len(leaves)
+        for size in sorted({1, 2, 255, 256, 257, n // 2 + 1, n - 1, n} - {0}):
+            if size > n:
+                continue
+            assert log.root(size) == merkle.root_of(leaves[:size]), size
+            for index in {0, size // 3, size - 1}:
+                assert log.inclusion_proof(index, size) == \
+                    merkle.inclusion_proof(leaves[:size], index), (index, size)
+            for first in {1, size // 2 or 1, size}:
+                assert log.consistency_proof(first, size) == \
+                    merkle.consistency_proof(leaves[:size], first, size), (first, size)

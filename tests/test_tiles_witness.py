@@ -12,6 +12,7 @@ from verifier import logproof, tiles
 LOG = ed25519.Ed25519PrivateKey.generate()
 WIT = ed25519.Ed25519PrivateKey.generate()
 ORIGIN = log_origin(LOG.public_key())
+LOGKEY = logproof.parse_verifier_key(logproof.verifier_key(ORIGIN, LOG.public_key()))
 
 
 def checkpoint(store, size=None, key=LOG):
@@ -29,11 +30,11 @@ def grown(n, prefix=b"e"):
 def test_cosigns_a_log_that_grows_and_clients_count_it(tmp_path):
     state = tmp_path / "w.json"
     store = grown(10)
-    first = witness(checkpoint(store), LOG.public_key(), [], state, "w1", WIT)
+    first = witness(checkpoint(store), LOGKEY, [], state, "w1", WIT)
     assert logproof.check_cosignatures(first, {"w1": WIT.public_key()}, 1) == ["w1"]
     store.append([b"more%d" % i for i in range(300)])
     proof = tiles.consistency_proof(store.read_tile, 10, store.size)
-    second = witness(checkpoint(store), LOG.public_key(), proof, state, "w1", WIT)
+    second = witness(checkpoint(store), LOGKEY, proof, state, "w1", WIT)
     assert logproof.check_cosignatures(second, {"w1": WIT.public_key()}, 1)
     assert json.loads(state.read_text())[ORIGIN]["size"] == 310
     with pytest.raises(logproof.LogProofError, match="1 valid witness cosignatures, 2"):
@@ -43,29 +44,29 @@ def test_cosigns_a_log_that_grows_and_clients_count_it(tmp_path):
 
 def test_fork_two_roots_for_one_size_is_refused(tmp_path):
     state = tmp_path / "w.json"
-    witness(checkpoint(grown(10)), LOG.public_key(), [], state, "w1", WIT)
+    witness(checkpoint(grown(10)), LOGKEY, [], state, "w1", WIT)
     with pytest.raises(Refused, match="fork: two different roots for tree size 10"):
-        witness(checkpoint(grown(10, b"x")), LOG.public_key(), [], state, "w1", WIT)
+        witness(checkpoint(grown(10, b"x")), LOGKEY, [], state, "w1", WIT)
     assert json.loads(state.read_text())[ORIGIN]["size"] == 10
 
 
 def test_forked_history_fails_consistency(tmp_path):
     state = tmp_path / "w.json"
-    witness(checkpoint(grown(10)), LOG.public_key(), [], state, "w1", WIT)
+    witness(checkpoint(grown(10)), LOGKEY, [], state, "w1", WIT)
     other = grown(20, b"x")                       # a different first 10 entries
     proof = tiles.consistency_proof(other.read_tile, 10, 20)
     with pytest.raises(Refused, match="consistency from 10 to 20: .*append-only"):
-        witness(checkpoint(other), LOG.public_key(), proof, state, "w1", WIT)
+        witness(checkpoint(other), LOGKEY, proof, state, "w1", WIT)
 
 
 def test_rollback_and_foreign_signature_are_refused(tmp_path):
     state = tmp_path / "w.json"
     store = grown(10)
-    witness(checkpoint(store), LOG.public_key(), [], state, "w1", WIT)
+    witness(checkpoint(store), LOGKEY, [], state, "w1", WIT)
     with pytest.raises(Refused, match="smaller than the 10 already cosigned"):
-        witness(checkpoint(store, 5), LOG.public_key(), [], state, "w1", WIT)
+        witness(checkpoint(store, 5), LOGKEY, [], state, "w1", WIT)
     with pytest.raises(Refused, match="no signature by log key"):
-        witness(checkpoint(store, key=WIT), LOG.public_key(), [], state, "w1", WIT)
+        witness(checkpoint(store, key=WIT), LOGKEY, [], state, "w1", WIT)
 
 
 def test_cli_witness_against_a_running_service(tmp_path, capsys):
@@ -90,12 +91,15 @@ def test_cli_witness_against_a_running_service(tmp_path, capsys):
     server = start_server(tmp_path / "svc", database_url=url, key_path=key_path)
     try:
         service_key = keys.load_private_key(key_path)
-        pub = tmp_path / "service.pub.pem"
-        pub.write_bytes(keys.public_pem(service_key))
+        log_key = keys.load_private_key(tmp_path / "laminate-log-key.pem")
+        assert keys.key_kind(log_key) == "ed25519"
+        pub = tmp_path / "log.vkey"
+        pub.write_text(logproof.verifier_key(log_origin(service_key.public_key()),
+                                             log_key.public_key()) + "\n")
         wkey = tmp_path / "witness.pem"
         keys.save_private_key(ed25519.Ed25519PrivateKey.generate(), wkey)
         state, out = tmp_path / "state.json", tmp_path / "cosigned.txt"
-        argv = ("log", "witness", "--server", server.url, "--service-key", pub,
+        argv = ("log", "witness", "--server", server.url, "--log-key", pub,
                 "--witness-key", wkey, "--name", "w.test", "--state", state, "--out", out)
         assert run(*argv) == 0
         db = dbmod.open_database(url)

@@ -271,20 +271,89 @@ def verify_checkpoint(note: str, origin: str, name: str,
 def check_cosignatures(note: str, witnesses: dict[str, ed25519.Ed25519PublicKey],
                        k: int) -> list[str]:
     """Names of the witnesses whose cosignatures verify; LogProofError unless at least
-    ``k`` of ``witnesses`` cosigned this checkpoint."""
+    ``k`` of ``witnesses`` cosigned this checkpoint, saying what each other one lacked."""
     body, sigs = split_note(note)
-    good = []
+    good: list[str] = []
+    why = {name: "no cosignature" for name in witnesses}
     for sig_name, blob in sigs:
         key = witnesses.get(sig_name)
-        if key is None or sig_name in good or len(blob) != 4 + 8 + 64 \
-                or blob[:4] != note_key_hash(sig_name, SIG_COSIGN, _raw(key)):
+        if key is None or sig_name in good:
+            continue
+        if len(blob) != 4 + 8 + 64 or blob[:4] != note_key_hash(sig_name, SIG_COSIGN, _raw(key)):
+            why[sig_name] = "a cosignature by another key than the pinned one"
             continue
         stamp = int.from_bytes(blob[4:12], "big")
         try:
             key.verify(blob[12:], f"cosignature/v1\ntime {stamp}\n{body}".encode())
         except InvalidSignature:
+            why[sig_name] = "its cosignature does not verify"
             continue
         good.append(sig_name)
     if len(good) < k:
-        raise LogProofError(f"checkpoint: {len(good)} valid witness cosignatures, {k} required")
+        lacking = "; ".join(f"{n}: {why[n]}" for n in witnesses if n not in good)
+        raise LogProofError(f"witness_cosignatures: {len(good)} valid witness cosignatures, "
+                            f"{k} required ({lacking})")
     return good
+
+
+def merge_cosignatures(note: str, others: list[str]) -> str:
+    """``note`` with the signature lines of other copies of the same checkpoint added
+    (each witness hands back its own copy); copies of another checkpoint are skipped."""
+    body, _ = split_note(note)
+    lines = note.rstrip("\n").split("\n")
+    seen = set(lines)
+    for other in others:
+        other_body, _ = split_note(other)
+        if other_body != body:
+            continue
+        for line in other.rpartition("\n\n")[2].rstrip("\n").split("\n"):
+            if line not in seen:
+                seen.add(line)
+                lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class NoteKey:
+    """A parsed note verifier key: the name, the signature type and the Ed25519 key."""
+    name: str
+    sig_type: int
+    public_key: ed25519.Ed25519PublicKey
+
+
+def parse_verifier_key(text: str, what: str = "verifier key") -> NoteKey:
+    """``<name>+<hex key hash>+<base64(type || key)>``; LogProofError unless the key hash
+    is the one of that name, type and key (so a mistyped or altered key is refused)."""
+    parts = text.strip().split("+", 2) if isinstance(text, str) and len(text) < 1024 else []
+    if len(parts) != 3:
+        raise LogProofError(f"{what} {str(text)[:80]!r}: expected <name>+<key hash>+<key>")
+    name, hash_hex, b64 = parts
+    _note_name(name)
+    try:
+        blob, want = base64.b64decode(b64, validate=True), bytes.fromhex(hash_hex)
+    except ValueError:
+        blob, want = b"", b""
+    if len(blob) != 33 or blob[0] not in (SIG_ED25519, SIG_COSIGN) or len(want) != 4:
+        raise LogProofError(f"{what} {name}: not an Ed25519 (type 1) or cosignature/v1 "
+                            "(type 4) key")
+    if note_key_hash(name, blob[0], blob[1:]) != want:
+        raise LogProofError(f"{what} {name}: key hash {hash_hex} does not match its key")
+    return NoteKey(name, blob[0], ed25519.Ed25519PublicKey.from_public_bytes(blob[1:]))
+
+
+def check_witnessed(note: str, log_key: NoteKey, witnesses: list[NoteKey],
+                    k: int) -> Checkpoint:
+    """The checkpoint, once signed by the pinned log key and cosigned by at least ``k``
+    of the pinned witnesses (cosignature/v1 keys)."""
+    if log_key.sig_type != SIG_ED25519:
+        raise LogProofError(f"log key {log_key.name}: must be an Ed25519 note key (type 1)")
+    cp = verify_checkpoint(note, log_key.name, log_key.name, log_key.public_key)
+    if k > len(witnesses):
+        raise LogProofError(f"witness_cosignatures: {k} required but only "
+                            f"{len(witnesses)} witness keys given")
+    for w in witnesses:
+        if w.sig_type != SIG_COSIGN:
+            raise LogProofError(f"witness key {w.name}: must be a cosignature/v1 key (type 4)")
+    if k:
+        check_cosignatures(note, {w.name: w.public_key for w in witnesses}, k)
+    return cp

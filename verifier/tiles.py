@@ -123,14 +123,19 @@ def decode_bundle(blob: bytes, width: int) -> list[bytes]:
 
 class TileReader:
     """Subtree roots of the tree of ``tree_size`` leaves, from tiles; each tile is read
-    once per reader (a reader serves one proof or one root)."""
+    and its internal tree hashed once per reader (a reader serves one proof or one
+    root). ``memo`` (get / item assignment) keeps internal trees across readers: a tile
+    of a given width never changes. With ``plan`` nothing is hashed: the reader only
+    asks ``read_tile`` for every tile the computation needs, and answers zeros."""
 
-    def __init__(self, read_tile: ReadTile, tree_size: int):
+    def __init__(self, read_tile: ReadTile, tree_size: int, memo=None, plan: bool = False):
         if tree_size < 0:
             raise TileError(f"tree size {tree_size} is negative")
         self.read_tile = read_tile
         self.tree_size = tree_size
+        self.memo, self.plan = memo, plan
         self._tiles: dict[tuple[int, int], bytes] = {}
+        self._trees: dict[tuple[int, int, int], list[list[bytes]]] = {}
         self.reads = 0
 
     def _tile(self, level: int, index: int) -> bytes:
@@ -149,6 +154,26 @@ class TileReader:
             self._tiles[key] = tile
         return tile
 
+    def _layers(self, level: int, index: int) -> list[list[bytes]]:
+        """The tile's internal tree: layer k holds the roots of its aligned runs of
+        2**k hashes (only whole runs: a partial tile's last run may be missing)."""
+        key = (level, index, tile_width(level, index, self.tree_size))
+        layers = self._trees.get(key)
+        if layers is None and self.memo is not None:
+            layers = self.memo.get(key)
+        if layers is None:
+            tile = self._tile(level, index)
+            layer = [tile[i:i + HASH_SIZE] for i in range(0, len(tile), HASH_SIZE)]
+            layers = [layer]
+            while len(layer) > 1:
+                layer = [merkle.node_hash(layer[i], layer[i + 1])
+                         for i in range(0, len(layer) - 1, 2)]
+                layers.append(layer)
+            if self.memo is not None:
+                self.memo[key] = layers
+        self._trees[key] = layers
+        return layers
+
     def node(self, height: int, index: int) -> bytes:
         """Root of the perfect subtree of 2**height leaves starting at leaf
         index * 2**height; it must lie inside the tree."""
@@ -157,14 +182,11 @@ class TileReader:
                             f"size {self.tree_size}")
         level, rem = divmod(height, TILE_HEIGHT)
         first = index << rem                     # first hash at this tile level
-        tile = self._tile(level, first >> TILE_HEIGHT)
-        start = (first & (TILE_WIDTH - 1)) * HASH_SIZE
-        hashes = [tile[start + i * HASH_SIZE:start + (i + 1) * HASH_SIZE]
-                  for i in range(1 << rem)]
-        while len(hashes) > 1:
-            hashes = [merkle.node_hash(hashes[i], hashes[i + 1])
-                      for i in range(0, len(hashes), 2)]
-        return hashes[0]
+        if self.plan:
+            self._tile(level, first >> TILE_HEIGHT)
+            return bytes(HASH_SIZE)
+        layers = self._layers(level, first >> TILE_HEIGHT)
+        return layers[rem][(first & (TILE_WIDTH - 1)) >> rem]
 
     def range_root(self, lo: int, hi: int) -> bytes:
         """RFC 9162 root of leaves [lo, hi) where lo is a multiple of the largest power
@@ -192,11 +214,12 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def inclusion_proof(read_tile: ReadTile, tree_size: int, index: int) -> list[bytes]:
+def inclusion_proof(read_tile: ReadTile, tree_size: int, index: int,
+                    memo=None, plan: bool = False) -> list[bytes]:
     """PATH(index, D[tree_size]) of RFC 9162, leaf-side sibling first, from tiles."""
     if not 0 <= index < tree_size:
         raise TileError(f"leaf index {index} is not in a tree of size {tree_size}")
-    reader = TileReader(read_tile, tree_size)
+    reader = TileReader(read_tile, tree_size, memo, plan)
     proof, lo, hi = [], 0, tree_size
     while hi - lo > 1:
         k = _split(hi - lo)
@@ -210,11 +233,12 @@ def inclusion_proof(read_tile: ReadTile, tree_size: int, index: int) -> list[byt
     return proof
 
 
-def consistency_proof(read_tile: ReadTile, size1: int, size2: int) -> list[bytes]:
+def consistency_proof(read_tile: ReadTile, size1: int, size2: int,
+                      memo=None, plan: bool = False) -> list[bytes]:
     """PROOF(size1, D[size2]) of RFC 9162 from the tiles of the tree of ``size2``."""
     if not 0 < size1 <= size2:
         raise TileError(f"consistency proof needs 0 < size1 <= size2, got {size1}, {size2}")
-    reader = TileReader(read_tile, size2)
+    reader = TileReader(read_tile, size2, memo, plan)
     proof: list[bytes] = []
     lo, hi, m, complete = 0, size2, size1, True
     while m != hi - lo:
@@ -233,8 +257,8 @@ def consistency_proof(read_tile: ReadTile, size1: int, size2: int) -> list[bytes
     return proof
 
 
-def tree_root(read_tile: ReadTile, tree_size: int) -> bytes:
-    return TileReader(read_tile, tree_size).root()
+def tree_root(read_tile: ReadTile, tree_size: int, memo=None, plan: bool = False) -> bytes:
+    return TileReader(read_tile, tree_size, memo, plan).root()
 
 
 # ---------------------------------------------------------------- appending
