@@ -189,6 +189,8 @@ def main() -> None:
                     help="time proofs on the logs as they are, appending nothing")
     ap.add_argument("--fresh", action="store_true", help="drop the kept logs first")
     ap.add_argument("--quick", action="store_true", help="a small run for development")
+    ap.add_argument("--out", type=Path, default=OUT,
+                    help="results file (merged into; default bench/results/log_scale.json)")
     args = ap.parse_args()
     if args.quick:
         args.max, args.linear_max, args.runs = 20_000, 10_000, 10
@@ -249,7 +251,7 @@ def main() -> None:
         print("linear design (all leaf hashes in memory):")
         result["linear"] = run_linear(args.linear_max, max(3, args.runs // 10), rng)
     result["target"] = {"appends_per_s": 5000, "proof_median_ms": 2.0}
-    out = work / "log_scale.json" if args.quick else OUT
+    out = work / "log_scale.json" if args.quick else args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     # Merged into the file as it is now: runs per database may overlap in time.
     merged = json.loads(out.read_text()) if out.exists() else {}
