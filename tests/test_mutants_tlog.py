@@ -115,3 +115,33 @@ def test_sizes_beyond_the_log_are_named(log):
         tl.consistency_proof(1, 4)
     assert tl.root(3) == merkle.root_of([merkle.leaf_hash(d) for d in (b"a", b"b", b"c")])
     assert tl.consistency_proof(3, 3) == []
+
+
+@pytest.mark.parametrize("size, first_checked", [(257, 256), (512, 256), (258, 256), (3, 0)])
+def test_the_quick_audit_rehashes_the_last_tile_and_the_full_one_everything(tmp_path, size,
+                                                                           first_checked):
+    """Start-up stays O(256 + log n): the quick audit rehashes the entries of the last
+    tile only, so it finds an altered entry there but not one just before it; the full
+    audit finds both."""
+    db = dbmod.open_database(f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    tl = tlog.TransparencyLog(db, keys.generate_private_key("ed25519"))
+    with db.write() as (session, head):
+        tl.append_many(session, head, [("test", f"r{i}", b"%d" % i) for i in range(size)])
+    for index, quick_sees in [(first_checked, True), (first_checked - 1, False),
+                              (size - 1, True)]:
+        if index < 0:
+            continue
+        with db.write() as (session, _head):
+            session.get(dbmod.LogEntry, index).data = b"altered"
+        if quick_sees:
+            with pytest.raises(LaminateError, match=rf"^log entry {index}: stored data does "
+                                                    "not match its leaf hash$"):
+                tl.audit()
+        else:
+            assert tl.audit() == size
+        with pytest.raises(LaminateError, match=rf"^log entry {index}: stored data"):
+            tl.audit(full=True)
+        with db.write() as (session, _head):
+            session.get(dbmod.LogEntry, index).data = b"%d" % index
+    assert tl.audit(full=True) == size
+    db.dispose()
