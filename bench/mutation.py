@@ -17,6 +17,7 @@ timeout when the limit is hit (a loop the mutant made endless: caught, not misse
 
     python bench/mutation.py                      # every module in MODULES, 2 workers
     python bench/mutation.py --module cards/merkle.py   # rerun one, keep the others
+    python bench/mutation.py --module cards/card.py --survivors   # after adding tests
     python bench/mutation.py --report-only        # after editing EQUIVALENT
 
 Results go to bench/results/mutation.json and .md. Surviving mutants that cannot be
@@ -61,7 +62,7 @@ MODULES = {
     "cards/cbor.py": ["test_cards_cbor.py", "test_cards_envelope.py", "test_reader_corpus.py"],
     "cards/card.py": ["test_mutants_card.py", "test_cards_envelope.py", "test_cards_schema.py",
                       "test_reader_corpus.py"],
-    "cards/schema.py": ["test_cards_schema.py", "test_cards_layout.py",
+    "cards/schema.py": ["test_mutants_schema.py", "test_cards_schema.py", "test_cards_layout.py",
                         "test_reader_corpus.py"],
     "registry/tlog.py": ["test_mutants_tlog.py", "test_service_tlog.py",
                          "test_tiles_batching.py"],
@@ -358,6 +359,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mutation")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from the JSON (after editing EQUIVALENT)")
+    parser.add_argument("--survivors", action="store_true",
+                        help="with --module: rerun only the mutants that survived the last "
+                             "run (a test added can only kill more); the module must be "
+                             "unchanged since")
     args = parser.parse_args(argv)
     if args.report_only:
         results = json.loads(args.out.with_suffix(".json").read_text())["mutants"]
@@ -368,11 +373,19 @@ def main(argv=None) -> int:
     if args.module and previous.exists():  # a rerun of some modules keeps the others' rows
         kept = [r for r in json.loads(previous.read_text())["mutants"]
                 if r["module"] not in modules]
+    plans = {m: mutation_points(ast.parse((ROOT / m).read_text(encoding="utf-8")))
+             for m in modules}
+    if args.survivors:
+        if not args.module or not previous.exists():
+            parser.error("--survivors needs --module and a previous run's results")
+        rows = json.loads(previous.read_text())["mutants"]
+        for m in modules:
+            plans[m], keep = _survivors_only(m, plans[m], [r for r in rows if r["module"] == m])
+            kept += keep
+        modules = [m for m in modules if plans[m]]
     _preload()
     with tempfile.TemporaryDirectory(prefix="laminate-mutation-") as scratch:
         repos = [_copy_tree(Path(scratch) / f"w{i}") for i in range(args.jobs)]
-        plans = {m: mutation_points(ast.parse((ROOT / m).read_text(encoding="utf-8")))
-                 for m in modules}
         print(f"{sum(map(len, plans.values()))} mutants in {len(modules)} modules", flush=True)
         # A worker takes a whole module into its own copy of the tree, the largest first,
         # so no file is mutated twice at once and the run ends with the small modules.
@@ -398,6 +411,18 @@ def main(argv=None) -> int:
         with ThreadPoolExecutor(args.jobs) as pool:
             results = [r for rows in pool.map(work, order) for r in rows]
     return _finish(results + kept, args.out)
+
+
+def _survivors_only(module: str, points, rows: list[dict]):
+    """(the points that were not caught last time, the rows to keep); refuses a module
+    whose mutants are not those of its last run, as its caught rows would be stale."""
+    now = {(line, col, op, change): (index, op, line, col, change)
+           for index, op, line, col, change in points}
+    if {(r["line"], r["col"], r["operator"], r["change"]) for r in rows} != set(now):
+        raise SystemExit(f"{module} changed since its last run: run it whole")
+    caught = [r for r in rows if r["outcome"] in ("killed", "timeout")]
+    again = set(now) - {(r["line"], r["col"], r["operator"], r["change"]) for r in caught}
+    return [p for k, p in now.items() if k in again], caught
 
 
 def _finish(results: list[dict], out: Path) -> int:

@@ -74,6 +74,8 @@ def test_tile_paths_that_parse(path, parsed):
     ("tile/0/x01/000", "bad tile index element 'x01'"),
     ("tile/0/0a0", "bad tile index element '0a0'"),
     ("tile/0/001/x000", "bad tile index element '001'"),
+    ("tile/0/y001/000", "bad tile index element 'y001'"),
+    ("tile/0/1001/000", "bad tile index element '1001'"),
     ("tile/0/x000/x001/000", "tile index has a leading zero group"),
 ])
 def test_tile_paths_that_do_not(path, why):
