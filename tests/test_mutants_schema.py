@@ -24,3 +24,27 @@ def test_a_long_value_is_quoted_in_at_most_200_characters(section, field, path):
     assert info.value.field == path
     assert info.value.reason.startswith("expected one of ")
     assert len(info.value.reason) == 200 and info.value.reason.endswith("x" * 50)
+
+
+def _nested(kind: str, levels: int):
+    value: object = 1
+    for _ in range(levels):
+        value = [value] if kind == "array" else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("kind", ["array", "map"])
+def test_config_nests_exactly_max_plain_depth_levels(kind):
+    """A config value inside 32 arrays or maps is plain data; inside 33 it is refused,
+    naming the path to it: the walk over open data is bounded (MAX_PLAIN_DEPTH)."""
+    payload = sample_payload()
+    config = payload["claims"]["training"]["config"]
+    config["deep"] = _nested(kind, schema.MAX_PLAIN_DEPTH)
+    assert schema.MAX_PLAIN_DEPTH == 32
+    schema.validate_payload(payload)
+    config["deep"] = _nested(kind, schema.MAX_PLAIN_DEPTH + 1)
+    with pytest.raises(CardFormatError) as info:
+        schema.validate_payload(payload)
+    assert info.value.reason == "nested too deeply"
+    step = "[0]" if kind == "array" else ".k"
+    assert info.value.field == "claims.training.config['deep']" + step * 33

@@ -108,6 +108,12 @@ def test_bundle_cut_inside_a_length_prefix():
     assert tiles.decode_bundle(b"", 0) == []
 
 
+def test_bundle_ending_with_an_empty_entry():
+    """The last entry's two-byte length prefix may be all that is left."""
+    blob = tiles.encode_bundle([b"ab", b""])
+    assert blob[-2:] == b"\x00\x00" and tiles.decode_bundle(blob, 2) == [b"ab", b""]
+
+
 def test_reader_bounds(store):
     with pytest.raises(TileError, match=r"^tree size -1 is negative$"):
         tiles.TileReader(store.read_tile, -1)
