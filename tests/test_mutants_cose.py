@@ -76,6 +76,10 @@ def test_wrong_key_type_or_algorithm_is_false_not_an_error(key):
     assert cose.verify_bytes(key.public_key(), 0, DATA, es) is False
     with pytest.raises(Exception, match="does not match key type"):
         cose.sign_bytes(ed, cose.ALG_ES256, DATA)
+    # the fully specified identifiers likewise: Ed25519 (-19) is no P-256 key's algorithm
+    assert cose.verify_bytes(key.public_key(), cose.ALG_ED25519, DATA, eddsa) is False
+    assert cose.verify_bytes(key.public_key(), cose.ALG_ED25519, DATA, es) is False
+    assert cose.verify_bytes(ed.public_key(), cose.ALG_ESP256, DATA, es) is False
 
 
 def _with_signature(card_bytes: bytes, signature: bytes) -> bytes:

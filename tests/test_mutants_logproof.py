@@ -107,3 +107,37 @@ def test_equal_sizes_and_a_real_proof_pass():
     logproof.check_consistency(6, 6, None, ROOT, ROOT)
     proof = merkle.consistency_proof(LEAVES, 2, 6)
     logproof.check_consistency(2, 6, tuple(proof), merkle.root_of(LEAVES[:2]), ROOT)
+
+
+@pytest.mark.parametrize("name", ["", "log key", "log+key", "tab\tkey", "x" * 257])
+def test_note_key_names_that_cannot_be_named_in_a_note(name):
+    """A signature line is '— <name> <base64>' and a verifier key '<name>+<hash>+<key>':
+    a space or '+' in the name would make either mean something else."""
+    with pytest.raises(LogProofError, match=r"^note key name .*: must be non-empty, without"):
+        logproof.verifier_key(name, KEY.public_key())
+    with pytest.raises(LogProofError, match=r"^note key name "):
+        logproof.sign_checkpoint("example.test/log", 6, ROOT, name, KEY)
+
+
+def test_the_longest_note_key_name_is_accepted():
+    assert logproof.verifier_key("x" * 256, KEY.public_key()).startswith("x" * 256 + "+")
+
+
+@pytest.mark.parametrize("origin", ["", "two\nlines"])
+def test_checkpoint_origin_must_be_one_line(origin):
+    with pytest.raises(LogProofError, match=r"^checkpoint origin .*: must be one non-empty line$"):
+        logproof.checkpoint_body(origin, 6, ROOT)
+    with pytest.raises(LogProofError, match=r"^checkpoint origin "):
+        logproof.sign_checkpoint(origin, 6, ROOT, "log", KEY)
+
+
+def test_a_note_is_bounded_and_text():
+    """A checkpoint comes from the network: it is refused whole past NOTE_MAX characters,
+    before anything splits or decodes it."""
+    note = logproof.sign_checkpoint("example.test/log", 6, ROOT, "log", KEY)
+    assert logproof.split_note(note)[0].startswith("example.test/log\n6\n")
+    padded = note + "\n" * (logproof.NOTE_MAX - len(note) + 1)
+    for bad in (padded, note.encode()):
+        with pytest.raises(LogProofError, match=rf"^checkpoint: not a note of at most "
+                                                rf"{logproof.NOTE_MAX} characters$"):
+            logproof.split_note(bad)
