@@ -333,6 +333,7 @@ def write_report(results: list[dict], out: Path) -> None:
               "total": summarise(results),
               "modules": {m: summarise([r for r in results if r["module"] == m])
                           for m in modules},
+              "stale": [m for m in modules if _stale(m, [r for r in results if r["module"] == m])],
               "survivors": [r for r in results if r["outcome"] not in ("killed", "timeout")],
               "mutants": results}
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
@@ -344,6 +345,9 @@ def write_report(results: list[dict], out: Path) -> None:
     for name, s in [*report["modules"].items(), ("total", report["total"])]:
         lines.append(f"| {name} | {s['mutants']} | {s['killed']} | {s['timeout']} | "
                      f"{s['survived']} | {s['equivalent']} | {s['kill_rate_non_equivalent']:.1%} |")
+    if report["stale"]:
+        lines += ["", "Changed since their run (their mutants are no longer the module's; run "
+                  "them again): " + ", ".join(f"`{m}`" for m in report["stale"]) + "."]
     lines += ["", "## Survivors", ""]
     for r in report["survivors"]:
         why = f"equivalent: {r['equivalent']}" if r["equivalent"] else "not equivalent"
@@ -414,12 +418,26 @@ def main(argv=None) -> int:
     return _finish(results + kept, args.out)
 
 
+def _mutants_of(module: str) -> set:
+    path = ROOT / module
+    if not path.exists():
+        return set()
+    return {(line, col, op, change) for _i, op, line, col, change
+            in mutation_points(ast.parse(path.read_text(encoding="utf-8")))}
+
+
+def _stale(module: str, rows: list[dict]) -> bool:
+    """Whether the module's mutants now differ from those its rows record."""
+    return {(r["line"], r["col"], r["operator"], r["change"]) for r in rows} != \
+        _mutants_of(module)
+
+
 def _survivors_only(module: str, points, rows: list[dict]):
     """(the points that were not caught last time, the rows to keep); refuses a module
     whose mutants are not those of its last run, as its caught rows would be stale."""
     now = {(line, col, op, change): (index, op, line, col, change)
            for index, op, line, col, change in points}
-    if {(r["line"], r["col"], r["operator"], r["change"]) for r in rows} != set(now):
+    if _stale(module, rows):
         raise SystemExit(f"{module} changed since its last run: run it whole")
     caught = [r for r in rows if r["outcome"] in ("killed", "timeout")]
     again = set(now) - {(r["line"], r["col"], r["operator"], r["change"]) for r in caught}
