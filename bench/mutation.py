@@ -99,20 +99,6 @@ EQUIVALENT: dict[str, str] = {
                                              "different kinds are unequal under == anyway",
     "verifier/predicates.py:248:46:compare": "_same_kind never changes a verdict: values of "
                                              "different kinds are unequal under == anyway",
-    "cards/cose.py:88:15:boolop": "cryptography refuses r = 0 or s = 0 itself (InvalidSignature)",
-    "cards/cose.py:88:20:const": "r = 0 is refused by cryptography; r = 1 has probability 2**-256",
-    "cards/cose.py:88:30:const": "s = 0 is refused by cryptography; s = 1 has probability 2**-256",
-    "cards/cose.py:164:37:compare": "the header cache's bounds only limit memory; a miss decodes the same header",
-    "cards/cose.py:164:50:const": "the header cache's bounds only limit memory; a miss decodes the same header",
-    "cards/cose.py:164:58:compare": "the header cache's bounds only limit memory; a miss decodes the same header",
-    "cards/cose.py:164:74:const": "the header cache's bounds only limit memory; a miss decodes the same header",
-    "cards/cose.py:176:45:compare": "the fast path only declines (returns False) more often; the general determinism check then decides the same",
-    "cards/cose.py:184:36:not": "the fast path only declines (returns False) more often; the general determinism check then decides the same",
-    "cards/cose.py:181:71:not": "the fast path only declines (returns False) more often; the general determinism check then decides the same",
-    "cards/cose.py:89:16:guard": "cryptography refuses r = 0 or s = 0 itself "
-                                 "(InvalidSignature), so the result is False either way",
-    "cards/cose.py:162:8:guard": "the header cache only saves decoding; a miss decodes the "
-                                 "same bytes to the same map",
     "verifier/binomial.py:168:31:const": "an extra zero slot holds no probability mass",
     "verifier/sim_evidence.py:98:8:guard": "the cache only saves work: revalidating the "
                                            "chain gives the same check",
@@ -120,6 +106,10 @@ EQUIVALENT: dict[str, str] = {
                                     "tile only grows, so its row holds the cached prefix",
     "registry/tlog.py:135:12:guard": "tiles.consistency_proof gives the same empty proof for "
                                      "equal sizes",
+    "cards/cose.py:120:15:boolop": "cryptography refuses r = 0 or s = 0 itself (InvalidSignature)",
+    "cards/cose.py:120:20:const": "r = 0 is refused by cryptography; r = 1 has probability 2**-256",
+    "cards/cose.py:120:30:const": "s = 0 is refused by cryptography; s = 1 has probability 2**-256",
+    "cards/cose.py:121:16:guard": "cryptography refuses r = 0 or s = 0 itself (InvalidSignature), so the result is False either way",
 }
 
 _FLIP = {ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt,

@@ -132,12 +132,13 @@ def test_checkpoint_origin_must_be_one_line(origin):
 
 
 def test_a_note_is_bounded_and_text():
-    """A checkpoint comes from the network: it is refused whole past NOTE_MAX characters,
-    before anything splits or decodes it."""
+    """A checkpoint comes from the network: past 65,536 characters (NOTE_MAX) it is
+    refused whole, before anything splits or decodes it."""
     note = logproof.sign_checkpoint("example.test/log", 6, ROOT, "log", KEY)
     assert logproof.split_note(note)[0].startswith("example.test/log\n6\n")
-    padded = note + "\n" * (logproof.NOTE_MAX - len(note) + 1)
-    for bad in (padded, note.encode()):
-        with pytest.raises(LogProofError, match=rf"^checkpoint: not a note of at most "
-                                                rf"{logproof.NOTE_MAX} characters$"):
+    longest = note.replace("example.test/log", "e" * (65_536 - len(note) + 16))
+    assert len(longest) == 65_536 and logproof.split_note(longest)[1][0][0] == "log"
+    for bad in (longest + "\n", note.encode()):
+        with pytest.raises(LogProofError,
+                           match=r"^checkpoint: not a note of at most 65536 characters$"):
             logproof.split_note(bad)
