@@ -4,6 +4,7 @@ Tree heads are signed here with the service key over payloads an attacker who st
 nothing could not make but a buggy or hostile log could: a negative or non-integer
 size, a short root, extra fields. The signature verifies; the fields must not.
 """
+import base64
 import time
 
 import pytest
@@ -142,3 +143,25 @@ def test_a_note_is_bounded_and_text():
         with pytest.raises(LogProofError,
                            match=r"^checkpoint: not a note of at most 65536 characters$"):
             logproof.split_note(bad)
+
+
+def test_signature_lines_need_the_dash_and_a_key_hash_with_a_signature():
+    note = logproof.sign_checkpoint("example.test/log", 6, ROOT, "log", KEY)
+    body, sig_line = note.rsplit("\n\n", 1)
+    no_dash = sig_line.removeprefix("\u2014 ")
+    short = "\u2014 log " + base64.b64encode(b"1234").decode() + "\n"
+    for line in (no_dash, short):
+        with pytest.raises(LogProofError, match=r"^checkpoint: malformed signature line"):
+            logproof.split_note(f"{body}\n\n{line}")
+
+
+def test_a_cosignature_without_a_time_given_says_now():
+    witness = keys.generate_private_key("ed25519")
+    note = logproof.sign_checkpoint("example.test/log", 6, ROOT, "log", KEY)
+    before = int(time.time())
+    cosigned = logproof.cosign_checkpoint(note, "witness", witness)
+    after = int(time.time())
+    blob = logproof.split_note(cosigned)[1][-1][1]
+    assert before <= int.from_bytes(blob[4:12], "big") <= after
+    assert logproof.check_cosignatures(cosigned, {"witness": witness.public_key()}, 1) == \
+        ["witness"]
