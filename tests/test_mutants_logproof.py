@@ -165,3 +165,50 @@ def test_a_cosignature_without_a_time_given_says_now():
     assert before <= int.from_bytes(blob[4:12], "big") <= after
     assert logproof.check_cosignatures(cosigned, {"witness": witness.public_key()}, 1) == \
         ["witness"]
+
+
+def test_a_cosignature_time_is_all_eight_bytes():
+    """The cosigned time is a 64-bit big-endian integer: its high byte is signed too."""
+    witness = keys.generate_private_key("ed25519")
+    note = logproof.sign_checkpoint("example.test/log", 6, ROOT, "log", KEY)
+    cosigned = logproof.cosign_checkpoint(note, "witness", witness, timestamp=2**63 + 5)
+    assert logproof.split_note(cosigned)[1][-1][1][4:12] == (2**63 + 5).to_bytes(8, "big")
+    assert logproof.check_cosignatures(cosigned, {"witness": witness.public_key()}, 1) == \
+        ["witness"]
+
+
+def test_the_shortest_signature_line_and_the_longest_tree_size():
+    """A signature line needs at least a 4-byte key hash and one byte; a tree size at most
+    20 digits (2**64 - 1 has 20)."""
+    note = logproof.sign_checkpoint("example.test/log", 6, ROOT, "log", KEY)
+    body = note.rsplit("\n\n", 1)[0]
+    five = "\u2014 log " + base64.b64encode(b"12345").decode() + "\n"
+    assert logproof.split_note(f"{body}\n\n{five}")[1] == [("log", b"12345")]
+    root_line = base64.b64encode(ROOT).decode()
+    biggest = logproof.parse_checkpoint(f"o\n{2**64 - 1}\n{root_line}\n")
+    assert biggest.tree_size == 2**64 - 1
+    with pytest.raises(LogProofError, match=r"^checkpoint tree_size '1{21}': not a decimal"):
+        logproof.parse_checkpoint(f"o\n{'1' * 21}\n{root_line}\n")
+
+
+def test_a_foreign_origin_is_quoted_in_80_characters():
+    note = logproof.sign_checkpoint("o" * 500, 6, ROOT, "log", KEY)
+    with pytest.raises(LogProofError) as info:
+        logproof.verify_checkpoint(note, "example.test/log", "log", KEY.public_key())
+    assert str(info.value) == f"checkpoint origin {'o' * 80!r} is not 'example.test/log'"
+
+
+def test_a_malformed_signature_line_is_quoted_in_80_characters():
+    note = logproof.sign_checkpoint("example.test/log", 6, ROOT, "log", KEY)
+    body = note.rsplit("\n\n", 1)[0]
+    line = "x" * 500
+    with pytest.raises(LogProofError) as info:
+        logproof.split_note(f"{body}\n\n{line}\n")
+    assert str(info.value) == f"checkpoint: malformed signature line {'x' * 80!r}"
+
+
+def test_an_overlong_tree_size_is_quoted_in_30_characters():
+    root_line = base64.b64encode(ROOT).decode()
+    with pytest.raises(LogProofError) as info:
+        logproof.parse_checkpoint(f"o\n{'1' * 500}\n{root_line}\n")
+    assert str(info.value) == f"checkpoint tree_size {'1' * 30!r}: not a decimal integer"
