@@ -1,6 +1,7 @@
 """Mutation testing: break the code one operator at a time and see whether a test notices.
 
-Each mutant changes exactly one thing in one module of cards/ or verifier/:
+Each mutant changes exactly one thing in one module of cards/, verifier/ or the log of
+registry/:
 
     compare   flip a comparison (<  ->  >=, == -> !=, in -> not in, is -> is not)
     boolop    swap `and` and `or`
@@ -16,7 +17,7 @@ timeout when the limit is hit (a loop the mutant made endless: caught, not misse
 
     python bench/mutation.py                      # every module in MODULES, 2 workers
     python bench/mutation.py --module cards/merkle.py   # rerun one, keep the others
-    python bench/mutation.py --shared DIR         # DIR/testvectors: public vectors
+    python bench/mutation.py --module cards/card.py --survivors   # after adding tests
     python bench/mutation.py --report-only        # after editing EQUIVALENT
 
 Results go to bench/results/mutation.json and .md. Surviving mutants that cannot be
@@ -43,8 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Module -> the tests that exercise it: those that import it, and for the checks reached
-# only through appraise() the tamper tests. cards/schema.py, card.py and layout.py are
-# left out while the card reader is being rewritten.
+# only through appraise() the tamper tests. The reader's modules end with the differential
+# corpus (every decision it recorded); it is the slowest, so with -x it runs only when the
+# targeted tests have not already failed.
 MODULES = {
     "verifier/appraise.py": ["test_mutants_appraise.py", "test_verifier_tamper.py"],
     "verifier/predicates.py": ["test_mutants_predicates.py", "test_verifier_policy.py"],
@@ -55,10 +57,21 @@ MODULES = {
     "cards/shards.py": ["test_verifier_distributed.py"],
     "verifier/sim_evidence.py": ["test_mutants_sim_evidence.py", "test_verifier_tamper.py"],
     "verifier/tpm_evidence.py": ["test_mutants_tpm_evidence.py", "test_tpm_backend.py"],
-    "verifier/logproof.py": ["test_mutants_logproof.py", "test_service_tlog.py"],
+    "verifier/logproof.py": ["test_mutants_logproof.py", "test_tiles_checkpoint.py",
+                             "test_service_tlog.py"],
     "cards/cose.py": ["test_mutants_cose.py", "test_cards_cose_vectors.py"],
     "cards/merkle.py": ["test_mutants_merkle.py", "test_cards_merkle.py",
                         "test_service_tlog.py"],
+    "cards/cbor.py": ["test_cards_cbor.py", "test_cards_envelope.py", "test_reader_corpus.py"],
+    "cards/card.py": ["test_mutants_card.py", "test_cards_envelope.py", "test_cards_schema.py",
+                      "test_reader_corpus.py"],
+    "cards/schema.py": ["test_mutants_schema.py", "test_cards_schema.py", "test_cards_layout.py",
+                        "test_reader_corpus.py"],
+    "registry/tlog.py": ["test_mutants_tlog.py", "test_service_tlog.py",
+                         "test_tiles_batching.py"],
+    "verifier/tiles.py": ["test_mutants_tiles.py", "test_tiles_proofs.py", "test_mutants_tlog.py",
+                          "test_service_tlog.py"],
+    "verifier/receipts.py": ["test_mutants_receipts.py", "test_service_tlog.py"],
 }
 
 # Survivors no input can tell from the original, keyed "path:line:column:operator",
@@ -88,23 +101,17 @@ EQUIVALENT: dict[str, str] = {
                                              "different kinds are unequal under == anyway",
     "verifier/predicates.py:248:46:compare": "_same_kind never changes a verdict: values of "
                                              "different kinds are unequal under == anyway",
-    "cards/cose.py:88:15:boolop": "cryptography refuses r = 0 or s = 0 itself (InvalidSignature)",
-    "cards/cose.py:88:20:const": "r = 0 is refused by cryptography; r = 1 has probability 2**-256",
-    "cards/cose.py:88:30:const": "s = 0 is refused by cryptography; s = 1 has probability 2**-256",
-    "cards/cose.py:164:37:compare": "the header cache's bounds only limit memory; a miss decodes the same header",
-    "cards/cose.py:164:50:const": "the header cache's bounds only limit memory; a miss decodes the same header",
-    "cards/cose.py:164:58:compare": "the header cache's bounds only limit memory; a miss decodes the same header",
-    "cards/cose.py:164:74:const": "the header cache's bounds only limit memory; a miss decodes the same header",
-    "cards/cose.py:176:45:compare": "the fast path only declines (returns False) more often; the general determinism check then decides the same",
-    "cards/cose.py:184:36:not": "the fast path only declines (returns False) more often; the general determinism check then decides the same",
-    "cards/cose.py:181:71:not": "the fast path only declines (returns False) more often; the general determinism check then decides the same",
-    "cards/cose.py:89:16:guard": "cryptography refuses r = 0 or s = 0 itself "
-                                 "(InvalidSignature), so the result is False either way",
-    "cards/cose.py:162:8:guard": "the header cache only saves decoding; a miss decodes the "
-                                 "same bytes to the same map",
     "verifier/binomial.py:168:31:const": "an extra zero slot holds no probability mass",
     "verifier/sim_evidence.py:98:8:guard": "the cache only saves work: revalidating the "
                                            "chain gives the same check",
+    "registry/tlog.py:45:12:guard": "the tile cache only saves a database read: a committed "
+                                    "tile only grows, so its row holds the cached prefix",
+    "registry/tlog.py:135:12:guard": "tiles.consistency_proof gives the same empty proof for "
+                                     "equal sizes",
+    "cards/cose.py:120:15:boolop": "cryptography refuses r = 0 or s = 0 itself (InvalidSignature)",
+    "cards/cose.py:120:20:const": "r = 0 is refused by cryptography; r = 1 has probability 2**-256",
+    "cards/cose.py:120:30:const": "s = 0 is refused by cryptography; s = 1 has probability 2**-256",
+    "cards/cose.py:121:16:guard": "cryptography refuses r = 0 or s = 0 itself (InvalidSignature), so the result is False either way",
 }
 
 _FLIP = {ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt,
@@ -200,7 +207,7 @@ def mutant_source(source: str, index: int) -> str:
     return ast.unparse(ast.fix_missing_locations(mutator.visit(tree)))
 
 
-def _copy_tree(dest: Path, shared: Path | None) -> Path:
+def _copy_tree(dest: Path) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
                            capture_output=True, check=True).stdout.decode().split("\0")
     repo = dest / "repo"
@@ -209,8 +216,6 @@ def _copy_tree(dest: Path, shared: Path | None) -> Path:
         if src.is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, repo / name)
-    if shared is not None:  # the tests look for the public vectors beside the repository
-        (dest / "shared").symlink_to(shared.resolve())
     return repo
 
 
@@ -320,6 +325,7 @@ def write_report(results: list[dict], out: Path) -> None:
               "total": summarise(results),
               "modules": {m: summarise([r for r in results if r["module"] == m])
                           for m in modules},
+              "stale": [m for m in modules if _stale(m, [r for r in results if r["module"] == m])],
               "survivors": [r for r in results if r["outcome"] not in ("killed", "timeout")],
               "mutants": results}
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
@@ -331,6 +337,9 @@ def write_report(results: list[dict], out: Path) -> None:
     for name, s in [*report["modules"].items(), ("total", report["total"])]:
         lines.append(f"| {name} | {s['mutants']} | {s['killed']} | {s['timeout']} | "
                      f"{s['survived']} | {s['equivalent']} | {s['kill_rate_non_equivalent']:.1%} |")
+    if report["stale"]:
+        lines += ["", "Changed since their run (their mutants are no longer the module's; run "
+                  "them again): " + ", ".join(f"`{m}`" for m in report["stale"]) + "."]
     lines += ["", "## Survivors", ""]
     for r in report["survivors"]:
         why = f"equivalent: {r['equivalent']}" if r["equivalent"] else "not equivalent"
@@ -344,10 +353,13 @@ def main(argv=None) -> int:
     parser.add_argument("--module", action="append", choices=sorted(MODULES),
                         help="only this module (repeatable)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel workers (default 2)")
-    parser.add_argument("--shared", type=Path, help="directory holding testvectors/")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mutation")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from the JSON (after editing EQUIVALENT)")
+    parser.add_argument("--survivors", action="store_true",
+                        help="with --module: rerun only the mutants that survived the last "
+                             "run (a test added can only kill more); the module must be "
+                             "unchanged since")
     args = parser.parse_args(argv)
     if args.report_only:
         results = json.loads(args.out.with_suffix(".json").read_text())["mutants"]
@@ -358,11 +370,19 @@ def main(argv=None) -> int:
     if args.module and previous.exists():  # a rerun of some modules keeps the others' rows
         kept = [r for r in json.loads(previous.read_text())["mutants"]
                 if r["module"] not in modules]
+    plans = {m: mutation_points(ast.parse((ROOT / m).read_text(encoding="utf-8")))
+             for m in modules}
+    if args.survivors:
+        if not args.module or not previous.exists():
+            parser.error("--survivors needs --module and a previous run's results")
+        rows = json.loads(previous.read_text())["mutants"]
+        for m in modules:
+            plans[m], keep = _survivors_only(m, plans[m], [r for r in rows if r["module"] == m])
+            kept += keep
+        modules = [m for m in modules if plans[m]]
     _preload()
     with tempfile.TemporaryDirectory(prefix="laminate-mutation-") as scratch:
-        repos = [_copy_tree(Path(scratch) / f"w{i}", args.shared) for i in range(args.jobs)]
-        plans = {m: mutation_points(ast.parse((ROOT / m).read_text(encoding="utf-8")))
-                 for m in modules}
+        repos = [_copy_tree(Path(scratch) / f"w{i}") for i in range(args.jobs)]
         print(f"{sum(map(len, plans.values()))} mutants in {len(modules)} modules", flush=True)
         # A worker takes a whole module into its own copy of the tree, the largest first,
         # so no file is mutated twice at once and the run ends with the small modules.
@@ -388,6 +408,32 @@ def main(argv=None) -> int:
         with ThreadPoolExecutor(args.jobs) as pool:
             results = [r for rows in pool.map(work, order) for r in rows]
     return _finish(results + kept, args.out)
+
+
+def _mutants_of(module: str) -> set:
+    path = ROOT / module
+    if not path.exists():
+        return set()
+    return {(line, col, op, change) for _i, op, line, col, change
+            in mutation_points(ast.parse(path.read_text(encoding="utf-8")))}
+
+
+def _stale(module: str, rows: list[dict]) -> bool:
+    """Whether the module's mutants now differ from those its rows record."""
+    return {(r["line"], r["col"], r["operator"], r["change"]) for r in rows} != \
+        _mutants_of(module)
+
+
+def _survivors_only(module: str, points, rows: list[dict]):
+    """(the points that were not caught last time, the rows to keep); refuses a module
+    whose mutants are not those of its last run, as its caught rows would be stale."""
+    now = {(line, col, op, change): (index, op, line, col, change)
+           for index, op, line, col, change in points}
+    if _stale(module, rows):
+        raise SystemExit(f"{module} changed since its last run: run it whole")
+    caught = [r for r in rows if r["outcome"] in ("killed", "timeout")]
+    again = set(now) - {(r["line"], r["col"], r["operator"], r["change"]) for r in caught}
+    return [p for k, p in now.items() if k in again], caught
 
 
 def _finish(results: list[dict], out: Path) -> int:

@@ -76,6 +76,10 @@ def test_wrong_key_type_or_algorithm_is_false_not_an_error(key):
     assert cose.verify_bytes(key.public_key(), 0, DATA, es) is False
     with pytest.raises(Exception, match="does not match key type"):
         cose.sign_bytes(ed, cose.ALG_ES256, DATA)
+    # the fully specified identifiers likewise: Ed25519 (-19) is no P-256 key's algorithm
+    assert cose.verify_bytes(key.public_key(), cose.ALG_ED25519, DATA, eddsa) is False
+    assert cose.verify_bytes(key.public_key(), cose.ALG_ED25519, DATA, es) is False
+    assert cose.verify_bytes(ed.public_key(), cose.ALG_ESP256, DATA, es) is False
 
 
 def _with_signature(card_bytes: bytes, signature: bytes) -> bytes:
@@ -151,6 +155,8 @@ def _sign1(protected, unprotected=None, payload=b"p", signature=b"s" * 64, tag=1
     (_sign1({1: -7, 2: 1}), "cose.protected.crit", "expected a non-empty array"),
     (_sign1({1: -7, 2: [2]}), "cose.protected.crit", "critical header 2 is not understood"),
     (_sign1({1: -7, 2: ["1"]}), "cose.protected.crit", "critical header '1' is not understood"),
+    (_sign1({1: -7}, {2: [1]}), "cose.unprotected.crit", "crit must be protected"),
+    (_sign1({1: -7}, {2: [99]}), "cose.unprotected.crit", "crit must be protected"),
     (_sign1({1: True}), "cose.protected.alg", "unsupported algorithm True"),
     (_sign1({1: -7, 4: "kid"}), "cose.protected.kid", "expected a byte string"),
 ])
@@ -229,3 +235,28 @@ def test_non_deterministic_encoding_is_refused_only_when_asked():
     with pytest.raises(cose.CardFormatError, match="deterministic"):
         cose.parse_sign1(loose, deterministic=True)
     assert cose.parse_sign1(canonical, deterministic=True).payload == b"p"
+
+
+@pytest.mark.parametrize("kind, alg", [("ed25519", cose.ALG_ED25519), ("p256", cose.ALG_ESP256)])
+def test_fully_specified_algorithms_sign_and_verify(kind, alg):
+    """New cards sign with the algorithm that names its curve: Ed25519 (-19), ESP256 (-9)."""
+    key = keys.generate_private_key(kind)
+    assert cose.fully_specified_alg(key) == cose.fully_specified_alg(key.public_key()) == alg
+    signature = cose.sign_bytes(key, alg, DATA)
+    assert cose.verify_bytes(key.public_key(), alg, DATA, signature)
+    assert not cose.verify_bytes(key.public_key(), alg, DATA + b"!", signature)
+
+
+@pytest.mark.parametrize("curve", [ec.SECP384R1(), ec.SECP521R1()])
+def test_esp256_is_p256_only(curve):
+    """ESP256 names P-256: a P-384 key has no fully specified algorithm here, cannot sign
+    as ESP256, and its ESP256 signature (made as ES384 bytes) never verifies."""
+    key = ec.generate_private_key(curve)
+    with pytest.raises(cose.CardFormatError) as err:
+        cose.fully_specified_alg(key)
+    assert (err.value.field, err.value.reason.split(" for ")[0]) == (
+        "alg", "no fully specified COSE algorithm")
+    with pytest.raises(cose.CardFormatError, match=r"^alg: algorithm -9 does not match key"):
+        cose.sign_bytes(key, cose.ALG_ESP256, DATA)
+    es = cose.sign_bytes(key, cose.alg_for_key(key), DATA)
+    assert not cose.verify_bytes(key.public_key(), cose.ALG_ESP256, DATA, es)

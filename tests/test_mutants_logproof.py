@@ -4,6 +4,7 @@ Tree heads are signed here with the service key over payloads an attacker who st
 nothing could not make but a buggy or hostile log could: a negative or non-integer
 size, a short root, extra fields. The signature verifies; the fields must not.
 """
+import base64
 import time
 
 import pytest
@@ -107,3 +108,107 @@ def test_equal_sizes_and_a_real_proof_pass():
     logproof.check_consistency(6, 6, None, ROOT, ROOT)
     proof = merkle.consistency_proof(LEAVES, 2, 6)
     logproof.check_consistency(2, 6, tuple(proof), merkle.root_of(LEAVES[:2]), ROOT)
+
+
+@pytest.mark.parametrize("name", ["", "log key", "log+key", "tab\tkey", "x" * 257])
+def test_note_key_names_that_cannot_be_named_in_a_note(name):
+    """A signature line is '— <name> <base64>' and a verifier key '<name>+<hash>+<key>':
+    a space or '+' in the name would make either mean something else."""
+    with pytest.raises(LogProofError, match=r"^note key name .*: must be non-empty, without"):
+        logproof.verifier_key(name, KEY.public_key())
+    with pytest.raises(LogProofError, match=r"^note key name "):
+        logproof.sign_checkpoint("example.test/log", 6, ROOT, name, KEY)
+
+
+def test_the_longest_note_key_name_is_accepted():
+    assert logproof.verifier_key("x" * 256, KEY.public_key()).startswith("x" * 256 + "+")
+
+
+@pytest.mark.parametrize("origin", ["", "two\nlines"])
+def test_checkpoint_origin_must_be_one_line(origin):
+    with pytest.raises(LogProofError, match=r"^checkpoint origin .*: must be one non-empty line$"):
+        logproof.checkpoint_body(origin, 6, ROOT)
+    with pytest.raises(LogProofError, match=r"^checkpoint origin "):
+        logproof.sign_checkpoint(origin, 6, ROOT, "log", KEY)
+
+
+def test_a_note_is_bounded_and_text():
+    """A checkpoint comes from the network: past 65,536 characters (NOTE_MAX) it is
+    refused whole, before anything splits or decodes it."""
+    note = logproof.sign_checkpoint("example.test/log", 6, ROOT, "log", KEY)
+    assert logproof.split_note(note)[0].startswith("example.test/log\n6\n")
+    longest = note.replace("example.test/log", "e" * (65_536 - len(note) + 16))
+    assert len(longest) == 65_536 and logproof.split_note(longest)[1][0][0] == "log"
+    for bad in (longest + "\n", note.encode()):
+        with pytest.raises(LogProofError,
+                           match=r"^checkpoint: not a note of at most 65536 characters$"):
+            logproof.split_note(bad)
+
+
+def test_signature_lines_need_the_dash_and_a_key_hash_with_a_signature():
+    note = logproof.sign_checkpoint("example.test/log", 6, ROOT, "log", KEY)
+    body, sig_line = note.rsplit("\n\n", 1)
+    no_dash = sig_line.removeprefix("\u2014 ")
+    short = "\u2014 log " + base64.b64encode(b"1234").decode() + "\n"
+    for line in (no_dash, short):
+        with pytest.raises(LogProofError, match=r"^checkpoint: malformed signature line"):
+            logproof.split_note(f"{body}\n\n{line}")
+
+
+def test_a_cosignature_without_a_time_given_says_now():
+    witness = keys.generate_private_key("ed25519")
+    note = logproof.sign_checkpoint("example.test/log", 6, ROOT, "log", KEY)
+    before = int(time.time())
+    cosigned = logproof.cosign_checkpoint(note, "witness", witness)
+    after = int(time.time())
+    blob = logproof.split_note(cosigned)[1][-1][1]
+    assert before <= int.from_bytes(blob[4:12], "big") <= after
+    assert logproof.check_cosignatures(cosigned, {"witness": witness.public_key()}, 1) == \
+        ["witness"]
+
+
+def test_a_cosignature_time_is_all_eight_bytes():
+    """The cosigned time is a 64-bit big-endian integer: its high byte is signed too."""
+    witness = keys.generate_private_key("ed25519")
+    note = logproof.sign_checkpoint("example.test/log", 6, ROOT, "log", KEY)
+    cosigned = logproof.cosign_checkpoint(note, "witness", witness, timestamp=2**63 + 5)
+    assert logproof.split_note(cosigned)[1][-1][1][4:12] == (2**63 + 5).to_bytes(8, "big")
+    assert logproof.check_cosignatures(cosigned, {"witness": witness.public_key()}, 1) == \
+        ["witness"]
+
+
+def test_the_shortest_signature_line_and_the_longest_tree_size():
+    """A signature line needs at least a 4-byte key hash and one byte; a tree size at most
+    20 digits (2**64 - 1 has 20)."""
+    note = logproof.sign_checkpoint("example.test/log", 6, ROOT, "log", KEY)
+    body = note.rsplit("\n\n", 1)[0]
+    five = "\u2014 log " + base64.b64encode(b"12345").decode() + "\n"
+    assert logproof.split_note(f"{body}\n\n{five}")[1] == [("log", b"12345")]
+    root_line = base64.b64encode(ROOT).decode()
+    biggest = logproof.parse_checkpoint(f"o\n{2**64 - 1}\n{root_line}\n")
+    assert biggest.tree_size == 2**64 - 1
+    with pytest.raises(LogProofError, match=r"^checkpoint tree_size '1{21}': not a decimal"):
+        logproof.parse_checkpoint(f"o\n{'1' * 21}\n{root_line}\n")
+
+
+def test_a_foreign_origin_is_quoted_in_80_characters():
+    note = logproof.sign_checkpoint("o" * 500, 6, ROOT, "log", KEY)
+    with pytest.raises(LogProofError) as info:
+        logproof.verify_checkpoint(note, "example.test/log", "log", KEY.public_key())
+    assert str(info.value) == f"checkpoint origin {'o' * 80!r} is not 'example.test/log'"
+
+
+def test_a_malformed_signature_line_is_quoted_in_80_characters():
+    note = logproof.sign_checkpoint("example.test/log", 6, ROOT, "log", KEY)
+    body = note.rsplit("\n\n", 1)[0]
+    line = "x" * 500
+    with pytest.raises(LogProofError) as info:
+        logproof.split_note(f"{body}\n\n{line}\n")
+    assert str(info.value) == f"checkpoint: malformed signature line {'x' * 80!r}"
+
+
+def test_an_overlong_tree_size_is_quoted_in_30_characters():
+    root_line = base64.b64encode(ROOT).decode()
+    with pytest.raises(LogProofError) as info:
+        logproof.parse_checkpoint(f"o\n{'1' * 500}\n{root_line}\n")
+    assert str(info.value) == f"checkpoint tree_size {'1' * 30!r}: not a decimal integer"

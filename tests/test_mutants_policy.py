@@ -31,6 +31,19 @@ from verifier.policy import MAX_POLICY_BYTES, Policy
     ({"ownership": {"min_power": -0.5}}, "ownership.min_power: must be in [0, 1], got -0.5"),
     ({"dp": {"epsilon_tolerance": 1.5}}, "dp.epsilon_tolerance: must be in [0, 1], got 1.5"),
     ({"trusted_roots": ["absent.pem"]}, "trusted_roots[0]: file"),
+    ({"reference_values": {"libraries": ["numpy"]}},
+     "reference_values.libraries: expected a mapping of library name"),
+    ({"reference_values": {"libraries": {1: ["ab" * 32]}}},
+     "reference_values.libraries: expected a mapping of library name"),
+    ({"require_start": ["random", "magic"]}, "require_start: unknown start kind 'magic'"),
+    ({"require_entry_point": "yes"}, "require_entry_point: expected true or false"),
+    ({"dp": {"max_non_dp_records": -1}},
+     "dp.max_non_dp_records: expected a non-negative integer, got -1"),
+    ({"dp": {"max_non_dp_records": True}},
+     "dp.max_non_dp_records: expected a non-negative integer, got True"),
+    ({"dp": {"max_non_dp_records": 1.5}},
+     "dp.max_non_dp_records: expected a non-negative integer, got 1.5"),
+    ({"dp": {"require_tight": "yes"}}, "dp.require_tight: expected true or false"),
 ])
 def test_each_mistake_is_named(tmp_path, doc, message):
     with pytest.raises(LaminateError) as err:
@@ -46,6 +59,7 @@ def test_each_mistake_is_named(tmp_path, doc, message):
     ({"reference_values": {"code": ["AB" * 32]}}, lambda p: p.reference_values.code == ("ab" * 32,)),
     ({"policy_id": "x", "ownership": None, "dp": None}, lambda p: p.policy_id == "x"),
     ({}, lambda p: p.allow_backends == ("tpm",) and p.policy_id == "p"),
+    ({"dp": {"max_non_dp_records": 0}}, lambda p: p.dp.max_non_dp_records == 0),
 ])
 def test_edges_that_are_accepted(tmp_path, doc, check):
     assert check(Policy.from_mapping(doc, base_dir=tmp_path, source="p.yaml"))
@@ -61,3 +75,13 @@ def test_size_limit_is_exact(tmp_path):
     over.write_bytes(at_limit.read_bytes() + b"\n")
     with pytest.raises(LaminateError, match=r"over\.yaml: policy larger than 1048576 bytes$"):
         Policy.load(over)
+
+
+def test_invalid_yaml_is_named_by_the_parser_s_first_line(tmp_path):
+    """The YAML parser's message runs over several lines; the one-line error keeps the
+    first, which says what was being parsed."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("policy_id: [\n")
+    with pytest.raises(LaminateError) as err:
+        Policy.load(path)
+    assert str(err.value) == f"{path}: not valid YAML (while parsing a flow node)"

@@ -5,10 +5,11 @@ head row, or the head check alone would notice; the gap check must catch that pa
 """
 import pytest
 
-from cards import keys
+from cards import keys, merkle
 from cards.errors import LaminateError
 from registry import db as dbmod
 from registry import tlog
+from verifier import tiles
 
 
 @pytest.fixture
@@ -51,3 +52,96 @@ def test_head_row_that_disagrees_with_the_entries(log, size):
         head.size = size
     with pytest.raises(LaminateError, match=rf"^log head says {size} leaves, the database holds 3$"):
         tl.audit()
+
+
+def test_a_tile_the_database_does_not_reach_is_named(log):
+    """Three leaves: tile 0/0 holds three hashes, so a reader asking for four is told the
+    tile is not stored, not handed a short tile."""
+    tl, _ = log
+    assert len(tl.read_tile(0, 0, 3)) == 3 * 32
+    with pytest.raises(tiles.TileError, match=r"^tile tile/0/000\.p/4 is not in the database$"):
+        tl.read_tile(0, 0, 4)
+    with pytest.raises(tiles.TileError, match=r"^tile tile/1/000\.p/1 is not in the database$"):
+        tl.read_tile(1, 0, 1)
+
+
+def test_tiles_read_inside_a_rolled_back_write_are_not_remembered(log):
+    """Within a write the second append reads the tile the first one wrote; that tile
+    is rolled back with the write, so no later reader may be served it from memory."""
+    tl, db = log
+    with pytest.raises(RuntimeError):
+        with db.write() as (session, head):
+            tl.append(session, head, "test", "x", b"x")
+            tl.append(session, head, "test", "y", b"y")
+            raise RuntimeError("crash before commit")
+    with db.write() as (session, head):
+        tl.append(session, head, "test", "d", b"d")
+    hashes = [merkle.leaf_hash(d) for d in (b"a", b"b", b"c", b"d")]
+    assert tl.leaf_hash(3) == hashes[3]
+    assert tl.root(4) == merkle.root_of(hashes)
+    assert tl.audit(full=True) == 4
+
+
+def test_checkpoints_need_an_ed25519_key(tmp_path):
+    db = dbmod.open_database(f"sqlite:///{tmp_path / 'p256.sqlite'}")
+    tl = tlog.TransparencyLog(db, keys.generate_private_key("p256"))
+    with pytest.raises(LaminateError, match=r"^checkpoints need an Ed25519 service key"):
+        tl.checkpoint()
+    db.dispose()
+
+
+@pytest.mark.parametrize("index, size", [(3, 3), (-1, 3), (0, 0)])
+def test_inclusion_proof_of_a_leaf_outside_the_tree(log, index, size):
+    tl, _ = log
+    with pytest.raises(LaminateError,
+                       match=rf"^leaf_index {index} is not in a tree of size {size}$"):
+        tl.inclusion_proof(index, size)
+
+
+@pytest.mark.parametrize("first, second", [(0, 3), (3, 2), (-1, 3)])
+def test_consistency_proof_from_the_empty_tree_or_backwards(log, first, second):
+    tl, _ = log
+    with pytest.raises(LaminateError, match=rf"^first \({first}\) must be between 1 and second"):
+        tl.consistency_proof(first, second)
+
+
+def test_sizes_beyond_the_log_are_named(log):
+    tl, _ = log
+    with pytest.raises(LaminateError, match=r"^tree_size 4 is larger than the log \(3 leaves\)$"):
+        tl.root(4)
+    with pytest.raises(LaminateError, match=r"^tree_size 4 is larger than the log \(3 leaves\)$"):
+        tl.inclusion_proof(0, 4)
+    with pytest.raises(LaminateError, match=r"^tree_size 4 is larger than the log \(3 leaves\)$"):
+        tl.consistency_proof(1, 4)
+    assert tl.root(3) == merkle.root_of([merkle.leaf_hash(d) for d in (b"a", b"b", b"c")])
+    assert tl.consistency_proof(3, 3) == []
+
+
+@pytest.mark.parametrize("size, first_checked", [(257, 256), (512, 256), (258, 256), (3, 0)])
+def test_the_quick_audit_rehashes_the_last_tile_and_the_full_one_everything(tmp_path, size,
+                                                                           first_checked):
+    """Start-up stays O(256 + log n): the quick audit rehashes the entries of the last
+    tile only, so it finds an altered entry there but not one just before it; the full
+    audit finds both."""
+    db = dbmod.open_database(f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    tl = tlog.TransparencyLog(db, keys.generate_private_key("ed25519"))
+    with db.write() as (session, head):
+        tl.append_many(session, head, [("test", f"r{i}", b"%d" % i) for i in range(size)])
+    for index, quick_sees in [(first_checked, True), (first_checked - 1, False),
+                              (size - 1, True)]:
+        if index < 0:
+            continue
+        with db.write() as (session, _head):
+            session.get(dbmod.LogEntry, index).data = b"altered"
+        if quick_sees:
+            with pytest.raises(LaminateError, match=rf"^log entry {index}: stored data does "
+                                                    "not match its leaf hash$"):
+                tl.audit()
+        else:
+            assert tl.audit() == size
+        with pytest.raises(LaminateError, match=rf"^log entry {index}: stored data"):
+            tl.audit(full=True)
+        with db.write() as (session, _head):
+            session.get(dbmod.LogEntry, index).data = b"%d" % index
+    assert tl.audit(full=True) == size
+    db.dispose()
