@@ -5,10 +5,11 @@ import argparse
 import base64
 import json
 
+import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cards import keys
+from cards import cbor, keys
 from cards.errors import LaminateError
 from registry import cli as cli_service
 from registry import db as dbmod
@@ -37,7 +38,10 @@ def setup(tmp_path):
     service_key = keys.generate_private_key("p256")
     log_key = ed25519.Ed25519PrivateKey.generate()
     log = TransparencyLog(db, service_key, log_key)
-    statements = [b"statement %d" % i for i in range(9)]
+    # COSE_Sign1 envelopes (unsigned here): `log verify` reads the card file's statement
+    statements = [cbor.dumps(cbor2.CBORTag(18, [cbor.dumps({1: -19, 4: bytes(32)}), {},
+                                                b"statement %d" % i, bytes(64)]))
+                  for i in range(9)]
     with db.write() as (session, head):
         log.append_many(session, head, [("t", "r", s) for s in statements[:6]])
     receipt = receipts.make_receipt(service_key, 6, 4, log.inclusion_proof(4, 6), log.root(6))
