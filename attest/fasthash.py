@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from cards import merkle
+from cards.errors import LaminateError
 
 try:
     from attest import _fasthash as _native
@@ -30,19 +31,20 @@ THREADS = max(1, min(os.cpu_count() or 1, 8))
 _pool: ThreadPoolExecutor | None = None
 
 
-def _cbor_head(major: int, value: int) -> bytes:
+def cbor_head(major: int, value: int) -> bytes:
+    """Shortest-form CBOR head (RFC 8949 §4.2.1) for a major type and argument."""
     if value < 24:
         return bytes([major << 5 | value])
     for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
         if value < 1 << (8 * size):
             return bytes([major << 5 | extra]) + value.to_bytes(size, "big")
-    raise ValueError(f"{value} does not fit in 64 bits")
+    raise LaminateError(f"CBOR argument {value} does not fit in 64 bits")
 
 
 def record_prefix(label: int, nbytes: int) -> bytes:
     """dcbor([label, bstr of nbytes]) up to the byte string's contents."""
-    head = _cbor_head(0, label) if label >= 0 else _cbor_head(1, -1 - label)
-    return b"\x82" + head + _cbor_head(2, nbytes)
+    head = cbor_head(0, label) if label >= 0 else cbor_head(1, -1 - label)
+    return b"\x82" + head + cbor_head(2, nbytes)
 
 
 def _python_leaves(flat: np.ndarray, nbytes: int, y: np.ndarray, out: np.ndarray,

@@ -31,16 +31,6 @@ _BATCH_BYTES = 8 << 20
 _BATCH_RECORDS = 1024
 
 
-def _cbor_head(major: int, value: int) -> bytes:
-    """Shortest-form CBOR head (RFC 8949 §4.2.1) for a major type and argument."""
-    if value < 24:
-        return bytes([major << 5 | value])
-    for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
-        if value < 1 << (8 * size):
-            return bytes([major << 5 | extra]) + value.to_bytes(size, "big")
-    raise LaminateError(f"record label {value} does not fit in 64 bits")
-
-
 def _label(label) -> int:
     try:
         return operator.index(label)
@@ -48,16 +38,10 @@ def _label(label) -> int:
         raise LaminateError(f"record label must be an integer, got {type(label).__name__}") from None
 
 
-def _prefix(label: int, nbytes: int) -> bytes:
-    """Everything in a record's encoding before the feature bytes."""
-    head = _cbor_head(0, label) if label >= 0 else _cbor_head(1, -1 - label)
-    return b"\x82" + head + _cbor_head(2, nbytes)
-
-
 def record_bytes(x, label) -> bytes:
     """dcbor([label, x as little-endian float32 bytes]): the bytes one Merkle leaf covers."""
     features = np.ascontiguousarray(x, dtype="<f4")
-    return _prefix(_label(label), features.nbytes) + features.tobytes()
+    return fasthash.record_prefix(_label(label), features.nbytes) + features.tobytes()
 
 
 class DatasetMeasure:
@@ -245,7 +229,7 @@ def code_claim(entry_point=None) -> dict:
 def state_dict_sha256(state: dict) -> str:
     """H(dcbor([[name, dtype, shape, little-endian bytes], ...])) over a torch state_dict
     in its own order: the canonical digest of a set of weights, streamed per tensor."""
-    digest = hashlib.sha256(_cbor_head(4, len(state)))
+    digest = hashlib.sha256(fasthash.cbor_head(4, len(state)))
     for name, tensor in state.items():
         try:
             array = np.asarray(tensor.detach().cpu().numpy())
@@ -254,7 +238,7 @@ def state_dict_sha256(state: dict) -> str:
         array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
         digest.update(b"\x84" + cbor.dumps(str(name)) + cbor.dumps(array.dtype.name)
                       + cbor.dumps([int(d) for d in array.shape])
-                      + _cbor_head(2, array.nbytes))
+                      + fasthash.cbor_head(2, array.nbytes))
         digest.update(array)
     return digest.hexdigest()
 
