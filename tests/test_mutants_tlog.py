@@ -82,10 +82,14 @@ def test_tiles_read_inside_a_rolled_back_write_are_not_remembered(log):
     assert tl.audit(full=True) == 4
 
 
-def test_checkpoints_need_an_ed25519_key(tmp_path):
+@pytest.mark.parametrize("log_key", [None, "p256"])
+def test_checkpoints_need_an_ed25519_log_key(tmp_path, log_key):
+    """Checkpoints are signed notes: only an Ed25519 log key of the log's own signs them,
+    whatever the service key is; no log key, or a P-256 one, is refused by name."""
     db = dbmod.open_database(f"sqlite:///{tmp_path / 'p256.sqlite'}")
-    tl = tlog.TransparencyLog(db, keys.generate_private_key("p256"))
-    with pytest.raises(LaminateError, match=r"^checkpoints need an Ed25519 service key"):
+    tl = tlog.TransparencyLog(db, keys.generate_private_key("p256"),
+                              log_key and keys.generate_private_key(log_key))
+    with pytest.raises(LaminateError, match=r"^checkpoints need an Ed25519 log key"):
         tl.checkpoint()
     db.dispose()
 
