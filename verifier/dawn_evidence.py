@@ -193,26 +193,32 @@ def _batch_rows(seq: int, payload: dict, inputs: list, leaves: list, card_digest
     return rows
 
 
-def build_evidence(log_path, head: bytes, card, clients: list[str]) -> bytes:
-    """DAWN evidence against ``head``: every batch record under it and the inputs and
-    answers of each batch of ``clients``, read from the deployment log (read-only)."""
-    size, root = open_head(head, card)
+def read_log(log_path, *queries: tuple[str, tuple]) -> tuple[Path, list[list]]:
+    """The deployment log's path and the rows of each (sql, parameters) query, read
+    through a read-only connection. Raises LaminateError naming the file."""
     path = Path(log_path)
     if not path.is_file():
         raise LaminateError(f"{path}: deployment log not found")
     try:
         db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
         try:
-            records = [r for (r,) in db.execute(
-                "SELECT record FROM batches WHERE seq < ? ORDER BY seq", (size,))]
-            marks = ",".join("?" * len(clients))
-            batches = db.execute(
-                f"SELECT seq, inputs, leaves FROM batches WHERE seq < ? AND client IN ({marks}) "
-                "ORDER BY seq", (size, *clients)).fetchall()
+            return path, [db.execute(sql, args).fetchall() for sql, args in queries]
         finally:
             db.close()
     except sqlite3.Error as exc:
         raise LaminateError(f"{path}: not a deployment log ({exc})") from None
+
+
+def build_evidence(log_path, head: bytes, card, clients: list[str]) -> bytes:
+    """DAWN evidence against ``head``: every batch record under it and the inputs and
+    answers of each batch of ``clients``, read from the deployment log (read-only)."""
+    size, root = open_head(head, card)
+    marks = ",".join("?" * len(clients))
+    path, (records, batches) = read_log(
+        log_path, ("SELECT record FROM batches WHERE seq < ? ORDER BY seq", (size,)),
+        (f"SELECT seq, inputs, leaves FROM batches WHERE seq < ? AND client IN ({marks}) "
+         "ORDER BY seq", (size, *clients)))
+    records = [r for (r,) in records]
     if len(records) != size or merkle.root_of([merkle.leaf_hash(r) for r in records]) != root:
         raise LaminateError(f"{path}: the log does not rebuild the head's root at size {size}")
     return make_evidence(card.digest, clients, records, [

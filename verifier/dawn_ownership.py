@@ -14,7 +14,6 @@ Merkle tree head) is what stops an owner from adding inputs after the fact.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from cards import cbor
 from cards.errors import CardFormatError, LaminateError
 from verifier import dawn
 from verifier.binomial import NOT_SHOWN
+from verifier.dawn_evidence import read_log
 from verifier.ownership import OPENING_MISMATCH, OwnershipResult, ownership_test
 
 MAX_ROWS = 1_000_000      # log rows read for one client
@@ -46,18 +46,9 @@ class _Flips:
 
 def client_rows(log_path, client: str) -> list:
     """(index, input digest, canonical input, label) of one client's queries, read-only."""
-    path = Path(log_path)
-    if not path.is_file():
-        raise LaminateError(f"{path}: deployment log not found")
-    try:
-        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-        try:
-            batches = db.execute("SELECT first_index, inputs, leaves FROM batches WHERE "
-                                 "client = ? ORDER BY seq", (client,)).fetchall()
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise LaminateError(f"{path}: not a deployment log ({exc})") from None
+    path, (batches,) = read_log(log_path, (
+        "SELECT first_index, inputs, leaves FROM batches WHERE client = ? ORDER BY seq",
+        (client,)))
     rows = []
     for first, inputs, leaves in batches:
         try:
