@@ -337,8 +337,13 @@ def _watermark_power(watermark, evaluation, policy) -> Check:
                      f"not computed: {n} triggers is above the {MAX_POWER_TRIGGERS} this "
                      "verifier computes the ownership test's power for")
     power = _power(accuracy, n, classes, alpha)
-    detail = (f"power {power:.3f} at alpha {alpha:g} with {n} triggers, {classes} classes, "
-              f"watermark accuracy {accuracy:.3f}")
+    return power_check(power, f"power {power:.3f} at alpha {alpha:g} with {n} triggers, "
+                       f"{classes} classes, watermark accuracy {accuracy:.3f}", field, policy)
+
+
+def power_check(power: float, detail: str, field: str, policy) -> Check:
+    """``watermark_power`` from a computed power, for either watermark scheme: a warning
+    below the policy's minimum, since a copy would then likely not be shown."""
     if power < policy.ownership.min_power:
         return Check("watermark_power", WARNING, field,
                      f"{detail} is below {policy.ownership.min_power:g}: an ownership test "

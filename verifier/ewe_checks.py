@@ -9,6 +9,7 @@ ownership of a copy answering the targets at the measured watermark accuracy.
 from __future__ import annotations
 
 from verifier import ewe_null
+from verifier.appraise import power_check
 from verifier.result import AFFIRMING, CONTRAINDICATED, WARNING, Check
 
 
@@ -43,13 +44,9 @@ def _power(watermark: dict, evaluation: dict, policy) -> Check:
                      f"{keys} keys cannot reach alpha {alpha:g}: the exact null of one key is "
                      f"1/{classes - 1}, so at least {_least(classes, alpha)} are needed")
     power = ewe_null.power(accuracy, keys, count // keys, classes, alpha)
-    detail = (f"power {power:.3f} at alpha {alpha:g} with {keys} keys x {count // keys} inputs "
-              f"(EWE null 1/{classes - 1} per key), watermark accuracy {accuracy:.3f}")
-    if power < policy.ownership.min_power:
-        return Check("watermark_power", WARNING, field,
-                     f"{detail} is below {policy.ownership.min_power:g}: an ownership test "
-                     "would likely fail to show ownership of a copy")
-    return Check("watermark_power", AFFIRMING, field, detail)
+    return power_check(power, f"power {power:.3f} at alpha {alpha:g} with {keys} keys x "
+                       f"{count // keys} inputs (EWE null 1/{classes - 1} per key), watermark "
+                       f"accuracy {accuracy:.3f}", field, policy)
 
 
 def _least(classes: int, alpha: float) -> int:
