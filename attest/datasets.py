@@ -14,7 +14,6 @@ can say how to turn the raw records into model inputs and a third party can redo
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,40 +157,14 @@ def preprocessing_claim(data: ArrayData, given: dict | None = None) -> dict:
 
 
 def load_csv(path: Path, label_column: str, classes: int | None) -> ArrayData:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    """A CSV file with a header row, read by the one CSV reader (`attest.formats`)."""
+    from attest.formats import csv_rows
+
+    rows = list(csv_rows(path, label_column))
     if not rows:
-        raise LaminateError(f"{path}: empty CSV file")
-    header = [h.strip() for h in rows[0]]
-    if label_column not in header:
-        raise LaminateError(f"dataset.label_column: {path}: no column {label_column!r} (columns: {', '.join(header)})")
-    li = header.index(label_column)
-    if len(header) < 2:
-        raise LaminateError(f"{path}: no feature columns besides {label_column!r}")
-    xs, ys = [], []
-    for n, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise LaminateError(f"{path}: line {n}: {len(row)} values, header has {len(header)}")
-        try:
-            values = [float(v) for v in row]
-        except ValueError:
-            bad = next(i for i, v in enumerate(row) if not _is_float(v))
-            raise LaminateError(f"{path}: line {n}: column {header[bad]!r}: {row[bad]!r} is not a number") from None
-        ys.append(values.pop(li))
-        xs.append(values)
-    if not xs:
         raise LaminateError(f"{path}: no records")
-    return from_arrays(str(path), np.array(xs), np.array(ys), classes)
-
-
-def _is_float(v: str) -> bool:
-    try:
-        float(v)
-        return True
-    except ValueError:
-        return False
+    return from_arrays(str(path), np.stack([x for x, _ in rows]), np.array([y for _, y in rows]),
+                       classes)
 
 
 def load_npz(path: Path, classes: int | None) -> ArrayData:

@@ -71,7 +71,7 @@ def kind_of(path: Path) -> str:
 def batches(path, *, label_column: str = "label", batch: int = BATCH) -> Batches:
     """(x float32 (n, ...), y int64 (n,)) batches of the dataset at `path`, in record order."""
     path = Path(path)
-    reader = {"csv": _csv, "npz": _npz, "parquet": _parquet, "arrow": _arrow,
+    reader = {"csv": csv_rows, "npz": _npz, "parquet": _parquet, "arrow": _arrow,
               "huggingface": _huggingface, "webdataset": _webdataset,
               "imagefolder": _imagefolder}[kind_of(path)]
     yield from _rebatch(reader(path, label_column), batch)
@@ -180,10 +180,14 @@ def _imagefolder(root: Path, label_column: str):
                                 f"({', '.join(IMAGE_SUFFIXES)})")
 
 
-def _csv(path: Path, label_column: str):
+def csv_rows(path: Path, label_column: str):
+    """(features, label) per data line of a CSV file with a header; the one CSV reader,
+    used by the streaming formats and by `attest.datasets.load_csv`."""
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
+        if not header:
+            raise LaminateError(f"{path}: empty CSV file")
         if label_column not in header:
             raise LaminateError(f"dataset.label_column: {path}: no column {label_column!r} "
                                 f"(columns: {', '.join(header)})")
@@ -195,10 +199,13 @@ def _csv(path: Path, label_column: str):
                 continue
             if len(row) != len(header):
                 raise LaminateError(f"{path}: line {n}: {len(row)} values, header has {len(header)}")
-            try:
-                values = [float(v) for v in row]
-            except ValueError:
-                raise LaminateError(f"{path}: line {n}: a value is not a number") from None
+            values = []
+            for name, v in zip(header, row):
+                try:
+                    values.append(float(v))
+                except ValueError:
+                    raise LaminateError(f"{path}: line {n}: column {name!r}: {v!r} is not a "
+                                        "number") from None
             label = values.pop(li)
             yield np.asarray(values, np.float32), _label(label, f"{path}: line {n}")
 

@@ -191,3 +191,14 @@ def test_bad_webdataset_samples_and_images_name_shard_and_sample(tmp_path):
         tar.addfile(info, io.BytesIO(b"1"))
     with pytest.raises(LaminateError, match=r"sample k2: needs one of .png"):
         list(formats.batches(tmp_path / "w"))
+
+
+def test_streamed_csv_names_the_line_and_column_of_a_bad_value(tmp_path):
+    """The streaming reader and the in-memory loader are one CSV reader: same message."""
+    (tmp_path / "t.csv").write_text("a,b,label\n0.5,1,1\n0.2,oops,1\n")
+    with pytest.raises(LaminateError) as streamed:
+        list(formats.batches(tmp_path / "t.csv"))
+    with pytest.raises(LaminateError) as loaded:
+        datasets.load_csv(tmp_path / "t.csv", "label", None)
+    assert "line 3: column 'b': 'oops' is not a number" in str(streamed.value)
+    assert str(streamed.value) == str(loaded.value)

@@ -42,6 +42,8 @@ def test_csv_loads_features_and_infers_classes(tmp_path):
     ("a,label\n0.5,1\nx,1\n", {}, "line 3: column 'a'"),
     ("a,y\n0.5,1\n", {}, "dataset.label_column"),
     ("a,label\n0.5,1\n0.2\n", {}, "line 3"),
+    ("", {}, "empty CSV file"),
+    ("a,label\n\n", {}, "no records"),
 ])
 def test_csv_mistakes_are_named(tmp_path, text, dataset, needle):
     (tmp_path / "t.csv").write_text(text)
