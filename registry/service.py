@@ -20,10 +20,10 @@ from pathlib import Path
 from sqlalchemy import select
 
 from cards import cbor, keys
-from cards.errors import CardFormatError, LaminateError
+from cards.errors import LaminateError
 from verifier.receipts import make_receipt
 
-from . import clocks, disputes
+from . import disputes
 from .batching import Integrator
 from .config import ServiceConfig, load_or_create_key
 from .db import (
@@ -38,14 +38,12 @@ from .db import (
     open_database,
     token_digest,
 )
-from .metrics import REGISTRATIONS
 from .tlog import TransparencyLog
 
 GENESIS_TYPE = "laminate-log-genesis/1"
 LOG_KEY_TYPE = "laminate-log-key/1"
 LOG_KEY_REF = "laminate-log-key"
 LOG_KEY_FILE = "laminate-log-key.pem"
-COMMITMENT_TYPE = "laminate-watermark-commitment/1"
 MODEL_TYPE = "laminate-model-observed/1"
 ENDPOINT_TYPE = "laminate-endpoint-observed/1"
 MAX_URL = 2048
@@ -54,10 +52,6 @@ CARD_CACHE = 1024
 WORKER_THREADS = 4
 MODEL_CACHE = 100_000
 _HEX64 = frozenset("0123456789abcdef")
-
-
-class _ClockRefused(Exception):
-    """Rolls back a registration whose TPM quote breaks the device's clock rule."""
 
 
 class NotFound(LaminateError):
@@ -319,73 +313,9 @@ class Service:
 
     # writes --------------------------------------------------------------
     def register_card(self, card_bytes: bytes) -> tuple[int, dict]:
-        """(201, registration) for a new card, (200, ...) if already registered,
-        (422, {"detail", "result"}) if the policy rejects it. A transparent statement (a
-        card carrying receipts) is the card it carries: it is logged and stored without
-        them, under the same id."""
-        from cards.card import card_digest, open_card, statement_bytes
-
-        try:
-            card_id, card_bytes = card_digest(card_bytes), statement_bytes(card_bytes)
-        except CardFormatError:
-            card_id = ""        # not a card envelope: the appraisal says why, below
-        existing = self.find_card(card_id)
-        if existing is not None:
-            return 200, {**self.registration(existing), "already_registered": True}
-        from verifier.serving_card import is_serving_card
-        if is_serving_card(card_bytes):
-            from .serving import register_serving_card
-            return register_serving_card(self, card_bytes)
-        result = self.appraise(card_bytes)
-        if result.status in ("contraindicated", "none"):
-            failed = "; ".join(f"{c.check} ({c.field}): {c.reason}" for c in result.failed())
-            REGISTRATIONS.labels("rejected").inc()
-            return 422, {"detail": f"card rejected by policy {result.policy_id!r}: {failed}",
-                         "result": result.to_dict()}
-        card = open_card(card_bytes)
-        model_sha = card.claims["model"]["sha256"]
-        watermark = card.claims["defenses"]["watermark"]
-        commitment = watermark["commitment"] if watermark else None
-        quoted = clocks.quoted_clock(card.evidence, self.policy)
-        try:
-            status, row = self._append_card(card_id, card_bytes, model_sha, commitment,
-                                            result, quoted)
-        except _ClockRefused as exc:
-            REGISTRATIONS.labels("rejected").inc()
-            return 422, {"detail": f"card rejected: {exc}", "result": result.to_dict()}
-        if status == 200:
-            return 200, {**self.registration(row), "already_registered": True}
-        REGISTRATIONS.labels("accepted").inc()
-        return 201, {**self.registration(row), "already_registered": False}
-
-    def _append_card(self, card_id, card_bytes, model_sha, commitment, result, quoted):
-        """Log an appraised card (and its commitment) in the next batch; a TPM quote
-        whose clock goes back for its device rolls this registration back alone."""
-        def job(session, leaves):
-            row = session.get(CardRow, card_id)
-            if row is not None:                  # a concurrent twin won
-                return 200, row
-            # The commitment goes first: it is what the registration proves was
-            # known no later than the model it protects.
-            if commitment is not None and session.get(CommitmentRow, commitment) is None:
-                index, _ = leaves.add("commitment", commitment,
-                                      cbor.dumps({"type": COMMITMENT_TYPE,
-                                                  "commitment": commitment,
-                                                  "card_id": card_id}))
-                session.add(CommitmentRow(commitment=commitment, leaf_index=index))
-            index, _ = leaves.add("card", card_id, card_bytes)
-            row = CardRow(card_id=card_id, card_bytes=card_bytes, leaf_index=index,
-                          model_sha256=model_sha, commitment=commitment,
-                          appraisal_json=json.dumps(result.to_dict()))
-            session.add(row)
-            if session.get(ModelRow, model_sha) is None:
-                session.add(ModelRow(sha256=model_sha, leaf_index=index, source="registered"))
-            if quoted is not None:
-                problem = clocks.check_and_record(session, quoted, index)
-                if problem:
-                    raise _ClockRefused(problem)
-            return 201, row
-        return self.integrator.run(job)
+        """Appraise, then log an accepted card (`registry.registration`)."""
+        from .registration import register_card
+        return register_card(self, card_bytes)
 
     def observe_model(self, sha256: str) -> dict:
         """The model's first log index; logs the digest now if never seen before."""

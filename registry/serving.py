@@ -9,7 +9,6 @@ of that deployment logged before the suspect's first appearance.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 
@@ -20,38 +19,24 @@ from verifier import dawn, dawn_evidence
 from verifier import disputes as rule
 from verifier.serving_card import appraise_serving_card, is_serving_card, open_serving_card
 
-from .db import CardRow, LogEntry, ModelRow
-from .metrics import REGISTRATIONS
+from .db import LogEntry
+from .registration import answer, append_card, refused
 
 CARD_KIND = "serving-card"
 HEAD_KIND = "serving-head"
 
 
-def register_serving_card(service, card_bytes: bytes) -> tuple[int, dict]:
-    """(201, registration), (200, ...) when already registered, (422, why) if refused."""
-    card_id = hashlib.sha256(card_bytes).hexdigest()
+def register_serving_card(service, card_id: str, card_bytes: bytes) -> tuple[int, dict]:
+    """(201, registration), (200, ...) when already registered, (422, why) if refused;
+    logged through the same batched write as a model card, under leaf kind
+    ``serving-card``."""
     result, card = appraise_serving_card(card_bytes, policy=service.policy)
     if card is None or result.status in ("contraindicated", "none"):
-        failed = "; ".join(f"{c.check} ({c.field}): {c.reason}" for c in result.failed())
-        REGISTRATIONS.labels("rejected").inc()
-        return 422, {"detail": f"serving card rejected by policy {result.policy_id!r}: {failed}",
-                     "result": result.to_dict()}
-    model = card.statement["model_sha256"]
-    with service.db.write() as (session, head):
-        row = session.get(CardRow, card_id)
-        created = row is None
-        if created:
-            index, _ = service.log.append(session, head, CARD_KIND, card_id, card_bytes)
-            row = CardRow(card_id=card_id, card_bytes=card_bytes, leaf_index=index,
-                          model_sha256=model, commitment=None,
-                          appraisal_json=json.dumps(result.to_dict()))
-            session.add(row)
-            if session.get(ModelRow, model) is None:
-                session.add(ModelRow(sha256=model, leaf_index=index, source="registered"))
-    if created:
-        REGISTRATIONS.labels("accepted").inc()
-    return (201 if created else 200), {**service.registration(row), "serving_card": True,
-                                       "already_registered": not created}
+        return refused(result, "serving card")
+    status, row = append_card(service, card_id, card_bytes, card.statement["model_sha256"],
+                              result, kind=CARD_KIND)
+    code, body = answer(service, status, row)
+    return code, {**body, "serving_card": True}
 
 
 def register_head(service, head_bytes: bytes) -> tuple[int, dict]:
@@ -62,13 +47,15 @@ def register_head(service, head_bytes: bytes) -> tuple[int, dict]:
         raise LaminateError(f"log_head.serving_card: {card_id[:16]}... is not a serving card "
                             "registered with this service (POST /v1/cards first)")
     size, root = dawn_evidence.open_head(head_bytes, open_serving_card(row.card_bytes))
-    with service.db.write() as (session, head):
+
+    def job(session, leaves):
         index = session.execute(select(LogEntry.leaf_index).where(
             LogEntry.kind == HEAD_KIND, LogEntry.ref == card_id,
             LogEntry.data == head_bytes)).scalars().first()
-        created = index is None
-        if created:
-            index, _ = service.log.append(session, head, HEAD_KIND, card_id, head_bytes)
+        if index is not None:
+            return False, index
+        return True, leaves.add(HEAD_KIND, card_id, head_bytes)[0]
+    created, index = service.integrator.run(job)
     return (201 if created else 200), {"serving_card": card_id, "log_head": {
         "tree_size": size, "root": root.hex()}, **service.proof_bundle(index)}
 

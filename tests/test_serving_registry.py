@@ -1,5 +1,6 @@
 """Serving cards and anchored query logs in the card service, and disputes that argue from
 DAWN: each check of the DAWN rule is broken once and fails for its reason."""
+import base64
 import hashlib
 import json
 from pathlib import Path
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 import serving_kit as sk
 from cardkit import make_card
 from cards import cbor, cose
+from cards.card import card_digest, with_receipts
 from cards.errors import LaminateError
 from registry.app import create_app
 from registry.config import ServiceConfig
@@ -84,6 +86,23 @@ def test_the_registry_registers_a_serving_card_and_logs_it(world):
     again = world["client"].post("/v1/cards", content=world["served"].deployment.card_bytes,
                                  headers=AUTH)
     assert again.status_code == 200 and again.json()["already_registered"]
+
+
+def test_a_serving_card_carrying_a_receipt_is_named_by_its_statement(world, tmp_path):
+    """A serving card is named by its statement digest like any card: registered first
+    with a receipt attached, it is stored without it, under the bare card's id."""
+    bare = world["served"].deployment.card_bytes
+    attached = with_receipts(bare, [base64.b64decode(world["registered"].json()["receipt"])])
+    config = ServiceConfig(database_url=f"sqlite:///{tmp_path / 'fresh.sqlite'}",
+                           key_path=str(tmp_path / "fresh.pem"),
+                           policy_path=str(world["tmp"] / "policy.yaml"), api_tokens=[TOKEN])
+    with TestClient(create_app(config)) as fresh:
+        first = fresh.post("/v1/cards", content=attached, headers=AUTH)
+        assert first.status_code == 201, first.text
+        assert first.json()["card_id"] == card_digest(bare) != hashlib.sha256(attached).hexdigest()
+        assert fresh.get(f"/v1/cards/{card_digest(bare)}").json()["serving_card"]
+        again = fresh.post("/v1/cards", content=bare, headers=AUTH)
+        assert again.status_code == 200 and again.json()["already_registered"]
 
 
 def test_a_serving_card_changed_after_attestation_is_refused_for_its_reason(world):
