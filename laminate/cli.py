@@ -7,7 +7,7 @@ that needs it, so `laminate verify` never loads torch.
 import argparse
 import sys
 
-from cards.errors import LaminateError
+from cards.errors import LaminateError, printable
 
 # Optional dependency groups: a command that needs one says which to install.
 EXTRAS = {
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except LaminateError as exc:
-        print(f"laminate: error: {exc}", file=sys.stderr)
+        print(f"laminate: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         extra = EXTRAS.get((exc.name or "").split(".")[0])

@@ -41,13 +41,17 @@ from .views import card_html, wants
 _bearer = HTTPBearer(auto_error=False, description="API token given to `laminate serve`")
 
 def create_app(config: ServiceConfig | None = None, service: Service | None = None) -> FastAPI:
+    owned = service is None
     service = service or Service(config or ServiceConfig.from_env())
+
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         # Appraisals are CPU-bound under one GIL: a few threads keep the CPU busy,
         # dozens only add switching (32 concurrent clients were 5x slower with 40).
         anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
         yield
+        if owned:           # commit the batch in flight, stop the integrator, free the pool
+            service.close()
 
     app = FastAPI(
         lifespan=lifespan,

@@ -135,3 +135,30 @@ def test_a_log_started_before_log_keys_names_its_key_in_a_leaf(tmp_path):
         assert service.log.entry(service.log.size() - 1).kind == "log-key"
     finally:
         service.close()
+
+
+def test_app_shutdown_commits_the_queued_batch_and_stops_the_integrator(tmp_path):
+    """An app that made its own service closes it on shutdown: a sighting queued behind a
+    long batch interval is committed, not lost, and no integrator thread is left."""
+    from fastapi.testclient import TestClient
+
+    from registry.app import create_app
+
+    key_path = tmp_path / "service.pem"
+    keys.save_private_key(keys.generate_private_key("ed25519"), key_path)
+    config = ServiceConfig(database_url=f"sqlite:///{tmp_path / 's.sqlite'}",
+                           key_path=str(key_path), log_batch_interval=10.0, log_batch_size=64)
+    app = create_app(config)
+    service = app.state.service
+    digest = hashlib.sha256(b"queued").hexdigest()
+    with TestClient(app):
+        future = service.integrator.submit(("model", digest, cbor.dumps({"sha256": digest})),
+                                           isolated=False)
+        assert not future.finished            # waits for the 10 s interval
+    assert future.result(timeout=0) >= 1      # shutdown committed it
+    assert not service.integrator._thread.is_alive()
+    reopened = Service(config)
+    try:
+        assert reopened.log.entry(future.result()).ref == digest
+    finally:
+        reopened.close()

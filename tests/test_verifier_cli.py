@@ -161,3 +161,17 @@ def test_verify_command_never_loads_torch(kit):
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "RESULT 0 []", out.stdout[-500:] + out.stderr
+
+
+def test_terminal_control_bytes_in_what_is_echoed_are_escaped(kit, tmp_path):
+    """Reasons and errors quote file names and card fields: an escape sequence in them is
+    shown escaped, never sent raw to the terminal (it could clear or rewrite the screen)."""
+    from verifier.result import Check, Result
+
+    table = Result([Check("schema", "contraindicated", "claims.dataset\x1b[2J",
+                          "name 'x\x1b]0;owned\x07' \u202egnp.")]).to_table()
+    assert "\x1b" not in table and "\x07" not in table and "\u202e" not in table
+    assert "claims.dataset\\x1b[2J" in table and "\\u202egnp." in table
+    out = laminate("verify", tmp_path / "card\x1b[31m.cbor", "--model", kit.model_path)
+    assert out.returncode == 2 and "\x1b" not in out.stderr, out.stderr
+    assert "card\\x1b[31m.cbor" in out.stderr

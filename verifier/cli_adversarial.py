@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cards.errors import LaminateError
+from cards.errors import LaminateError, printable
 
 DESCRIPTION = """\
 Re-check a card's adversarial-training claim (claims.defenses.adversarial) without torch.
@@ -77,5 +77,5 @@ def run(args) -> int:
                                   examples=examples)
     finally:
         model.close()
-    print(f"{check.check}: {check.status} ({check.field}): {check.reason}")
+    print(printable(f"{check.check}: {check.status} ({check.field}): {check.reason}"))
     return 0 if check.status == "affirming" else 1

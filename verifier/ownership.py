@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cards.errors import LaminateError
+from cards.errors import LaminateError, printable
 from verifier.binomial import CONTINUE, NOT_SHOWN, SHOWN, SequentialTest
 
 OPENING_MISMATCH = "opening does not match the commitment"
@@ -56,7 +56,7 @@ class OwnershipResult:
         """The verdict and its reason, then the counts and p-value when the suspect
         was queried."""
         head = "OWNERSHIP SHOWN" if self.shown else "ownership NOT shown"
-        lines = [f"{head}: {self.reason}"]
+        lines = [f"{head}: {printable(self.reason)}"]
         if self.queries and self.test == "ewe":
             lines.append(
                 f"  matches {self.matches}/{self.queries} (rate {self.match_rate:.3f}), exact "

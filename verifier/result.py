@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from cards.errors import printable
+
 AFFIRMING = "affirming"
 WARNING = "warning"
 CONTRAINDICATED = "contraindicated"
@@ -86,7 +88,8 @@ class Result:
             lines.append("SIMULATED HARDWARE: this card's evidence comes from the software "
                          "simulator; it proves nothing about real hardware")
         rows = [("STATUS", "CHECK", "FIELD", "REASON")]
-        rows += [(c.status, c.check, c.field or "-", c.reason) for c in self.checks]
+        rows += [(c.status, c.check, printable(c.field or "-"), printable(c.reason))
+                 for c in self.checks]
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         for r in rows:
             lines.append("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
