@@ -80,9 +80,19 @@ def measure(session, model: torch.nn.Module, *, kind: str, parent_card, example,
 
 
 def load_weights(model: torch.nn.Module, path) -> None:
-    """Load a state_dict file (tensors only: no pickled code runs) into `model`."""
+    """Load a state_dict file (tensors only: no pickled code runs) into `model`. A file
+    more than twice the size of the model's own tensors (plus 1 MiB of framing) is refused
+    before it is read: it cannot be this model's state_dict, and reading it is unbounded."""
     import pickle
 
+    tensors = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    try:
+        size = Path(path).stat().st_size
+    except OSError as exc:
+        raise LaminateError(f"{path}: model.weights: cannot read it ({exc.strerror})") from None
+    if size > 2 * tensors + (1 << 20):
+        raise LaminateError(f"{path}: model.weights: {size} bytes, more than twice this "
+                            f"model's {tensors} bytes of tensors: not a state_dict for this model")
     try:
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
         model.load_state_dict(state)

@@ -162,3 +162,19 @@ def test_a_weights_file_that_is_not_a_state_dict_is_one_line_exit_2(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert "model.weights: not a state_dict for this model (UnpicklingError" in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_a_weights_file_far_larger_than_the_model_is_refused_unread(tmp_path, capsys):
+    """The size bound comes before torch reads anything: a 4 GiB (sparse) file is refused
+    at once, naming the field and both sizes."""
+    pytest.importorskip("torch")
+    from laminate.cli import main
+
+    with open(tmp_path / "w.pt", "wb") as f:
+        f.truncate(4 << 30)
+    path = write(tmp_path, {"dataset": {"name": "digits"}, "model": {"weights": "w.pt"},
+                            "training": {"epochs": 1}})
+    assert main(["train", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"model.weights: {4 << 30} bytes, more than twice this model's" in err, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
