@@ -37,19 +37,27 @@ from verifier.policy import Policy  # noqa: E402
 TARGET_MS = 1.0
 
 
-def _timed(fn, iterations: int) -> dict:
-    """Median and p99 wall-clock milliseconds per call, calls per second over the whole
-    run, and the median CPU time the call itself used (on a shared machine the wall
-    clock also counts time spent waiting for the core)."""
+def _timed(calls: dict, iterations: int) -> dict:
+    """For each call: median and p99 wall-clock milliseconds, calls per second over the
+    run, and the median CPU time the call itself used (on a shared machine the wall clock
+    also counts time spent waiting for the core). Each iteration makes every call once,
+    in turn, so a change in the machine's load touches every figure alike."""
     for _ in range(max(10, iterations // 20)):  # warm caches
-        fn()
-    wall, cpu = [], []
+        for fn in calls.values():
+            fn()
+    wall: dict = {name: [] for name in calls}
+    cpu: dict = {name: [] for name in calls}
     for _ in range(iterations):
-        start, start_cpu = time.perf_counter_ns(), time.thread_time_ns()
-        fn()
-        cpu.append(time.thread_time_ns() - start_cpu)
-        wall.append(time.perf_counter_ns() - start)
-    wall.sort()
+        for name, fn in calls.items():
+            start, start_cpu = time.perf_counter_ns(), time.thread_time_ns()
+            fn()
+            cpu[name].append(time.thread_time_ns() - start_cpu)
+            wall[name].append(time.perf_counter_ns() - start)
+    return {name: _stats(wall[name], cpu[name]) for name in calls}
+
+
+def _stats(wall: list, cpu: list) -> dict:
+    wall = sorted(wall)
     p99 = wall[min(len(wall) - 1, round(0.99 * (len(wall) - 1)))]
     return {"median_ms": statistics.median(wall) / 1e6, "p99_ms": p99 / 1e6,
             "cards_per_s": 1e9 * len(wall) / sum(wall),
@@ -106,14 +114,13 @@ def bench_card(kind: str, workdir: Path, iterations: int) -> dict:
     first = appraise(card_bytes, policy=policy, model_sha256=model_sha256)
     if first.exit_code != 0:
         raise SystemExit(f"bench card did not verify:\n{first.to_table()}")
-    return {
-        "card_bytes": len(card_bytes), "checks": len(first.checks),
-        "appraisal": _timed(lambda: appraise(card_bytes, policy=policy,
-                                             model_sha256=model_sha256), iterations),
-        "open_card": _timed(lambda: open_card(card_bytes), iterations),
-        "steps": {name: _timed(call, iterations)
-                  for name, call in _step_calls(card_bytes, policy).items()},
-    }
+    timed = _timed({"appraisal": lambda: appraise(card_bytes, policy=policy,
+                                                  model_sha256=model_sha256),
+                    "open_card": lambda: open_card(card_bytes),
+                    **_step_calls(card_bytes, policy)}, iterations)
+    return {"card_bytes": len(card_bytes), "checks": len(first.checks),
+            "appraisal": timed.pop("appraisal"), "open_card": timed.pop("open_card"),
+            "steps": timed}
 
 
 def _other_checks_cpu_ms(r: dict) -> float:
