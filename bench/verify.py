@@ -4,7 +4,8 @@ For one card signed with Ed25519 and one with P-256 (both from the simulator, wi
 watermark claims), measures
   * appraisal: `appraise(card_bytes, policy=..., model_sha256=...)`, the full check list
     against a loaded policy (as a service or CI job runs it);
-  * opening: `open_card(card_bytes)` alone, the reader's share of it.
+  * opening: `open_card(card_bytes)` alone, the reader's share of it;
+  * each step of the two on its own (STEPS), so a figure says where the time goes.
 The target is appraisal <= 1 ms median per card. Results go to bench/results/verify.json.
 
     python bench/verify.py [--quick] [--iterations N]
@@ -24,31 +25,80 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import cbor2  # noqa: E402
+
 import cardkit  # noqa: E402
+from cards import card, cbor, cose, schema  # noqa: E402
 from cards.card import open_card  # noqa: E402
 from verifier.appraise import appraise  # noqa: E402
+from verifier.evidence import check_evidence  # noqa: E402
 from verifier.policy import Policy  # noqa: E402
 
 TARGET_MS = 1.0
 
 
-def _timed(fn, iterations: int) -> dict:
-    """Median and p99 wall-clock milliseconds per call, calls per second over the whole
-    run, and the median CPU time the call itself used (on a shared machine the wall
-    clock also counts time spent waiting for the core)."""
+def _timed(calls: dict, iterations: int) -> dict:
+    """For each call: median and p99 wall-clock milliseconds, calls per second over the
+    run, and the median CPU time the call itself used (on a shared machine the wall clock
+    also counts time spent waiting for the core). Each iteration makes every call once,
+    in turn, so a change in the machine's load touches every figure alike."""
     for _ in range(max(10, iterations // 20)):  # warm caches
-        fn()
-    wall, cpu = [], []
+        for fn in calls.values():
+            fn()
+    wall: dict = {name: [] for name in calls}
+    cpu: dict = {name: [] for name in calls}
     for _ in range(iterations):
-        start, start_cpu = time.perf_counter_ns(), time.thread_time_ns()
-        fn()
-        cpu.append(time.thread_time_ns() - start_cpu)
-        wall.append(time.perf_counter_ns() - start)
-    wall.sort()
+        for name, fn in calls.items():
+            start, start_cpu = time.perf_counter_ns(), time.thread_time_ns()
+            fn()
+            cpu[name].append(time.thread_time_ns() - start_cpu)
+            wall[name].append(time.perf_counter_ns() - start)
+    return {name: _stats(wall[name], cpu[name]) for name in calls}
+
+
+def _stats(wall: list, cpu: list) -> dict:
+    wall = sorted(wall)
     p99 = wall[min(len(wall) - 1, round(0.99 * (len(wall) - 1)))]
     return {"median_ms": statistics.median(wall) / 1e6, "p99_ms": p99 / 1e6,
             "cards_per_s": 1e9 * len(wall) / sum(wall),
             "cpu_median_ms": statistics.median(cpu) / 1e6}
+
+
+# The steps of an appraisal, each run alone on the opened card: what open_card does
+# (the envelope, then the payload's decode, determinism check, schema walk and the
+# encodings of its parts the checks hash and compare) and the two signatures.
+STEPS = {
+    "envelope": "COSE_Sign1 envelope and protected header, strictly decoded",
+    "payload_decode": "strict decode of the payload",
+    "payload_reencode": "the payload's deterministic re-encoding, compared byte for byte",
+    "schema": "closed-schema walk of the payload",
+    "part_encodings": "deterministic encodings of the claims, config, claim parts and "
+                      "each event's data",
+    "release_signature": "the card's signature (Ed25519 or P-256)",
+    "evidence": "the simulator evidence: chain (kept per device), the quote's P-256 "
+                "signature and fields",
+}
+# Not a step: the payload encoded without sorting map keys (cbor2's canonical=False), to
+# show what the sort that a deterministic encoding needs costs.
+UNSORTED = "payload_encode_unsorted"
+
+
+def _step_calls(card_bytes: bytes, policy) -> dict:
+    opened = open_card(card_bytes)
+    payload = opened.sign1.payload
+    key = policy.release_keys[opened.kid]
+    calls = {
+        "envelope": lambda: cose.parse_sign1(card_bytes, require_tag=True, deterministic=True),
+        "payload_decode": lambda: cbor.decode(payload, definite=True, field="payload"),
+        "payload_reencode": lambda: cbor.require_deterministic(opened.payload, payload,
+                                                               field="payload"),
+        "schema": lambda: schema.validate_payload(opened.payload),
+        "part_encodings": lambda: card._encodings(opened.claims, opened.evidence),
+        "release_signature": lambda: cose.verify_sign1(opened.sign1, key),
+        "evidence": lambda: check_evidence(opened.evidence, policy),
+    }
+    assert calls.keys() == STEPS.keys()
+    return calls | {UNSORTED: lambda: cbor2.dumps(opened.payload)}
 
 
 def bench_card(kind: str, workdir: Path, iterations: int) -> dict:
@@ -64,12 +114,20 @@ def bench_card(kind: str, workdir: Path, iterations: int) -> dict:
     first = appraise(card_bytes, policy=policy, model_sha256=model_sha256)
     if first.exit_code != 0:
         raise SystemExit(f"bench card did not verify:\n{first.to_table()}")
-    return {
-        "card_bytes": len(card_bytes), "checks": len(first.checks),
-        "appraisal": _timed(lambda: appraise(card_bytes, policy=policy,
-                                             model_sha256=model_sha256), iterations),
-        "open_card": _timed(lambda: open_card(card_bytes), iterations),
-    }
+    timed = _timed({"appraisal": lambda: appraise(card_bytes, policy=policy,
+                                                  model_sha256=model_sha256),
+                    "open_card": lambda: open_card(card_bytes),
+                    **_step_calls(card_bytes, policy)}, iterations)
+    return {"card_bytes": len(card_bytes), "checks": len(first.checks),
+            "appraisal": timed.pop("appraisal"), "open_card": timed.pop("open_card"),
+            "steps": timed}
+
+
+def _other_checks_cpu_ms(r: dict) -> float:
+    """The appraisal's median CPU time less its steps': the named checks themselves. CPU
+    time, as a shared machine stretches the wall clock of long calls the most."""
+    return r["appraisal"]["cpu_median_ms"] - sum(r["steps"][name]["cpu_median_ms"]
+                                                 for name in STEPS)
 
 
 def main(argv=None) -> int:
@@ -98,6 +156,16 @@ def main(argv=None) -> int:
         print(f"{kind:<12} {a['median_ms']:>11.3f} / {a['p99_ms']:<10.3f} "
               f"{a['cards_per_s']:>8.0f} {a['cpu_median_ms']:>14.3f} "
               f"{r['open_card']['median_ms']:>20.3f}")
+    for r in results["cards"].values():
+        r["other_checks_cpu_ms"] = _other_checks_cpu_ms(r)
+    print(f"\nmedian CPU ms per step, alone ({' / '.join(results['cards'])}):")
+    rows = {**STEPS, "other_checks": "the appraisal's CPU median less the steps' medians",
+            UNSORTED: "(not a step) the payload encoded without sorting map keys"}
+    for name, what in rows.items():
+        figures = " / ".join(f"{r['other_checks_cpu_ms']:.3f}" if name == "other_checks"
+                             else f"{r['steps'][name]['cpu_median_ms']:.3f}"
+                             for r in results["cards"].values())
+        print(f"  {name:<24} {figures:>14}  {what}")
     worst = max(r["appraisal"]["median_ms"] for r in results["cards"].values())
     results["worst_median_ms"] = worst
     results["meets_target"] = worst <= TARGET_MS
