@@ -239,6 +239,8 @@ def test_attested_run_commits_marks_and_measures_on_the_released_model(tmp_path)
     assert checks.check_opening(result.claims, opening).status == AFFIRMING
     idx = opening.marked_indices()
     assert dataset_claim("t", zip(train.x[idx], train.y[idx]), 10)["merkle_root"] != claim["marked_merkle_root"]
+    marked = np.load(tmp_path / "out" / "radioactive.npy")
+    assert checks.check_marked(result.claims, opening, train.x, train.y, marked).status == AFFIRMING
     found = {c.check: c for c in checks.checks(result.claims)}
     assert found["radioactive_config"].status == AFFIRMING
     assert found["radioactive_claim"].status == AFFIRMING
@@ -251,3 +253,64 @@ def test_a_model_without_a_final_linear_layer_is_refused():
 
     with pytest.raises(LaminateError, match="radioactive: needs a Sequential model ending in a Linear"):
         radioactive.create(None, {}, torch.nn.Sequential(torch.nn.ReLU()), None)
+
+
+# --- the marked records and the CLI ----------------------------------------------------------
+
+def _marked_case():
+    from verifier.adversarial import records_root
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (60, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 60)
+    opening = scheme.Opening(SEED, SALT, scheme.make_parameters(10, 64, 60, 6))
+    idx = opening.marked_indices()
+    marked = np.clip(x[idx] + rng.uniform(-0.1, 0.1, (6, 64)), 0, 1).astype(np.float32)
+    claims = {"dataset": {"train": {"records": 60, "merkle_root": records_root(x, y)}},
+              "defenses": {"radioactive": {"marked_merkle_root": records_root(marked, y[idx]),
+                                           "epsilon": 0.1}}}
+    return claims, opening, x, y, marked, idx
+
+
+def test_marked_records_affirm_and_each_tamper_is_named():
+    from verifier.adversarial import records_root
+
+    claims, opening, x, y, marked, idx = _marked_case()
+    assert checks.check_marked(claims, opening, x, y, marked).status == AFFIRMING
+    other = x.copy()
+    other[0, 0] = 1 - other[0, 0]
+    assert checks.check_marked(claims, opening, other, y, marked).field == "claims.dataset.train.merkle_root"
+    assert checks.check_marked(claims, opening, x, y, marked[:5]).field == \
+        "claims.defenses.radioactive.marked_records"
+    swapped = marked[::-1].copy()
+    assert checks.check_marked(claims, opening, x, y, swapped).field == \
+        "claims.defenses.radioactive.marked_merkle_root"
+    wide = marked.copy()        # a prover who committed marks beyond the claimed epsilon
+    wide[0] = np.clip(x[idx[0]] + 0.3, 0, 1)
+    claims["defenses"]["radioactive"]["marked_merkle_root"] = records_root(wide, y[idx])
+    check = checks.check_marked(claims, opening, x, y, wide)
+    assert (check.status, check.field) == (CONTRAINDICATED, "claims.defenses.radioactive.epsilon")
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "laminate", "radioactive", *map(str, args)],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_affirms_the_kit_card_and_refuses_bad_input_with_exit_2(kit, tmp_path):
+    opening = kit.tmp_path / "radioactive.opening"
+    ok = _cli(kit.card_path, "--opening", opening)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "radioactive_opening: affirming" in ok.stdout and "radioactive_p_value: affirming" in ok.stdout
+    half = _cli(kit.card_path, "--opening", opening, "--marked", tmp_path / "m.npy")
+    assert half.returncode == 2 and "--marked and --train" in half.stderr
+    assert "Traceback" not in half.stderr
+    bad = tmp_path / "bad.opening"
+    bad.write_text("{}")
+    refused = _cli(kit.card_path, "--opening", bad)
+    assert refused.returncode == 2 and "bad.opening: format" in refused.stderr

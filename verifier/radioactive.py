@@ -5,14 +5,20 @@ claim is internally consistent, its marked-record count the one its fraction of 
 measured train split gives (`radioactive_claim`); and its p-value is what the exact
 formula gives for its cosines (`radioactive_p_value`), which warns when the mark is not
 detected on the released model. With the owner's opening (`radioactive_opening`): the
-commitment opens, and the carriers derived from the seed are the ones the card digested.
-What needs the networks (the cosines themselves, the marking) is not re-derived here.
+commitment opens, and the carriers derived from the seed are the ones the card digested;
+with the train split and the marked records too (`radioactive_marked`): the split is the
+measured one, the marked records are the committed ones, at the indices the seed derives,
+each within epsilon of its original. What needs the networks' features or logits (the
+cosines, the loss difference) is not re-derived here.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from cards import radioactive as scheme
+from verifier.adversarial import records_root
 from verifier.result import AFFIRMING, CONTRAINDICATED, WARNING, Check
 
 FIELD = "claims.defenses.radioactive"
@@ -113,3 +119,30 @@ def check_opening(claims: dict, opening: scheme.Opening) -> Check:
                      "the carriers derived from the opening's seed are not the ones the card digested")
     return Check("radioactive_opening", AFFIRMING, FIELD,
                  "the opening opens the commitment and derives the digested carriers")
+
+
+def check_marked(claims: dict, opening: scheme.Opening, train_x: np.ndarray, train_y: np.ndarray,
+                 marked: np.ndarray) -> Check:
+    """`radioactive_marked`: the train split is the measured one, `marked` (radioactive.npy)
+    holds the committed records, each within the claimed epsilon of the train record at the
+    index the opening's seed derives, and in [0, 1]."""
+    claim, train = claims["defenses"]["radioactive"], claims["dataset"]["train"]
+    if len(train_x) != train["records"] or records_root(train_x, train_y) != train["merkle_root"]:
+        return Check("radioactive_marked", CONTRAINDICATED, "claims.dataset.train.merkle_root",
+                     "the train split given is not the one the card measured")
+    idx = opening.marked_indices()
+    if marked.shape != (len(idx), *train_x.shape[1:]):
+        return Check("radioactive_marked", CONTRAINDICATED, f"{FIELD}.marked_records",
+                     f"marked records shaped {list(marked.shape)}, expected {len(idx)} records "
+                     f"shaped like the train split's")
+    if records_root(marked, train_y[idx]) != claim["marked_merkle_root"]:
+        return Check("radioactive_marked", CONTRAINDICATED, f"{FIELD}.marked_merkle_root",
+                     "the marked records given are not the ones the card committed")
+    distance = float(np.max(np.abs(marked.astype(np.float64) - train_x[idx].astype(np.float64))))
+    if distance > claim["epsilon"] + 1e-6 or marked.min() < 0.0 or marked.max() > 1.0:
+        return Check("radioactive_marked", CONTRAINDICATED, f"{FIELD}.epsilon",
+                     f"a marked record lies {distance:.4g} from its original (L-infinity) or outside "
+                     f"[0, 1]; the card claims epsilon {claim['epsilon']:g}")
+    return Check("radioactive_marked", AFFIRMING, FIELD,
+                 f"{len(idx)} committed marked records, at the seed's indices, within L-infinity "
+                 f"{distance:.3g} of the measured train split's records")
