@@ -314,3 +314,11 @@ def test_cli_affirms_the_kit_card_and_refuses_bad_input_with_exit_2(kit, tmp_pat
     bad.write_text("{}")
     refused = _cli(kit.card_path, "--opening", bad)
     assert refused.returncode == 2 and "bad.opening: format" in refused.stderr
+
+
+def test_card_view_shows_the_radioactive_claim(kit):
+    from cards import views
+    from cards.card import open_card
+
+    markdown = views.to_markdown(open_card(kit.card_bytes).payload)
+    assert "## Radioactive data" in markdown and "| loss difference | 0.21 |" in markdown
