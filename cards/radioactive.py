@@ -47,6 +47,11 @@ def make_parameters(classes: int, feature_dim: int, train_records: int, marked_r
     return {"scheme": SCHEME, **dict(zip(_PARAMS[1:], counts))}
 
 
+def marked_count(fraction: float, train_records: int) -> int:
+    """max(1, round(fraction x records)): how many train records a fraction marks."""
+    return max(1, round(fraction * train_records))
+
+
 def commit(seed: bytes, salt: bytes, params: dict) -> str:
     """H(salt || seed || dcbor(parameters)) as lowercase hex (the watermark's construction)."""
     return hashlib.sha256(bytes(salt) + bytes(seed) + cbor.dumps(params)).hexdigest()

@@ -53,7 +53,7 @@ def radioactive_claim(session, out_dir: Path, *, cosines=RADIOACTIVE_COSINES) ->
     """An honest radioactive claim over the kit's train split, its opening saved beside."""
     from cards import radioactive
 
-    marked = max(1, round(0.1 * TRAIN_RECORDS))
+    marked = radioactive.marked_count(0.1, TRAIN_RECORDS)
     params = radioactive.make_parameters(CLASSES, FEATURES, TRAIN_RECORDS, marked)
     opening = radioactive.Opening(session.random(32), session.random(32), params)
     opening.save(Path(out_dir) / "radioactive.opening")

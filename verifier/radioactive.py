@@ -62,7 +62,7 @@ def check_claim(claims: dict) -> Check:
     if len(claim["cosines"]) != claim["classes"]:
         return Check("radioactive_claim", CONTRAINDICATED, f"{FIELD}.cosines",
                      f"{len(claim['cosines'])} cosines for {claim['classes']} classes")
-    expected = max(1, round(claim["fraction"] * train["records"]))
+    expected = scheme.marked_count(claim["fraction"], train["records"])
     if claim["marked_records"] != expected:
         return Check("radioactive_claim", CONTRAINDICATED, f"{FIELD}.marked_records",
                      f"claims {claim['marked_records']} marked records; fraction "

@@ -169,17 +169,13 @@ class Radioactive:
         }
 
 
-def marked_count(fraction: float, train_records: int) -> int:
-    """round(fraction x records), at least one: the one rule the verifier recomputes too."""
-    return max(1, round(fraction * train_records))
-
-
 def create(session, section: dict, model: nn.Module, train: ds.ArrayData) -> Radioactive:
     """Draw seed and salt from the attested session, train the marking network and mark
     round(fraction x records) train records (config section `radioactive`)."""
     dim = _features(model)[1].in_features
     seed, salt = session.random(scheme.SEED_BYTES), session.random(scheme.SALT_BYTES)
-    params = scheme.make_parameters(train.classes, dim, len(train), marked_count(section["fraction"], len(train)))
+    count = scheme.marked_count(section["fraction"], len(train))
+    params = scheme.make_parameters(train.classes, dim, len(train), count)
     opening = scheme.Opening(seed, salt, params)
     carriers = opening.carriers()
     indices = opening.marked_indices()
