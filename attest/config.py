@@ -58,6 +58,15 @@ Keys:
       steps: int                   PGD steps per attack, 1..1000 (default 10)
       train_fraction: float        share of each batch replaced by its adversarial version
                                    (default 1.0; 0.5 mixes clean and adversarial)
+    radioactive:
+      enabled: bool                radioactive data (Sablayrolles et al.): mark a share of the
+                                   train records toward secret carriers drawn by the
+                                   attestation backend; the card reports the detection
+                                   test's p-value on the released model (default false)
+      fraction: float              share of train records marked, (0, 1] (default 0.1)
+      epsilon: float               L-infinity bound of each mark, in input units (default 0.1)
+      steps: int                   optimisation steps of the marking, 1..1000 (default 50)
+      marking_epochs: int          epochs of the marking network on the clean split (default 2)
     attestation:
       backend: sim | tpm | tdx | snp   (default sim)
       sim_dir: str | null          simulator state directory (default: the simulator's own)
@@ -147,6 +156,13 @@ _SCHEMA = {
         "step_size": ("float", 0.025),
         "steps": ("int", 10),
         "train_fraction": ("float", 1.0),
+    },
+    "radioactive": {
+        "enabled": ("bool", False),
+        "fraction": ("float", 0.1),
+        "epsilon": ("float", 0.1),
+        "steps": ("int", 50),
+        "marking_epochs": ("int", 2),
     },
     "attestation": {
         "backend": (("choice", ("sim", "tpm", "tdx", "snp")), "sim"),
@@ -357,6 +373,15 @@ def _check_values(c: dict) -> None:
                 _fail(f"adversarial.{key}", "must be in (0, 1]")
         if not 1 <= adv["steps"] <= 1000:
             _fail("adversarial.steps", "must be between 1 and 1000")
+    radio = c["radioactive"]
+    if radio["enabled"]:
+        for key in ("fraction", "epsilon"):
+            if not 0.0 < radio[key] <= 1.0:
+                _fail(f"radioactive.{key}", "must be in (0, 1]")
+        if not 1 <= radio["steps"] <= 1000:
+            _fail("radioactive.steps", "must be between 1 and 1000")
+        if not 1 <= radio["marking_epochs"] <= 100:
+            _fail("radioactive.marking_epochs", "must be between 1 and 100")
     pcrs = c["attestation"]["tpm_pcrs"]
     for pcr in pcrs:
         if pcr not in RESETTABLE_PCRS:

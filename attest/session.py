@@ -109,6 +109,10 @@ class AttestedSession:
         """None: no adversarial training (the claim section is left out, no event)."""
         self._measure("defense.adversarial", claim)
 
+    def measure_radioactive(self, claim) -> None:
+        """None: no radioactive data (the claim section is left out, no event)."""
+        self._measure("defense.radioactive", claim)
+
     def measure_evaluation(self, claim: dict) -> None:
         self._measure("evaluation", claim)
 
@@ -135,7 +139,9 @@ class AttestedSession:
             },
             "defenses": {"dp": s["defense.dp"], "watermark": s["defense.watermark"],
                          **({"adversarial": s["defense.adversarial"]}
-                            if s.get("defense.adversarial") else {})},
+                            if s.get("defense.adversarial") else {}),
+                         **({"radioactive": s["defense.radioactive"]}
+                            if s.get("defense.radioactive") else {})},
             "evaluation": s["evaluation"],
         }
         if s.get("distributed") is not None:

@@ -336,7 +336,12 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
             from attest.defenses import adversarial as adv_mod
 
             adversarial = adv_mod.create(session, config["adversarial"], seed=config["training"]["seed"])
-        trainer = Trainer(model, train_set, config, mark, progress, adversarial)
+        radio = None
+        if config["radioactive"]["enabled"]:
+            from attest.defenses import radioactive
+
+            radio = radioactive.create(session, config["radioactive"], model, train_set)
+        trainer = Trainer(model, radio.train if radio else train_set, config, mark, progress, adversarial)
         module = trainer.run()
 
         dp_claim = None
@@ -364,6 +369,9 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
         predict = _onnx_predictor(model_path)
         if adversarial is not None:
             session.measure_adversarial(adversarial.measure(module, test_set, predict, out_dir))
+        if radio is not None:
+            session.measure_radioactive(radio.measure(module, test_set, model_path))
+            radio.save(out_dir)
         evaluation = evaluate(predict, test_set, mark)
         session.measure_evaluation(evaluation)
         session.measure_model({**model_claim(model_path, config["name"]), "preprocessing": prep})
@@ -381,6 +389,9 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
     dptext = f", epsilon {dp_claim['epsilon']:.2f}" if dp_claim else ""
     adv = session.claims["defenses"].get("adversarial")
     dptext += f", adversarial accuracy {adv['adversarial_accuracy']:.3f}" if adv else ""
+    rad = session.claims["defenses"].get("radioactive")
+    dptext += (f", radioactive p-value {rad['p_value']:.2g} (loss difference "
+               f"{rad['loss_difference']:.3f})") if rad else ""
     progress(f"test accuracy {evaluation['accuracy']:.3f}{wmtext}{dptext}; onnx matches torch "
              f"within {diff:.1e}; sealed in {time.monotonic() - started:.1f} s")
     return TrainResult(out_dir=out_dir, card_path=paths.cbor, model_path=model_path,

@@ -15,11 +15,17 @@ Dataset inference (Maini et al.) is then run the way Szyller and Asokan's false-
 study does: a teacher on chunk A of the training split, an independent model on the disjoint
 chunk B, one on the test split, one on A+B; then its false-positive rate on independent
 same-distribution models (trained on B) beside its true-positive rate on stolen copies
-of the teacher (fine-tuned and label-extracted). Radioactive data is not implemented;
-its cells print as "-".
+of the teacher (fine-tuned and label-extracted).
+
+Radioactive data (Sablayrolles et al.) alone, with DP-SGD and with adversarial training:
+test accuracy, the white-box test's p-value and the black-box loss difference Szyller and
+Asokan report, beside it the loss difference of the undefended model on the same marked
+records (the control: what the marks cost a model that never saw them).
 
     python bench/conflicts.py           # full size (about 30 min on 2 heavily loaded cores)
     python bench/conflicts.py --quick   # digits, MLP, few epochs: about 5 min on 2 loaded cores
+    python bench/conflicts.py --only-radioactive  # the undefended and radioactive rows only,
+                                        # merged into the existing JSON
 Writes bench/results/conflicts.json and conflicts.png (the matrix as a heat map); the
 full run also records its figures as `ours` in verifier/conflicts.json.
 """
@@ -47,6 +53,11 @@ SETTINGS = [
     ("dp+adversarial", True, None, True),
     ("split", True, "split", False),
 ]
+RADIOACTIVE = [("radioactive", False, None, False), ("radioactive+dp", True, None, False),
+               ("radioactive+adversarial", False, None, True)]
+# The marking: the config defaults (10% of the train records, L-infinity 0.1, 50 steps).
+RADIOACTIVE_CONFIG = {"enabled": True, "fraction": 0.1, "epsilon": 0.1, "steps": 50,
+                      "marking_epochs": 2}
 # Published MNIST figures (Szyller and Asokan 2023), per setting: test, watermark, adversarial.
 PUBLISHED = {
     "none": {"test": 0.99}, "watermark": {"test": 0.99, "watermark": 0.97},
@@ -85,6 +96,7 @@ def config_for(setting, size: dict, tmp: Path) -> dict:
         if schedule else {"enabled": False},
         "adversarial": {"enabled": adv, "epsilon": EPSILON, "step_size": EPSILON / 4,
                         "steps": size["pgd_steps"]},
+        "radioactive": RADIOACTIVE_CONFIG if setting[0].startswith("radioactive") else {"enabled": False},
         "attestation": {"backend": "sim", "sim_dir": str(tmp / "sim")},
         "release_key": str(tmp / "release.pem"),
     }
@@ -172,7 +184,10 @@ def train_setting(setting, size, tmp) -> dict:
     claims = result.claims
     wm, adv = claims["defenses"]["watermark"], claims["defenses"].get("adversarial")
     wm_acc = claims["evaluation"]["watermark_accuracy"]
+    rad = claims["defenses"].get("radioactive")
     return {
+            **({"radioactive_p_value": rad["p_value"], "loss_difference": rad["loss_difference"],
+                "radioactive_cosines": rad["cosines"]} if rad else {}),
             "test_accuracy": claims["evaluation"]["accuracy"], "watermark_accuracy": wm_acc,
             "adversarial_accuracy": adv["adversarial_accuracy"] if adv else None,
             "epsilon": claims["defenses"]["dp"]["epsilon"] if claims["defenses"]["dp"] else None,
@@ -180,10 +195,31 @@ def train_setting(setting, size, tmp) -> dict:
             "seconds": round(time.perf_counter() - started, 1), "model": str(result.model_path)}
 
 
-def run_settings(size, tmp, rows, pool):
-    futures = {setting[0]: pool.submit(train_setting, setting, size, tmp) for setting in SETTINGS}
+def run_settings(size, tmp, rows, pool, settings=SETTINGS + RADIOACTIVE):
+    futures = {setting[0]: pool.submit(train_setting, setting, size, tmp) for setting in settings}
     for name, future in futures.items():
         rows[name] = future.result()
+
+
+def radioactive_control(rows, size, none_model) -> None:
+    """The undefended model's loss difference on each radioactive run's marked records."""
+    from attest.defenses import radioactive as radio
+    from cards.radioactive import Opening
+
+    for name, _, _, _ in RADIOACTIVE:
+        out = Path(rows[name]["model"]).parent
+        idx = Opening.load(out / radio.OPENING_NAME).marked_indices()
+        train, _ = _split(size)
+        marked = np.load(out / radio.MARKED_NAME)
+        rows[name]["control_loss_difference"] = float(
+            np.mean(radio.onnx_losses(none_model, train.x[idx], train.y[idx]))
+            - np.mean(radio.onnx_losses(none_model, marked, train.y[idx])))
+
+
+def _split(size):
+    from attest import datasets as ds
+
+    return ds.split(_load(size), 0.2, 0)
 
 
 def di_on_settings(size, rows):
@@ -287,8 +323,16 @@ def print_tables(rows, di_rows, size):
               f"{both(r['watermark_accuracy'], 'watermark'):>12} "
               f"{both(r['adversarial_accuracy'], 'adversarial'):>12} "
               f"{cell(r.get('di_p_value'), '.2g'):>10}")
-    for name in ("radioactive", "radioactive+dp", "radioactive+adversarial"):
-        print(f"{name:24} not implemented here; published {PUBLISHED[name]}")
+    print(f"\n{'radioactive data':24} {'test':>12} {'loss diff':>14} {'control':>8} {'p (white-box)':>14}"
+          f" {'adversarial':>12}")
+    for name, _, _, _ in RADIOACTIVE:
+        r, s = rows.get(name), PUBLISHED[name]
+        if r is None:
+            continue
+        print(f"{name:24} {cell(r['test_accuracy'])} [{cell(s['test'])}] "
+              f"{cell(r['loss_difference'], '.3f')} [{cell(s['loss_diff'], '.3f')}] "
+              f"{cell(r.get('control_loss_difference'), '.3f'):>8} {cell(r['radioactive_p_value'], '.3g'):>14} "
+              f"{cell(r['adversarial_accuracy'])} [{cell(s.get('adversarial'))}]")
     print("\ndataset inference, A/B split (published: CIFAR10)")
     for name, p in di_rows["chunks"].items():
         print(f"  {name:18} p = {p:.3g}   [{PUBLISHED['dataset inference A/B (CIFAR10)'][name]:g}]")
@@ -321,11 +365,15 @@ def heat_map(rows, di_rows, path: Path, dataset: str) -> None:
                                   get("watermark+adversarial", "adversarial_accuracy")]),
         ("DI -log10(p) / 30", [log_p(get("none", "di_p_value")), log_p(get("dp", "di_p_value")),
                                log_p(get("adversarial", "di_p_value")), None]),
+        ("radioactive -log10(p) / 30", [log_p(get("radioactive", "radioactive_p_value")),
+                                        log_p(get("radioactive+dp", "radioactive_p_value")),
+                                        log_p(get("radioactive+adversarial", "radioactive_p_value")),
+                                        None]),
         ("test accuracy", [get("none", "test_accuracy"), get("dp", "test_accuracy"),
                            get("adversarial", "test_accuracy"), get("watermark", "test_accuracy")]),
     ]
     matrix = np.array([[np.nan if v is None else v for v in vals] for _, vals in figures])
-    fig, ax = plt.subplots(figsize=(7.2, 3.8))
+    fig, ax = plt.subplots(figsize=(7.6, 4.3))
     ax.imshow(matrix, cmap="RdYlGn", vmin=0, vmax=1)
     ax.set_xticks(range(4), ["alone", "with\nDP-SGD eps 3", "with adversarial\ntraining",
                              "with\nwatermark"], fontsize=8)
@@ -356,7 +404,11 @@ def update_table(rows, di: dict) -> None:
             "adversarial-joint-watermark": (rows["watermark"]["watermark_accuracy"],
                                             rows["watermark+adversarial"]["watermark_accuracy"]),
             "adversarial-dp": (rows["adversarial"]["adversarial_accuracy"],
-                               rows["dp+adversarial"]["adversarial_accuracy"])}
+                               rows["dp+adversarial"]["adversarial_accuracy"]),
+            "radioactive-dp": (rows["radioactive"]["loss_difference"],
+                               rows["radioactive+dp"]["loss_difference"]),
+            "radioactive-adversarial": (rows["radioactive"]["loss_difference"],
+                                        rows["radioactive+adversarial"]["loss_difference"])}
     for row in doc["conflicts"]:
         if row["id"] in ours:
             alone, together = ours[row["id"]]
@@ -374,6 +426,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="digits and an MLP: minutes, for CI")
     parser.add_argument("--workers", type=int, default=4, help="training processes (default 4)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "conflicts.json")
+    parser.add_argument("--only-radioactive", action="store_true",
+                        help="train the undefended model (the control) and the radioactive rows only, "
+                             "and merge them into the JSON at --out")
     parser.add_argument("--replot", action="store_true",
                         help="redraw the PNG from the JSON at --out, without training")
     args = parser.parse_args()
@@ -392,6 +447,8 @@ def main() -> int:
     size = QUICK if args.quick else FULL
     started = time.perf_counter()
     rows: dict = {}
+    if args.only_radioactive:
+        return only_radioactive(args, size, started)
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.workers) as pool:
         tmp = Path(tmp)
         keys.save_private_key(keys.generate_private_key("ed25519"), tmp / "release.pem")
@@ -400,6 +457,7 @@ def main() -> int:
         print("--- dataset inference on the attested models", flush=True)
         di_on_settings(size, rows)
         di_rows = study.result()
+        radioactive_control(rows, size, rows["none"]["model"])
     for r in rows.values():
         r.pop("model")
     seconds = round(time.perf_counter() - started, 1)
@@ -421,6 +479,35 @@ def main() -> int:
     if not args.quick:
         update_table(rows, figures["dataset_inference"])
     print(f"wrote {args.out} and {args.out.with_suffix('.png').name} in {seconds:.0f} s")
+    return 0
+
+
+def only_radioactive(args, size, started) -> int:
+    """The radioactive rows (and the undefended control), merged into an existing run's JSON."""
+    from cards import keys
+
+    figures = json.loads(args.out.read_text())
+    if figures["quick"] != args.quick:
+        raise SystemExit(f"{args.out}: holds a {'quick' if figures['quick'] else 'full'} run; "
+                         "pass the same --quick setting")
+    rows: dict = {}
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.workers) as pool:
+        tmp = Path(tmp)
+        keys.save_private_key(keys.generate_private_key("ed25519"), tmp / "release.pem")
+        run_settings(size, tmp, rows, pool, settings=[SETTINGS[0], *RADIOACTIVE])
+        radioactive_control(rows, size, rows.pop("none")["model"])
+    seconds = round(time.perf_counter() - started, 1)
+    for name, r in rows.items():
+        r.pop("model")
+        figures["rows"][name] = r
+    figures["radioactive_seconds"] = seconds
+    figures["published"] = PUBLISHED
+    print_tables(figures["rows"], figures["dataset_inference"], size)
+    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    heat_map(figures["rows"], figures["dataset_inference"], args.out.with_suffix(".png"), size["dataset"])
+    if not args.quick:
+        update_table(figures["rows"], figures["dataset_inference"])
+    print(f"merged the radioactive rows into {args.out} in {seconds:.0f} s")
     return 0
 
 

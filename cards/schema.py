@@ -386,6 +386,16 @@ ADVERSARIAL_CLAIM = record({
     "step_size": number(0.0, 1.0), "steps": integer(1, 1000), "train_fraction": unit,
     "attack_seed": hex_digest, "examples_merkle_root": hex_digest,
     "adversarial_accuracy": unit, "test_records": integer(1)})
+# Radioactive data (Sablayrolles et al.): the carriers' commitment, the marking, and both
+# detection tests run on the exported model (cards.radioactive).
+RADIOACTIVE_CLAIM = record({
+    "scheme": one_of("laminate-radioactive-v1"), "commitment": hex_digest,
+    "carriers_sha256": hex_digest, "classes": integer(2), "feature_dim": integer(2),
+    "fraction": number(0.0, 1.0), "marked_records": integer(1), "epsilon": number(0.0, 1.0),
+    "marking_steps": integer(1, 1000), "marking_epochs": integer(1, 100),
+    "marked_merkle_root": hex_digest, "test": one_of("white-box-cosine-fisher"),
+    "alignment_records": integer(1), "cosines": array_of(number(-1.0, 1.0), 2),
+    "p_value": unit, "loss_difference": number()})
 CLAIMS = record({
     "model": record({
         "name": text, "format": one_of("onnx"), "sha256": hex_digest, "size": integer(),
@@ -397,7 +407,7 @@ CLAIMS = record({
         "config": map_of(plain), "config_sha256": hex_digest, "code": _code,
         "framework": map_of(text)}, optional={"distributed": DISTRIBUTED_CLAIM}),
     "defenses": record({"dp": nullable(DP_CLAIM), "watermark": nullable(WATERMARK_CLAIM)},
-                       {"adversarial": ADVERSARIAL_CLAIM}),
+                       {"adversarial": ADVERSARIAL_CLAIM, "radioactive": RADIOACTIVE_CLAIM}),
     "evaluation": record({
         "accuracy": unit, "per_class_accuracy": array_of(unit), "test_records": integer(),
         "watermark_accuracy": nullable(unit)}),
@@ -472,6 +482,8 @@ EVENT_CLAIMS: dict[str, EventClaim] = {e.type: e for e in (
                lambda c: c["training"].get("distributed"), True),
     EventClaim("defense.adversarial", 23, "claims.defenses.adversarial",
                lambda c: c["defenses"].get("adversarial"), True),
+    EventClaim("defense.radioactive", 23, "claims.defenses.radioactive",
+               lambda c: c["defenses"].get("radioactive"), True),
     EventClaim("evaluation", 23, "claims.evaluation", lambda c: c["evaluation"]),
     EventClaim("model", 23, "claims.model", lambda c: c["model"]),
 )}

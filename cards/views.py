@@ -179,6 +179,11 @@ def _card_rows(payload: dict) -> list[tuple[str, list]]:
         sections.append(("Adversarial training", [(key.replace("_", " "), adv.get(key)) for key in (
             "method", "norm", "epsilon", "step_size", "steps", "train_fraction",
             "adversarial_accuracy", "test_records", "attack_seed", "examples_merkle_root")]))
+    radio = _section(claims, "defenses", "radioactive")
+    if radio:
+        sections.append(("Radioactive data", [(key.replace("_", " "), radio.get(key)) for key in (
+            "scheme", "fraction", "marked_records", "epsilon", "p_value", "loss_difference",
+            "test", "feature_dim", "commitment", "carriers_sha256", "marked_merkle_root")]))
     sections.append(("Evaluation", [
         ("accuracy", evaluation.get("accuracy")),
         ("per-class accuracy", evaluation.get("per_class_accuracy")),

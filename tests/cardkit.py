@@ -44,6 +44,27 @@ ADVERSARIAL = {"method": "pgd", "norm": "linf", "epsilon": 0.1, "step_size": 0.0
                "train_fraction": 1.0, "attack_seed": hashlib.sha256(b"kit-attack").hexdigest(),
                "examples_merkle_root": hashlib.sha256(b"kit-examples").hexdigest(),
                "adversarial_accuracy": 0.81, "test_records": TEST_RECORDS}
+RADIOACTIVE_COSINES = (0.45, 0.52, 0.38, 0.41, 0.5, 0.47, 0.44, 0.39, 0.55, 0.48)   # detected
+RADIOACTIVE_CONFIG = {"enabled": True, "fraction": 0.1, "epsilon": 0.1, "steps": 50,
+                      "marking_epochs": 2}
+
+
+def radioactive_claim(session, out_dir: Path, *, cosines=RADIOACTIVE_COSINES) -> dict:
+    """An honest radioactive claim over the kit's train split, its opening saved beside."""
+    from cards import radioactive
+
+    marked = radioactive.marked_count(0.1, TRAIN_RECORDS)
+    params = radioactive.make_parameters(CLASSES, FEATURES, TRAIN_RECORDS, marked)
+    opening = radioactive.Opening(session.random(32), session.random(32), params)
+    opening.save(Path(out_dir) / "radioactive.opening")
+    return {"scheme": radioactive.SCHEME, "commitment": opening.commitment,
+            "carriers_sha256": radioactive.carriers_digest(opening.carriers()),
+            "classes": CLASSES, "feature_dim": FEATURES, "fraction": 0.1, "marked_records": marked,
+            "epsilon": 0.1, "marking_steps": 50, "marking_epochs": 2,
+            "marked_merkle_root": hashlib.sha256(b"kit-marked").hexdigest(),
+            "test": "white-box-cosine-fisher", "alignment_records": TEST_RECORDS,
+            "cosines": list(cosines), "p_value": radioactive.combined_p_value(cosines, FEATURES),
+            "loss_difference": 0.21}
 
 
 @dataclass
@@ -167,7 +188,7 @@ def dp_claim(**overrides) -> dict:
 
 def make_card(tmp_path, *, backend="sim", key_kind="ed25519", tcti=None, dp=True,
               watermark_claim=True, evaluation=None, config=None, entry_point=Path(__file__),
-              policy=None, start=None, distributed=None, adversarial=None,
+              policy=None, start=None, distributed=None, adversarial=None, radioactive=None,
               **forgery) -> CardKit:
     """Seal an honest card in tmp_path; any `forge` keyword then forges it.
 
@@ -175,6 +196,8 @@ def make_card(tmp_path, *, backend="sim", key_kind="ed25519", tcti=None, dp=True
     dp / watermark_claim: True for the kit's defaults, None for no defence, a dict of
     fields to override (dp epsilon is recomputed from the parameters unless given).
     adversarial: None for no adversarial training, or fields merged into ADVERSARIAL.
+    radioactive: None for no radioactive data, or fields merged into an honest claim
+    whose opening is saved as tmp_path/radioactive.opening.
     evaluation: fields merged into the default evaluation. policy: keys merged into the
     kit's policy mapping (e.g. {"require": ["defenses.dp.epsilon <= 3"]}).
     """
@@ -215,6 +238,8 @@ def make_card(tmp_path, *, backend="sim", key_kind="ed25519", tcti=None, dp=True
                                                       code["wrapper_sha256"]))
     if adversarial is not None:
         session.measure_adversarial({**ADVERSARIAL, **adversarial})
+    if radioactive is not None:
+        session.measure_radioactive({**radioactive_claim(session, tmp_path), **radioactive})
     session.measure_evaluation({**EVALUATION, **(evaluation or {}),
                                 **({} if watermark_claim is not None
                                    else {"watermark_accuracy": None})})

@@ -244,7 +244,8 @@ def test_not_a_map():
 def test_event_claims_follow_the_format_table():
     assert list(schema.EVENT_CLAIMS) == ["code", "config", "dataset.train", "dataset.test",
                                          "start", "defense.dp", "defense.watermark", "distributed",
-                                         "defense.adversarial", "evaluation", "model"]
+                                         "defense.adversarial", "defense.radioactive", "evaluation",
+                                         "model"]
     assert schema.EVENT_CLAIMS["code"].register == 16
     assert {e.register for t, e in schema.EVENT_CLAIMS.items() if t != "code"} == {23}
     claims = sample_claims(dp=False)

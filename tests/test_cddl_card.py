@@ -29,6 +29,8 @@ STARTS = {
     {"watermark_claim": {"schedule": "split"}},
     {"start": STARTS["parent"]}, {"start": STARTS["external"]},
     {"entry_point": None}, {"key_kind": "p256"},
+    {"radioactive": {}}, {"radioactive": {"cosines": [-1, 0.0, 1, -0.5, 0.2, 0, 0, 0, 0, 0.1],
+                                          "p_value": 0.4, "loss_difference": -0.3}},
 ], ids=lambda kind: ",".join(f"{k}={'set' if isinstance(v, dict) else v}"
                               for k, v in kind.items()) or "default")
 def test_every_kind_of_card_satisfies_the_cddl(tmp_path, kind):

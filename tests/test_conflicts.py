@@ -26,6 +26,8 @@ def _claims(defenses: list[str], **fields) -> dict:
               "evaluation": {"watermark_accuracy": 0.2 if "watermark" in defenses else None}}
     if "adversarial" in defenses:
         claims["defenses"]["adversarial"] = dict(cardkit.ADVERSARIAL)
+    if "radioactive" in defenses:
+        claims["defenses"]["radioactive"] = {"p_value": 0.5, "loss_difference": 0.004}
     for dotted, value in fields.items():
         *path, last = dotted.split("__")
         node = claims
@@ -52,10 +54,20 @@ def _set(claims, dotted, value):
     return claims
 
 
+def _undermined_value(row) -> float:
+    """A figure on the undermined side of the row's threshold (any, without one)."""
+    below, above = row["undermined_below"], row.get("undermined_above")
+    return above + 0.12 if above is not None else 0.123 if below is None else below - 0.077
+
+
+def _held_value(row) -> float:
+    above = row.get("undermined_above")
+    return above / 10 if above is not None else row["undermined_below"] + 0.01
+
+
 @pytest.mark.parametrize("row", TABLE, ids=[r["id"] for r in TABLE])
 def test_each_row_warns_naming_the_cards_value(row):
-    below = row["undermined_below"]
-    value = 0.123 if below is None else below - 0.077
+    value = _undermined_value(row)
     checks = conflicts.check_conflicts(_claims_for(row, value))
     mine = [c for c in checks if row["id"] in c.reason or f"{value:.2f}" in c.reason]
     assert mine, f"row {row['id']} did not fire: {checks}"
@@ -64,15 +76,16 @@ def test_each_row_warns_naming_the_cards_value(row):
     assert f"{value:.2f}" in mine[0].reason, "the warning must name the card's measured value"
 
 
-@pytest.mark.parametrize("row", [r for r in TABLE if r["undermined_below"] is not None],
-                         ids=lambda r: r["id"])
+@pytest.mark.parametrize("row", [r for r in TABLE if r["undermined_below"] is not None
+                                 or r.get("undermined_above") is not None], ids=lambda r: r["id"])
 def test_row_with_threshold_affirms_when_the_figure_held(row):
-    checks = conflicts.check_conflicts(_claims_for(row, row["undermined_below"] + 0.01))
+    checks = conflicts.check_conflicts(_claims_for(row, _held_value(row)))
     mine = [c for c in checks if c.field == f"claims.{row['figure']}"]
     assert mine and all(c.status == AFFIRMING for c in mine), checks
 
 
-@pytest.mark.parametrize("defenses", [[], ["dp"], ["watermark"], ["adversarial"]])
+@pytest.mark.parametrize("defenses", [[], ["dp"], ["watermark"], ["adversarial"], ["radioactive"],
+                                      ["radioactive", "watermark"]])
 def test_no_pair_no_conflicts_check(defenses):
     assert conflicts.check_conflicts(_claims(defenses)) == []
 
@@ -96,7 +109,7 @@ def test_split_schedule_is_a_different_row():
 
 
 def test_malformed_table_is_refused_naming_the_row(tmp_path):
-    doc = {"conflicts": [dict(TABLE[0], defenses=["dp", "radioactive"])]}
+    doc = {"conflicts": [dict(TABLE[0], defenses=["dp", "dataset-inference"])]}
     path = tmp_path / "conflicts.json"
     path.write_text(json.dumps(doc))
     with pytest.raises(LaminateError, match=r"conflicts\[0\]\.defenses"):
@@ -194,3 +207,54 @@ def test_appraise_warns_when_adversarial_training_erased_the_watermark(tmp_path)
     assert [c.status for c in wm] == [WARNING]
     assert wm[0].reason.startswith("adversarial training with a joint watermark: watermark "
                                    "accuracy 0.34, ownership would not be shown")
+
+
+# --- radioactive data: detection confidence against DP-SGD and adversarial training ------
+
+RADIO_CONFIG = {**cardkit.CONFIG, "radioactive": cardkit.RADIOACTIVE_CONFIG}
+# Cosines a model that did not learn the marks gives: the combined p-value is not small.
+LOST = (0.05, -0.1, 0.12, 0.0, -0.03, 0.08, 0.02, -0.06, 0.1, 0.01)
+
+
+@pytest.mark.parametrize("row_id, kit_args", [
+    ("radioactive-dp", {}),
+    ("radioactive-adversarial", {"dp": None, "adversarial": {},
+                                 "config": {**ADV_CONFIG, "radioactive": cardkit.RADIOACTIVE_CONFIG}}),
+])
+def test_appraise_warns_when_a_defense_erased_the_radioactive_mark(tmp_path, row_id, kit_args):
+    """The card's own p-value and loss difference are named in the warning."""
+    from cards import radioactive
+
+    p = radioactive.combined_p_value(LOST, cardkit.FEATURES)
+    kit = cardkit.make_card(tmp_path, watermark_claim=None, config=kit_args.pop("config", RADIO_CONFIG),
+                            radioactive={"cosines": list(LOST), "p_value": p, "loss_difference": 0.002},
+                            **kit_args)
+    result, checks = _conflict_checks(kit)
+    assert not [c for c in result.checks if c.status == CONTRAINDICATED], result.checks
+    mine = [c for c in checks if c.field == "claims.defenses.radioactive.p_value"]
+    assert [c.status for c in mine] == [WARNING], checks
+    assert "detection confidence lost" in mine[0].reason
+    assert f"p-value {p:.3g}" in mine[0].reason and "loss difference 0.002" in mine[0].reason
+    assert "published: 0.284 alone" in mine[0].reason
+
+
+def test_appraise_affirms_when_the_radioactive_mark_survived_dp(tmp_path):
+    kit = cardkit.make_card(tmp_path, watermark_claim=None, config=RADIO_CONFIG, radioactive={})
+    _, checks = _conflict_checks(kit)
+    assert [(c.status, c.field) for c in checks] == [(AFFIRMING, "claims.defenses.radioactive.p_value")]
+    assert "the mark survived DP-SGD" in checks[0].reason
+
+
+def test_radioactive_without_dp_or_adversarial_gives_no_conflicts_check(tmp_path):
+    kit = cardkit.make_card(tmp_path, dp=None, watermark_claim=None, radioactive={},
+                            config={**RADIO_CONFIG, "dp": {"enabled": False}})
+    result, checks = _conflict_checks(kit)
+    assert checks == [] and not [c for c in result.checks if c.status == CONTRAINDICATED], result.checks
+
+
+def test_table_refuses_both_thresholds(tmp_path):
+    row = next(r for r in TABLE if r["id"] == "radioactive-dp")
+    path = tmp_path / "conflicts.json"
+    path.write_text(json.dumps({"conflicts": [dict(row, undermined_below=0.5)]}))
+    with pytest.raises(LaminateError, match=r"conflicts\[0\]: undermined_below and undermined_above"):
+        conflicts.load_table(path)

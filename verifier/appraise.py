@@ -14,7 +14,16 @@ from pathlib import Path
 from cards import cbor, cose, schema
 from cards.card import open_card
 from cards.errors import CardFormatError, LaminateError
-from verifier import adversarial, binomial, conflicts, distributed, dp_check, provenance, receipts
+from verifier import (
+    adversarial,
+    binomial,
+    conflicts,
+    distributed,
+    dp_check,
+    provenance,
+    radioactive,
+    receipts,
+)
 from verifier.evidence import check_evidence
 from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, WARNING, Check, Result
 
@@ -104,6 +113,7 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None,
     adversarial_config = adversarial.check_config(claims)
     if adversarial_config is not None:
         checks.append(adversarial_config)
+    checks.extend(radioactive.checks(claims))
     checks.extend(conflicts.check_conflicts(claims))
     if card.simulated and allowed:
         checks.append(Check("simulated_hardware", WARNING, "evidence.backend",

@@ -1,6 +1,12 @@
 """Registers the verifier-side subcommands (verify, show, ownership, adversarial,
-dataset-inference)."""
-from verifier import cli_adversarial, cli_dataset_inference, cli_ownership, cli_verify
+radioactive, dataset-inference)."""
+from verifier import (
+    cli_adversarial,
+    cli_dataset_inference,
+    cli_ownership,
+    cli_radioactive,
+    cli_verify,
+)
 
 
 def register(sub) -> None:
@@ -8,4 +14,5 @@ def register(sub) -> None:
     cli_verify.register(sub)
     cli_ownership.register(sub)
     cli_adversarial.register(sub)
+    cli_radioactive.register(sub)
     cli_dataset_inference.register(sub)

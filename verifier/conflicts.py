@@ -2,8 +2,8 @@
 
 The table (conflicts.json beside this module) is data, not code, so a new measured
 conflict is one row: the defenses it pairs, the card field that shows the damage, the
-threshold below which this model was undermined, and the published and measured figures
-it rests on. Each row that applies to a card gives one `conflicts` check naming the
+threshold below which (or, for a p-value, `undermined_above` which) this model was
+undermined, and the published and measured figures it rests on. Each row that applies to a card gives one `conflicts` check naming the
 card's own measured value; a card without any listed pair gets no `conflicts` check.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from cards.errors import LaminateError
 from verifier.result import AFFIRMING, WARNING, Check
 
 TABLE_PATH = Path(__file__).with_name("conflicts.json")
-DEFENSES = ("dp", "watermark", "adversarial")
+DEFENSES = ("dp", "watermark", "adversarial", "radioactive")
 _ROW_KEYS = {"id", "defenses", "where", "figure", "undermined_below", "effect", "undermined",
              "held", "published", "ours"}
 
@@ -34,16 +34,20 @@ def _field(claims: dict, dotted: str):
 
 def _check_row(i: int, row) -> dict:
     where = f"{TABLE_PATH.name}: conflicts[{i}]"
-    if not isinstance(row, dict) or set(row) != _ROW_KEYS:
-        raise LaminateError(f"{where}: expected exactly the keys {sorted(_ROW_KEYS)}")
+    if not isinstance(row, dict) or set(row) - {"undermined_above"} != _ROW_KEYS:
+        raise LaminateError(f"{where}: expected exactly the keys {sorted(_ROW_KEYS)} "
+                            "(and optionally undermined_above)")
     if (not isinstance(row["defenses"], list) or len(row["defenses"]) < 2
             or any(d not in DEFENSES for d in row["defenses"])):
         raise LaminateError(f"{where}.defenses: expected two or more of {', '.join(DEFENSES)}")
-    threshold = row["undermined_below"]
-    if threshold is not None and not isinstance(threshold, (int, float)):
-        raise LaminateError(f"{where}.undermined_below: expected a number or null")
-    if threshold is not None and not row["held"]:
-        raise LaminateError(f"{where}.held: a row with a threshold needs the held message")
+    for key in ("undermined_below", "undermined_above"):
+        threshold = row.get(key)
+        if threshold is not None and not isinstance(threshold, (int, float)):
+            raise LaminateError(f"{where}.{key}: expected a number or null")
+        if threshold is not None and not row["held"]:
+            raise LaminateError(f"{where}.held: a row with a threshold needs the held message")
+    if row["undermined_below"] is not None and row.get("undermined_above") is not None:
+        raise LaminateError(f"{where}: undermined_below and undermined_above are exclusive")
     return row
 
 
@@ -82,13 +86,16 @@ def check_conflicts(claims: dict, table: tuple | None = None) -> list[Check]:
                                 f"{row['id']}: {row['effect']}; the card measures no "
                                 f"{row['figure']}, so the damage cannot be judged"))
             continue
-        threshold = row["undermined_below"]
-        if threshold is None or value < threshold:
-            reason = row["undermined"].format(value=value, threshold=threshold)
+        below, above = row["undermined_below"], row.get("undermined_above")
+        threshold = above if above is not None else below
+        # `section`: the figure's enclosing claim, so a message can name its other fields
+        words = {"value": value, "threshold": threshold,
+                 "section": _field(claims, row["figure"].rpartition(".")[0])}
+        if threshold is None or (value > above if above is not None else value < below):
+            reason = row["undermined"].format(**words)
             checks.append(Check("conflicts", WARNING, field, f"{reason} ({_sources(row)})"))
         else:
-            checks.append(Check("conflicts", AFFIRMING, field,
-                                row["held"].format(value=value, threshold=threshold)))
+            checks.append(Check("conflicts", AFFIRMING, field, row["held"].format(**words)))
     return checks
 
 
