@@ -39,7 +39,7 @@ FULL = {"dataset": "mnist-5k", "hidden": 128, "epochs": 30, "records": 200, "k":
 QUICK = {"dataset": "digits", "hidden": 128, "epochs": 30, "records": 150, "k": 3,
          "independent": 3, "stolen": 3, "fine_tune_epochs": 2}
 ALPHAS = (1e-3, 1e-6)
-M_VALUES = (10, 20, 50, 100, 250)
+M_VALUES = (10, 20, 50, 100, 200)
 PUBLISHED_AB = {"A (teacher)": 1e-23, "test (original)": 0.1, "B (independent)": 1e-12,
                 "A+B": 1e-13}
 
@@ -189,6 +189,7 @@ def study(size, workers: int, progress: Path) -> dict:
     """Suspects train in worker processes while this one trains the teacher and fits the
     regressor on its features; each suspect's p-values are logged as it finishes."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from itertools import chain
 
     import torch
 
@@ -209,7 +210,7 @@ def study(size, workers: int, progress: Path) -> dict:
         s.fit(features)
         done = [(("chunks", 0, "teacher"), features, accuracy(teacher, parts["A"]),
                  accuracy(teacher, parts["test"]))]
-        for item in done + [f.result() for f in as_completed(futures)]:
+        for item in chain(done, (f.result() for f in as_completed(futures))):
             (group, i, recipe), features, fit_acc, test_acc = item
             r = {**s.run(features, curve=group == "chunks"), "train_accuracy": fit_acc,
                  "test_accuracy": test_acc}
@@ -299,7 +300,9 @@ def main() -> int:
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
     started = time.perf_counter()
-    rows = study(size, args.workers, args.out.with_suffix(".progress.jsonl"))
+    progress = args.out.with_suffix(".progress.jsonl")
+    rows = study(size, args.workers, progress)
+    progress.unlink()
     figures = {"quick": args.quick, "size": size, "rows": rows, "rates": rates(rows),
                "published_ab_cifar10": PUBLISHED_AB, "seconds": round(time.perf_counter() - started, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
