@@ -96,13 +96,17 @@ class Study:
     notebook lays them out (`notebook_rows`)."""
 
     def __init__(self, private, public, size):
-        self.n, self.k = size["records"], size["k"]
+        self.n, self.k, self.kind = size["records"], size["k"], size.get("features", "walk")
         self.private, self.public = private, public
 
     def features(self, model):
         from verifier import dataset_inference as di
 
         n, predict = 2 * self.n, predictor(model)
+        if self.kind == "mingd":
+            grad = gradient(model)
+            return tuple(di.mingd(grad, predict, d.x[:n], classes=d.classes)
+                         for d in (self.private, self.public))
         return (di.blind_walk(predict, self.private.x[:n], self.private.y[:n], k=self.k, seed=1),
                 di.blind_walk(predict, self.public.x[:n], self.public.y[:n], k=self.k, seed=2))
 
@@ -126,6 +130,19 @@ class Study:
             out["p_at_m"] = {m: di.p_at_m(self.regressor, priv[self.n:], pub[self.n:], m)
                              for m in M_VALUES if m <= self.n}
         return out
+
+
+def gradient(model):
+    """d(target logit - largest logit) / d input, the authors' MinGD objective."""
+    import torch
+
+    def grad(x, target):
+        xt = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
+        out = model(xt)
+        picked = out[torch.arange(len(target)), torch.from_numpy(target)]
+        (picked - out.max(1)[0]).sum().backward()
+        return xt.grad.numpy()
+    return grad
 
 
 def notebook_rows(features: np.ndarray) -> np.ndarray:
@@ -235,10 +252,13 @@ def rates(rows) -> dict:
     for alpha in ALPHAS:
         fp = int(sum(r["p_value"] < alpha for r in rows["independent"]))
         tp = int(sum(r["p_value"] < alpha for r in rows["stolen"]))
-        n_i, n_s = len(rows["independent"]), len(rows["stolen"])
+        n_i, n_s = max(len(rows["independent"]), 1), max(len(rows["stolen"]), 1)
+        nb_fp = int(sum(r["p_value_notebook_rows"] < alpha for r in rows["independent"]))
+        nb_tp = int(sum(r["p_value_notebook_rows"] < alpha for r in rows["stolen"]))
         out[f"{alpha:g}"] = {"fpr": fp / n_i, "false_positives": fp, "independent_models": n_i,
                              "fpr_upper_95": upper_bound(fp, n_i), "tpr": tp / n_s,
-                             "true_positives": tp, "stolen_models": n_s}
+                             "true_positives": tp, "stolen_models": n_s,
+                             "notebook_rows": {"false_positives": nb_fp, "true_positives": nb_tp}}
     return out
 
 
@@ -250,16 +270,20 @@ def plot(figures, path: Path) -> None:
 
     rows = figures["rows"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    groups = [("A/B chunks", [r["p_value"] for r in rows["chunks"].values()]),
-              ("independent", [r["p_value"] for r in rows["independent"]]),
-              ("stolen", [r["p_value"] for r in rows["stolen"]])]
-    for i, (name, ps) in enumerate(groups):
-        left.scatter([i] * len(ps), np.maximum(ps, 1e-300), label=name)
+    groups = [("A/B chunks", list(rows["chunks"].values())), ("independent", rows["independent"]),
+              ("stolen", rows["stolen"])]
+    for i, (_, rs) in enumerate(groups):
+        for dx, key, marker, label in ((-0.12, "p_value", "o", "per record"),
+                                       (0.12, "p_value_notebook_rows", "x", "notebook layout")):
+            left.scatter([i + dx] * len(rs), [max(r[key], 1e-300) for r in rs], marker=marker,
+                         c="C0" if marker == "o" else "C3", label=label if i == 0 else None)
+    left.legend(fontsize=8)
     for alpha in ALPHAS:
         left.axhline(alpha, ls="--", c="grey")
     left.set_yscale("log")
     left.set_xticks(range(3), [g for g, _ in groups])
     left.set_ylabel("p-value (one-sided Welch, held-out records)")
+    left.set_title("dashed: p = 1e-3 and 1e-6", fontsize=8)
     for name, r in rows["chunks"].items():
         ms = sorted(int(m) for m in r["p_at_m"])
         right.plot(ms, [max(r["p_at_m"][m if m in r["p_at_m"] else str(m)], 1e-300) for m in ms],
@@ -272,7 +296,10 @@ def plot(figures, path: Path) -> None:
     r3 = figures["rates"]["0.001"]
     fig.suptitle(f"dataset inference on {figures['size']['dataset']} (blind walk, k="
                  f"{figures['size']['k']}): at p<1e-3 FPR {r3['false_positives']}/"
-                 f"{r3['independent_models']}, TPR {r3['true_positives']}/{r3['stolen_models']}",
+                 f"{r3['independent_models']}, TPR {r3['true_positives']}/{r3['stolen_models']}; "
+                 f"notebook layout FPR {r3['notebook_rows']['false_positives']}/"
+                 f"{r3['independent_models']}, TPR {r3['notebook_rows']['true_positives']}/"
+                 f"{r3['stolen_models']}",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -297,8 +324,21 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="digits, 3 + 3 models: minutes")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dataset_inference.json")
     parser.add_argument("--workers", type=int, default=3, help="processes (default 3)")
+    parser.add_argument("--mingd", type=int, metavar="RECORDS",
+                        help="white-box MinGD features instead, RECORDS per half, on the four "
+                        "A/B models only (MinGD costs about 10x a blind walk)")
+    parser.add_argument("--replot", action="store_true",
+                        help="recompute the rates and redraw the PNG from the JSON at --out")
     args = parser.parse_args()
+    if args.replot:
+        figures = json.loads(args.out.read_text())
+        figures["rates"] = rates(figures["rows"])
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
+        plot(figures, args.out.with_suffix(".png"))
+        return 0
     size = QUICK if args.quick else FULL
+    if args.mingd:
+        size = dict(size, features="mingd", records=args.mingd, independent=0, stolen=0)
     started = time.perf_counter()
     progress = args.out.with_suffix(".progress.jsonl")
     rows = study(size, args.workers, progress)
@@ -308,7 +348,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     plot(figures, args.out.with_suffix(".png"))
-    if not args.quick:
+    if not args.quick and not args.mingd:
         update_table(figures)
     print(json.dumps(figures["rates"], indent=2))
     print(f"wrote {args.out} and {args.out.with_suffix('.png').name} in {figures['seconds']:.0f} s")
