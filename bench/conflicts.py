@@ -15,7 +15,7 @@ Dataset inference (Maini et al.) is then run the way Szyller and Asokan's false-
 study does: a teacher on chunk A of the training split, an independent model on the disjoint
 chunk B, one on the test split, one on A+B; then its false-positive rate on independent
 same-distribution models (trained on B) beside its true-positive rate on stolen copies
-of the teacher (fine-tuned and label-extracted).
+of the teacher (fine-tuned and label-extracted), as bench/di_study.py runs it alone.
 
 Radioactive data (Sablayrolles et al.) alone, with DP-SGD and with adversarial training:
 test accuracy, the white-box test's p-value and the black-box loss difference Szyller and
@@ -41,6 +41,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 # (name, dp, watermark schedule or None, adversarial)
 SETTINGS = [
@@ -73,11 +74,9 @@ PUBLISHED = {
                                         "B (independent)": 1e-12, "A+B": 1e-13},
 }
 FULL = {"dataset": "mnist-5k", "arch": "cnn", "epochs": 6, "split_epochs": 4, "lr": 0.5,
-        "pgd_steps": 2, "di_arch": "mlp", "di_epochs": 8, "independent": 10, "stolen": 10,
-        "di_records": 150, "directions": 2}
+        "pgd_steps": 2, "di_records": 150, "directions": 2}
 QUICK = {"dataset": "digits", "arch": "mlp", "epochs": 4, "split_epochs": 3, "lr": 0.5,
-         "pgd_steps": 2, "di_arch": "mlp", "di_epochs": 8, "independent": 3, "stolen": 2,
-         "di_records": 100, "directions": 2}
+         "pgd_steps": 2, "di_records": 100, "directions": 2}
 EPSILON = 0.1
 
 
@@ -102,17 +101,6 @@ def config_for(setting, size: dict, tmp: Path) -> dict:
     }
 
 
-def torch_predict(model):
-    import torch
-
-    def predict(x):
-        model.eval()
-        with torch.no_grad():
-            return np.concatenate([model(torch.from_numpy(x[i:i + 2048])).argmax(1).numpy()
-                                   for i in range(0, len(x), 2048)])
-    return predict
-
-
 def onnx_predict(path):
     from attest.train import _onnx_predictor
     return _onnx_predictor(path)
@@ -128,42 +116,18 @@ class DI:
         self.di, self.n, self.dirs, self.seed = di, size["di_records"], size["directions"], seed
         self.private, self.public = private, public
         f_priv, f_pub = self.features(owner_predict)
-        self.distinguisher = di.fit(f_priv[:self.n], f_pub[:self.n])
+        self.regressor = di.fit(f_priv[:self.n], f_pub[:self.n])
 
     def features(self, predict):
         n = 2 * self.n
-        return (self.di.walk_features(predict, self.private.x[:n], self.private.y[:n],
-                                      directions=self.dirs, seed=self.seed),
-                self.di.walk_features(predict, self.public.x[:n], self.public.y[:n],
-                                      directions=self.dirs, seed=self.seed))
+        return (self.di.blind_walk(predict, self.private.x[:n], self.private.y[:n],
+                                   k=self.dirs, seed=self.seed),
+                self.di.blind_walk(predict, self.public.x[:n], self.public.y[:n],
+                                   k=self.dirs, seed=self.seed + 1))
 
     def p_value(self, predict) -> float:
         f_priv, f_pub = self.features(predict)
-        return self.di.test(self.distinguisher, f_priv[self.n:], f_pub[self.n:]).p_value
-
-
-def train_plain(data, size, seed, *, init=None, epochs=None, x_override=None):
-    """A plain (unattested) model for the dataset-inference study."""
-    import torch
-
-    from attest.models import build
-
-    torch.manual_seed(seed)
-    model = build(size["di_arch"], data.input_shape, data.classes, [128])
-    if init is not None:
-        model.load_state_dict(init.state_dict())
-    x = torch.from_numpy(data.x)
-    y = torch.from_numpy(data.y if x_override is None else x_override)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs or size["di_epochs"]):
-        model.train()
-        for idx in torch.randperm(len(x), generator=gen).split(64):
-            opt.zero_grad()
-            loss_fn(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model
+        return self.di.test(self.regressor, f_priv[self.n:], f_pub[self.n:]).p_value
 
 
 def train_setting(setting, size, tmp) -> dict:
@@ -233,39 +197,14 @@ def di_on_settings(size, rows):
 
 
 def di_study(size) -> dict:
-    """The A/B study (in a worker process): teacher on A, independent, test, union, FPR, TPR."""
-    import torch
+    """The A/B study (bench/di_study.py, in a worker process), as this table's p-values."""
+    import di_study as study
 
-
-    torch.set_num_threads(1)
-    di_rows: dict = {"chunks": {}, "independent": [], "stolen": []}
-    train, test = _shuffled(_load(size))
-    half = len(train) // 2
-    a = train.subset("A", np.arange(half))
-    b = train.subset("B", np.arange(half, 2 * half))
-    union = train.subset("A+B", np.arange(2 * half))
-    teacher = train_plain(a, size, seed=100)
-    study = DI(a, test, torch_predict(teacher), size, seed=1)
-    models = {"A (teacher)": teacher, "test (original)": train_plain(test, size, seed=101),
-              "B (independent)": train_plain(b, size, seed=102), "A+B": train_plain(union, size, seed=103)}
-    for name, model in models.items():
-        di_rows["chunks"][name] = study.p_value(torch_predict(model))
-        print(f"    A/B: {name}: p = {di_rows['chunks'][name]:.3g}", flush=True)
-    rng = np.random.default_rng(7)
-    for i in range(size["independent"]):
-        part = b.subset("B'", np.sort(rng.choice(len(b), size=int(0.8 * len(b)), replace=False)))
-        di_rows["independent"].append(study.p_value(torch_predict(train_plain(part, size, seed=200 + i))))
-    teacher_labels = torch_predict(teacher)
-    for i in range(size["stolen"]):
-        if i % 2 == 0:   # fine-tuned copy: the teacher's weights, 2 epochs on a slice of B
-            part = b.subset("B'", rng.choice(len(b), size=len(b) // 4, replace=False))
-            stolen = train_plain(part, size, seed=300 + i, init=teacher, epochs=2)
-        else:            # label extraction: B's inputs, the teacher's answers
-            stolen = train_plain(b, size, seed=300 + i, x_override=teacher_labels(b.x))
-        di_rows["stolen"].append(study.p_value(torch_predict(stolen)))
-    print(f"    independent p-values: {[f'{p:.2g}' for p in di_rows['independent']]}", flush=True)
-    print(f"    stolen p-values:      {[f'{p:.2g}' for p in di_rows['stolen']]}", flush=True)
-    return di_rows
+    rows = study.study(study.QUICK if size["dataset"] == "digits" else study.FULL, workers=1,
+                       progress=Path(tempfile.mkdtemp()) / "di.progress.jsonl")
+    return {"chunks": {name: r["p_value"] for name, r in rows["chunks"].items()},
+            "independent": [r["p_value"] for r in rows["independent"]],
+            "stolen": [r["p_value"] for r in rows["stolen"]]}
 
 
 def _shuffled(full):
