@@ -322,3 +322,14 @@ def test_card_view_shows_the_radioactive_claim(kit):
 
     markdown = views.to_markdown(open_card(kit.card_bytes).payload)
     assert "## Radioactive data" in markdown and "| loss difference | 0.21 |" in markdown
+
+
+def test_tight_dp_beside_radioactive_data_is_contraindicated(tmp_path):
+    """Tamper: a card claiming tight DP accounting while its marks came from a network
+    trained on the split without DP."""
+    kit = cardkit.make_card(tmp_path, watermark_claim=None, radioactive={},
+                            config={**cardkit.CONFIG, "radioactive": cardkit.RADIOACTIVE_CONFIG})
+    result = appraise(kit.card_bytes, policy=Policy.load(kit.policy_path))
+    bad = {c.check: c for c in result.checks if c.status == CONTRAINDICATED}
+    assert bad["privacy_accounting"].field == "claims.defenses.dp.privacy_accounting", result.checks
+    assert "radioactive marks" in bad["privacy_accounting"].reason
