@@ -358,8 +358,11 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
             if is_ewe:
                 note += (" EWE: the stamped copies of the watermark records are extra samples of "
                          "those records, so their privacy is that of a group (record plus copies).")
+            if radio is not None:
+                note += (" Radioactive data: the marks come from a marking network trained without "
+                         "DP on the train split, which this epsilon does not cover.")
             dp_claim = trainer.dp.claim(tight=not split and start_claim["kind"] == "random"
-                                        and not is_ewe, note=note,
+                                        and not is_ewe and radio is None, note=note,
                                         non_dp_records=trainer.split_records)
         session.measure_dp(dp_claim)
         session.measure_watermark(mark.claim() if mark else None)

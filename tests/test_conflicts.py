@@ -216,8 +216,12 @@ RADIO_CONFIG = {**cardkit.CONFIG, "radioactive": cardkit.RADIOACTIVE_CONFIG}
 LOST = (0.05, -0.1, 0.12, 0.0, -0.03, 0.08, 0.02, -0.06, 0.1, 0.01)
 
 
+# DP beside radioactive data is not tight: the marking network saw the split without DP.
+NOT_TIGHT = {"dp": {"privacy_accounting": "not tight", "note": "radioactive marks"}}
+
+
 @pytest.mark.parametrize("row_id, kit_args", [
-    ("radioactive-dp", {}),
+    ("radioactive-dp", dict(NOT_TIGHT)),
     ("radioactive-adversarial", {"dp": None, "adversarial": {},
                                  "config": {**ADV_CONFIG, "radioactive": cardkit.RADIOACTIVE_CONFIG}}),
 ])
@@ -239,7 +243,8 @@ def test_appraise_warns_when_a_defense_erased_the_radioactive_mark(tmp_path, row
 
 
 def test_appraise_affirms_when_the_radioactive_mark_survived_dp(tmp_path):
-    kit = cardkit.make_card(tmp_path, watermark_claim=None, config=RADIO_CONFIG, radioactive={})
+    kit = cardkit.make_card(tmp_path, watermark_claim=None, config=RADIO_CONFIG, radioactive={},
+                            **NOT_TIGHT)
     _, checks = _conflict_checks(kit)
     assert [(c.status, c.field) for c in checks] == [(AFFIRMING, "claims.defenses.radioactive.p_value")]
     assert "the mark survived DP-SGD" in checks[0].reason

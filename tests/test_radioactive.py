@@ -322,3 +322,60 @@ def test_card_view_shows_the_radioactive_claim(kit):
 
     markdown = views.to_markdown(open_card(kit.card_bytes).payload)
     assert "## Radioactive data" in markdown and "| loss difference | 0.21 |" in markdown
+
+
+def test_tight_dp_beside_radioactive_data_is_contraindicated(tmp_path):
+    """Tamper: a card claiming tight DP accounting while its marks came from a network
+    trained on the split without DP."""
+    kit = cardkit.make_card(tmp_path, watermark_claim=None, radioactive={},
+                            config={**cardkit.CONFIG, "radioactive": cardkit.RADIOACTIVE_CONFIG})
+    result = appraise(kit.card_bytes, policy=Policy.load(kit.policy_path))
+    bad = {c.check: c for c in result.checks if c.status == CONTRAINDICATED}
+    assert bad["privacy_accounting"].field == "claims.defenses.dp.privacy_accounting", result.checks
+    assert "radioactive marks" in bad["privacy_accounting"].reason
+
+
+class _FixedSession:
+    """Stands in for the attested session's randomness: fixed bytes, so the run repeats."""
+
+    def __init__(self):
+        self.n = 0
+
+    def random(self, n):
+        import hashlib
+
+        self.n += 1
+        return hashlib.shake_256(b"test-session" + bytes([self.n])).digest(n)
+
+
+def test_positive_control_a_classifier_on_the_marking_features_is_detected():
+    """Paper's linear-classification setting on digits: a linear head trained on the marking
+    network's features of the marked split is detected by the white-box test; the same head
+    trained on the clean split is not. This is the end-to-end check that carriers, marking,
+    alignment and p-value fit together (the from-scratch setting of the bench is weaker)."""
+    torch = pytest.importorskip("torch")
+    from attest import datasets as ds
+    from attest.defenses import radioactive
+    from attest.models import build
+
+    train, test = ds.split(ds.load_digits(), 0.2, 0)
+    torch.manual_seed(0)
+    model = build("mlp", train.input_shape, 10, [256])
+    radio = radioactive.create(_FixedSession(), {"fraction": 0.3, "epsilon": 0.3, "steps": 50,
+                                                 "marking_epochs": 5}, model, train)
+    features = radioactive._features(radio.marker)[0]
+    p = {}
+    for name, data in (("marked", radio.train), ("clean", train)):
+        torch.manual_seed(1)
+        head = torch.nn.Linear(256, 10)
+        opt = torch.optim.Adam(head.parameters(), lr=0.01)
+        x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+        with torch.no_grad():
+            phi = features(x)
+        for _ in range(300):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(head(phi), y).backward()
+            opt.step()
+        cos = radioactive.cosines(torch.nn.Sequential(*features, head), features, radio.carriers, test.x)
+        p[name] = scheme.combined_p_value(cos, 256)
+    assert p["marked"] < 1e-4 and p["clean"] > 1e-3, p

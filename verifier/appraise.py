@@ -101,7 +101,9 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None,
         checks.append(_dp_epsilon(dp, policy))
         checks.append(dp_check.check_delta(dp, claims["dataset"]["train"]["records"], policy))
         checks.append(dp_check.check_non_dp_records(dp, policy))
-        checks.append(dp_check.check_accounting(dp, claims["start"], policy))
+        checks.append(dp_check.check_accounting(
+            dp, claims["start"], policy,
+            radioactive=claims["defenses"].get("radioactive") is not None))
     checks.extend(distributed.checks(claims))
     watermark = claims["defenses"]["watermark"]
     if watermark is not None and watermark["scheme"] == "laminate-ewe-v1":

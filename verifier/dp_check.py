@@ -195,9 +195,10 @@ def check_non_dp_records(dp, policy):
                  f"{touched} training records touched without DP (bound {bound})")
 
 
-def check_accounting(dp, start: dict, policy):
+def check_accounting(dp, start: dict, policy, *, radioactive: bool = False):
     """`privacy_accounting`: tight only if nothing outside the DP phase shaped the model
-    (a random start, no non-DP phase); not tight warns, or fails under dp.require_tight."""
+    (a random start, no non-DP phase, no radioactive marks, whose marking network saw the
+    train split without DP); not tight warns, or fails under dp.require_tight."""
     from verifier.result import AFFIRMING, CONTRAINDICATED, WARNING, Check
 
     field = f"{FIELD}.privacy_accounting"
@@ -207,6 +208,9 @@ def check_accounting(dp, start: dict, policy):
                        "may have seen any record without DP")
     if dp["non_dp_records"]:
         outside.append(f"a non-DP phase touched {dp['non_dp_records']} training records")
+    if radioactive:
+        outside.append("radioactive marks were computed by a marking network trained without "
+                       "DP on the train split (claims.defenses.radioactive)")
     if dp["privacy_accounting"] == "tight":
         if outside:
             return Check("privacy_accounting", CONTRAINDICATED, field,
