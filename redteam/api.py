@@ -224,8 +224,9 @@ class Data:
 
 def _outcome(judged) -> dict:
     r = judged.ownership
-    return {"shown": judged.won, "matches": r.matches if r else 0,
-            "queries_to_decide": r.queries if r else 0, "p_value": r.p_value if r else 1.0}
+    return {"shown": judged.won, "flips": r.trigger_count if r else 0,
+            "matches": r.matches if r else 0, "queries_to_decide": r.queries if r else 0,
+            "p_value": r.p_value if r else 1.0}
 
 
 def evaluate(server, arbiter: Arbiter, data: Data, work: Path, *, grid, independents: int = 8,
@@ -258,7 +259,7 @@ def evaluate(server, arbiter: Arbiter, data: Data, work: Path, *, grid, independ
                         "reason": judged.reason, **_outcome(judged)})
         progress(f"rate {rate}: {count} {answer_kind} {kind} {arch} x{n_accounts}: accuracy "
                  f"{accuracy:.3f}, {thieves[-1]['matches']}/{thieves[-1]['queries_to_decide']} flips "
-                 f"matched, {'shown' if judged.won else 'not shown'}")
+                 f"matched, {'shown' if judged.won else 'not shown: ' + judged.reason[-160:]}")
     xi, yi = data.independent
     onehot = np.eye(server.d.classes)
     others = []
@@ -314,10 +315,13 @@ def plot(doc: dict, path: Path, classes: int) -> Path | None:
             ax.scatter([t["queries_to_decide"] for t in shown],
                        [t["matches"] / t["queries_to_decide"] for t in shown],
                        marker=marker, color=colour, alpha=0.6, label=label)
-        test = SequentialTest.create(max(most, 10), classes - 1, doc["alpha"])
-        n = np.arange(1, max(most, 10) + 1)
-        ax.plot(n, [min(test.thresholds[k], k) / k for k in n], color="black",
-                label=f"decision threshold (alpha {doc['alpha']:g})")
+        # The test's thresholds depend on how many flips the client has (its n_max): the
+        # curve is drawn for the largest, the strictest at every look.
+        flips = max([t.get("flips", 0) for g in groups.values() for t in g] + [most])
+        test = SequentialTest.create(flips, classes - 1, doc["alpha"])
+        n = np.arange(1, most + 1)
+        ax.plot(n, [test.thresholds[k] / k if test.thresholds[k] <= k else np.nan for k in n],
+                color="black", label=f"decision threshold (alpha {doc['alpha']:g}, {flips} flips)")
         ax.axhline(1 / (classes - 1), color="grey", linestyle="--", label="chance 1/(C-1)")
         ax.set_xscale("log")
         ax.set_xlabel("flips replayed")
