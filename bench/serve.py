@@ -171,6 +171,49 @@ def quartiles(values) -> tuple[float, float]:
     return q[0], q[2]
 
 
+def breakdown(rounds: int, per_round: int = 100) -> dict:
+    """CPU ms per batch of 32 of ``Server.answer`` (no JSON), plain and attested, and the
+    attested path with its log, its receipt signature, then also its receipt payload
+    replaced by stubs in turn (interleaved rounds, medians): where the extra cost goes."""
+    import numpy as np
+
+    import serving_kit as sk
+    from verifier import receipts_inference
+
+    class NoLog:
+        def append(self, client, inputs, leaves, record):
+            return 0, record(0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        served = sk.serve(Path(tmp), rate=RATE)
+        server, log, sign = served.server, served.server.log, served.server.signer.sign
+        payload = receipts_inference.receipt_payload
+        x = np.ascontiguousarray(sk.split()[2][0][:32])
+        stubs = {"plain": (), "attested": None, "no log": ("log",),
+                 "no log, no signature": ("log", "sign"),
+                 "no log, signature, payload": ("log", "sign", "payload")}
+        spent: dict = {name: [] for name in stubs}
+        try:
+            for _ in range(rounds):
+                for name, off in stubs.items():
+                    server.plain = name == "plain"
+                    off = off or ()
+                    server.log = NoLog() if "log" in off else log
+                    server.signer.sign = (lambda p: b"s" * 64) if "sign" in off else sign
+                    receipts_inference.receipt_payload = (
+                        (lambda **_: b"p" * 300) if "payload" in off else payload)
+                    started = time.process_time()
+                    for _ in range(per_round):
+                        server.answer("alice", x)
+                    log.flush()
+                    spent[name].append((time.process_time() - started) * 1000 / per_round)
+        finally:
+            server.log, server.signer.sign = log, sign
+            receipts_inference.receipt_payload = payload
+            log.close()
+    return {name: round(statistics.median(v), 3) for name, v in spent.items()}
+
+
 def process_cpu_seconds(pid):
     """User + system CPU seconds of a process (from /proc; None where there is none)."""
     try:
@@ -260,6 +303,7 @@ def main() -> int:
         "in_process": app_cells,
         "target_met_in_process": all(c["ratio"] >= TARGET for c in app_cells if c["batch"] == 32),
         "receipt_verification": receipt_rate(2 * seconds),
+        "cpu_ms_per_batch_of_32_in_process": breakdown(5 if args.quick else 15),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average": os.getloadavg(),
                     "note": "2 cores shared with other jobs: wall-clock rates are noisy; "
