@@ -7,7 +7,8 @@ the sequential test. `--quick` runs tiny sizes into redteam-quick.json/.md (not 
 `--api` runs the API thieves instead: DAWN at flip rates 0.01, 0.02, 0.05 against
 label-only and probability thieves, 1,000 and 10,000 queries, in-distribution and random
 inputs, same and other architectures, colluding accounts, every copy judged by the
-dispute rule (`bench/dawn.py`'s machinery); writes redteam-api.json/.md/.png.
+dispute rule (`redteam.api`, run by `bench/dawn.py`; `laminate redteam --api` runs the same
+grid against a quickstart model); writes redteam-api.json/.md/.png.
 Reproducible: the same `--seed` seeds torch, numpy, the simulator's randomness (so the
 victims' watermark seeds, which makes those victims unfit for release) and the accusers.
 """

@@ -63,3 +63,20 @@ def test_quick_api_red_team_shows_the_copies_and_no_independent(tmp_path, capsys
     assert 0.0 < rate["honest_accuracy_cost"] < 0.15
     assert (out / "redteam-api.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "rate 0.05: TPR 1.0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("shape", [[64], [1, 8, 8]])
+def test_copies_export_to_onnx_that_answers_like_the_copy(tmp_path, shape):
+    """A copy is judged through its ONNX file, fed inputs of the serving card's shape: the
+    file must answer what the copy answers (a non-flat input is flattened first)."""
+    import numpy as np
+
+    from redteam import api
+    from verifier.suspect import OnnxSuspect
+
+    _, (x, y), _ = sk.split()
+    for name, copy in (("rf", api.fit_arch("narrow", x, np.eye(10)[y], 0)),
+                       ("knn", api.fit_arch("knn", x[:200], np.eye(10)[y[:200]], 0))):
+        path = copy.export(tmp_path / f"{name}.onnx", shape)
+        answers = OnnxSuspect(path).predict(x[:50].reshape(-1, *shape))
+        assert (answers == copy.predict(x[:50])).all(), name
