@@ -155,6 +155,11 @@ def queries(pool: np.ndarray, kind: str, count: int, seed: int) -> np.ndarray:
     return np.concatenate(out)[:count].astype(np.float32)
 
 
+def shaped(server, rows):
+    """Rows of 64 values as the served model takes them (the serving card's input shape)."""
+    return np.asarray(rows, np.float32).reshape(len(rows), *server.d.card.statement["input_shape"])
+
+
 def extract(server, x, accounts, answer_kind: str, arch: str, seed: int):
     """Query through the accounts in batches of 100; train the copy on the answers."""
     classes = server.d.classes
@@ -162,7 +167,7 @@ def extract(server, x, accounts, answer_kind: str, arch: str, seed: int):
     targets = []
     try:
         for n, start in enumerate(range(0, len(x), 100)):
-            out = server.answer(accounts[n % len(accounts)], x[start:start + 100])
+            out = server.answer(accounts[n % len(accounts)], shaped(server, x[start:start + 100]))
             targets.append(np.asarray(out["probabilities"]) if answer_kind == "probabilities"
                            else np.eye(classes)[out["labels"]])
     finally:
@@ -237,10 +242,11 @@ def evaluate(server, arbiter: Arbiter, data: Data, work: Path, *, grid, independ
     from verifier.suspect import OnnxSuspect
 
     xt, yt = data.test
-    victim_accuracy = float((OnnxSuspect(victim).predict(xt) == yt).mean())
+    victim_accuracy = float((OnnxSuspect(victim).predict(shaped(server, xt)) == yt).mean())
     xh, yh = data.honest
-    served = [server.answer("honest", xh[i:i + 256])["labels"] for i in range(0, len(xh), 256)]
-    model_accuracy = float((OnnxSuspect(victim).predict(xh) == yh).mean())
+    served = [server.answer("honest", shaped(server, xh[i:i + 256]))["labels"]
+              for i in range(0, len(xh), 256)]
+    model_accuracy = float((OnnxSuspect(victim).predict(shaped(server, xh)) == yh).mean())
     served_accuracy = float((np.concatenate(served) == yh).mean())
     copies = []
     for i, (count, answer_kind, kind, arch, n_accounts) in enumerate(grid):
