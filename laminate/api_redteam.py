@@ -60,6 +60,8 @@ def parse_rates(text: str) -> list[float]:
         if not rate > 0:
             raise LaminateError(f"--rates: {part.strip()} is not a flip rate above 0")
         rates.append(dawn.check_rate(rate, "--rates"))
+    if len(set(rates)) != len(rates):
+        raise LaminateError(f"--rates: {text} names a rate twice")
     if not 1 <= len(rates) <= MAX_RATES:
         raise LaminateError(f"--rates: expected 1 to {MAX_RATES} rates, got {len(rates)}")
     return rates
@@ -112,6 +114,10 @@ def run(args) -> int:
     victim = check_victim(args.victim)
     rates = parse_rates(args.rates)
     out = make_out_dir(Path(args.out).resolve())
+    taken = [f"deployment-{rate}" for rate in rates if (out / f"deployment-{rate}").exists()]
+    if taken:
+        raise LaminateError(f"--out {out}: {', '.join(taken)} exists already (each run deploys "
+                            "afresh: choose a new --out)")
     policy = Policy.load(victim / "policy.yaml")
     data = digits_data()
     grid = api.QUICK_GRID if args.quick else api.FULL_GRID

@@ -25,7 +25,8 @@ def victim_folder(tmp_path):
     (["--victim", "{victim}", "--rates", "0.05,x"], "--rates: 'x' is not a number"),
     (["--victim", "{victim}", "--rates", "0"], "--rates: 0 is not a flip rate above 0"),
     (["--victim", "{victim}", "--rates", "0.6"], "--rates: flip rate must be between 0 and 0.5"),
-    (["--victim", "{victim}", "--rates", "0.01,0.01,0.01,0.01,0.01,0.01"], "expected 1 to 5 rates"),
+    (["--victim", "{victim}", "--rates", "0.01,0.02,0.03,0.04,0.05,0.06"], "expected 1 to 5 rates"),
+    (["--victim", "{victim}", "--rates", "0.01,0.01"], "--rates: 0.01,0.01 names a rate twice"),
 ])
 def test_bad_api_arguments_exit_2_naming_the_option(tmp_path, capsys, argv, message):
     victim = victim_folder(tmp_path) if "{victim}" in argv else None
@@ -33,6 +34,16 @@ def test_bad_api_arguments_exit_2_naming_the_option(tmp_path, capsys, argv, mess
     assert main(["redteam", "--api", "--out", str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_used_output_folder_is_refused_before_deploying(tmp_path, capsys):
+    victim = victim_folder(tmp_path)
+    (tmp_path / "out" / "deployment-0.05").mkdir(parents=True)
+    argv = ["redteam", "--api", "--victim", str(victim), "--rates", "0.05", "--out",
+            str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "deployment-0.05 exists already" in err and "Traceback" not in err
 
 
 def test_a_model_that_does_not_take_digits_is_refused(tmp_path, capsys):
