@@ -7,7 +7,8 @@ the sequential test. `--quick` runs tiny sizes into redteam-quick.json/.md (not 
 `--api` runs the API thieves instead: DAWN at flip rates 0.01, 0.02, 0.05 against
 label-only and probability thieves, 1,000 and 10,000 queries, in-distribution and random
 inputs, same and other architectures, colluding accounts, every copy judged by the
-dispute rule (`bench/dawn.py`'s machinery); writes redteam-api.json/.md/.png.
+dispute rule (`redteam.api`, run by `bench/dawn.py`; `laminate redteam --api` runs the same
+grid against a quickstart model); writes redteam-api.json/.md/.png.
 Reproducible: the same `--seed` seeds torch, numpy, the simulator's randomness (so the
 victims' watermark seeds, which makes those victims unfit for release) and the accusers.
 """
@@ -90,40 +91,11 @@ def api_thieves(results: Path, *, quick: bool, source: Path | None = None) -> in
     (results / f"{name}.md").write_text("# API thieves against DAWN (dispute rule, alpha "
                                         f"{doc['alpha']})\n\n" + "\n".join(summary) + "\n\n"
                                         + "\n".join(rows) + "\n")
-    plot_api(doc, results / f"{name}.png")
+    from redteam import api
+
+    api.plot(doc, results / f"{name}.png", classes=10)
     print("\n".join(summary))
     return 0
-
-
-def plot_api(doc, path: Path) -> None:
-    """Match rate of every judged model on the replayed flips, against chance 1/(C-1)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no PNG (pip install -e '.[train]')")
-        return
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for r in doc["rates"]:
-        groups = {"copies (keep 90%)": [t for t in r["thieves"] if t["keeps_90pct"]],
-                  "other thieves": [t for t in r["thieves"] if not t["keeps_90pct"]],
-                  "independent": r.get("independents", []),
-                  "honest clients' models": r["honest_client_models"]}
-        for g, ((label, items), marker) in enumerate(zip(groups.items(), "o^sx")):
-            rates = [t["matches"] / t["queries_to_decide" if "queries_to_decide" in t else "queries"]
-                     for t in items if t.get("queries_to_decide", t.get("queries"))]
-            ax.scatter([r["rate"] + 0.002 * (g - 1.5)] * len(rates), rates, marker=marker,
-                       alpha=0.6, color=f"C{g}",
-                       label=label if r is doc["rates"][0] else None)
-    ax.axhline(1 / 9, color="grey", linestyle="--", label="chance 1/(C-1)")
-    ax.set_xlabel("flip rate")
-    ax.set_ylabel("flips matched / flips replayed")
-    ax.set_title("DAWN: copies match the flips, independent models do not")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,12 @@ onnxruntime behind the same FastAPI app, over loopback HTTP (uvicorn in a child 
 Requests/s at batch 1 and 32 with 1 and 8 concurrent clients; the target is that the
 attested server keeps at least 0.8x of the plain one at batch 32. Also the offline
 receipt verification rate (one batch-32 receipt checked against an appraised serving card).
+Each cell alternates short windows of the two servers in ABBA order; its ratio is the
+median of the per-round ratios (quartiles beside it, since the machine is shared), and
+the server's CPU per request is the second, steadier figure.
 
-    python bench/serve.py            # 4 s per cell
-    python bench/serve.py --quick    # 1 s per cell
+    python bench/serve.py            # 12 rounds of 1 s windows per cell
+    python bench/serve.py --quick    # 4 rounds of 0.5 s
 """
 from __future__ import annotations
 
@@ -144,7 +147,7 @@ def in_process(rounds: int, per_round: int) -> list:
                       for i in range(0, len(pool) - batch, batch)]
             spent = {True: [], False: []}
             for r in range(rounds):
-                for plain in (True, False):
+                for plain in ((True, False) if r % 2 == 0 else (False, True)):
                     server.plain = plain
                     started = time.process_time()
                     for n in range(per_round):
@@ -153,11 +156,62 @@ def in_process(rounds: int, per_round: int) -> list:
                     server.log.flush()
                     spent[plain].append((time.process_time() - started) * 1000 / per_round)
             plain_ms, attested_ms = statistics.median(spent[True]), statistics.median(spent[False])
+            ratios = [p / a for p, a in zip(spent[True], spent[False])]
             cells.append({"batch": batch, "plain_cpu_ms": round(plain_ms, 3),
                           "attested_cpu_ms": round(attested_ms, 3),
-                          "ratio": round(plain_ms / attested_ms, 3)})
+                          "ratio": round(statistics.median(ratios), 3),
+                          "ratio_quartiles": [round(q, 3) for q in quartiles(ratios)]})
             print(json.dumps(cells[-1]), flush=True)
     return cells
+
+
+def quartiles(values) -> tuple[float, float]:
+    """First and third quartile: how far the round-by-round ratios spread."""
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return q[0], q[2]
+
+
+def breakdown(rounds: int, per_round: int = 100) -> dict:
+    """CPU ms per batch of 32 of ``Server.answer`` (no JSON), plain and attested, and the
+    attested path with its log, its receipt signature, then also its receipt payload
+    replaced by stubs in turn (interleaved rounds, medians): where the extra cost goes."""
+    import numpy as np
+
+    import serving_kit as sk
+    from verifier import receipts_inference
+
+    class NoLog:
+        def append(self, client, inputs, leaves, record):
+            return 0, record(0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        served = sk.serve(Path(tmp), rate=RATE)
+        server, log, sign = served.server, served.server.log, served.server.signer.sign
+        payload = receipts_inference.receipt_payload
+        x = np.ascontiguousarray(sk.split()[2][0][:32])
+        stubs = {"plain": (), "attested": None, "no log": ("log",),
+                 "no log, no signature": ("log", "sign"),
+                 "no log, signature, payload": ("log", "sign", "payload")}
+        spent: dict = {name: [] for name in stubs}
+        try:
+            for _ in range(rounds):
+                for name, off in stubs.items():
+                    server.plain = name == "plain"
+                    off = off or ()
+                    server.log = NoLog() if "log" in off else log
+                    server.signer.sign = (lambda p: b"s" * 64) if "sign" in off else sign
+                    receipts_inference.receipt_payload = (
+                        (lambda **_: b"p" * 300) if "payload" in off else payload)
+                    started = time.process_time()
+                    for _ in range(per_round):
+                        server.answer("alice", x)
+                    log.flush()
+                    spent[name].append((time.process_time() - started) * 1000 / per_round)
+        finally:
+            server.log, server.signer.sign = log, sign
+            receipts_inference.receipt_payload = payload
+            log.close()
+    return {name: round(statistics.median(v), 3) for name, v in spent.items()}
 
 
 def process_cpu_seconds(pid):
@@ -173,9 +227,12 @@ def measure(servers, bodies, batch, clients, seconds, rounds):
     """Interleaved windows, plain then attested, ``rounds`` times: the shared machine's
     load drifts, so each round's ratio compares windows seconds apart. Also the server
     process's CPU per request, which the other jobs on the machine disturb much less."""
-    runs = {mode: [] for mode in servers}
-    for _ in range(rounds):
-        for mode, (proc, port) in servers.items():
+    runs: dict = {mode: [] for mode in servers}
+    for r in range(rounds):
+        # Alternate which server goes first (ABBA): a drift in the machine's load then
+        # favours neither side on average.
+        for mode in (list(servers) if r % 2 == 0 else list(servers)[::-1]):
+            proc, port = servers[mode]
             cpu = process_cpu_seconds(proc.pid)
             started = time.perf_counter()
             rps = load(port, bodies[batch], clients, seconds)
@@ -193,6 +250,7 @@ def measure(servers, bodies, batch, clients, seconds, rounds):
     cpu = cells["plain"]["server_cpu_ms_per_request"], cells["attested"]["server_cpu_ms_per_request"]
     return {"batch": batch, "clients": clients, **{m: c for m, c in cells.items()},
             "throughput_ratio": round(statistics.median(ratios), 3),
+            "throughput_ratio_quartiles": [round(q, 3) for q in quartiles(ratios)],
             "throughput_ratio_rounds": [round(r, 3) for r in ratios],
             "cpu_ratio": round(cpu[0] / cpu[1], 3) if None not in cpu else None}
 
@@ -210,7 +268,7 @@ def main() -> int:
 
     import serving_kit as sk
 
-    seconds, rounds = (0.5, 3) if args.quick else (1.0, 7)
+    seconds, rounds = (0.5, 4) if args.quick else (1.0, 12)
     _, (x, _), (xq, _) = sk.split()
     pool = np.concatenate([x, xq])
     bodies = {b: [json.dumps({"inputs": pool[i:i + b].tolist()}).encode()
@@ -245,6 +303,7 @@ def main() -> int:
         "in_process": app_cells,
         "target_met_in_process": all(c["ratio"] >= TARGET for c in app_cells if c["batch"] == 32),
         "receipt_verification": receipt_rate(2 * seconds),
+        "cpu_ms_per_batch_of_32_in_process": breakdown(5 if args.quick else 15),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average": os.getloadavg(),
                     "note": "2 cores shared with other jobs: wall-clock rates are noisy; "

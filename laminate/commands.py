@@ -1,5 +1,5 @@
 """Registers the subcommands that combine rooms: quickstart, redteam, tpm, and the service's."""
-from laminate import quickstart, tpm_commands
+from laminate import api_redteam, quickstart, tpm_commands
 from redteam import run as redteam
 from registry import cli as registry_cli
 from serving import cli as serving_cli
@@ -9,6 +9,7 @@ from verifier import cli_inference, exports
 def register(sub) -> None:
     quickstart.register(sub)
     redteam.register(sub)
+    api_redteam.extend(sub)
     tpm_commands.register(sub)
     exports.register(sub)
 

@@ -122,19 +122,19 @@ class Server:
                 out["probabilities"] = probabilities.tolist()
             return out
         canonical = dawn.canonical_inputs(x)
-        digests = [hashlib.sha256(c).digest() for c in canonical]
+        sha256 = hashlib.sha256
+        digests = [sha256(c).digest() for c in canonical]
         decided = dawn.answers(self.key, self.d.rate, canonical, labels.tolist(), self.d.classes)
-        served, leaves = [], []
-        for i, (label, flipped) in enumerate(decided):
-            probs = None
-            if probabilities is not None:
+        served = [(label, None) for label, _ in decided]
+        if probabilities is not None:
+            for i, (label, flipped) in enumerate(decided):
                 probs = probabilities[i]
                 if flipped:  # the wrong label takes the top probability: swap the two
                     probs = probs.copy()
                     probs[[label, labels[i]]] = probs[[labels[i], label]]
-                probs = probs.tolist()
-            served.append((label, probs))
-            leaves.append(receipts_inference.leaf(digests[i], label, probs))
+                served[i] = (label, probs.tolist())
+        leaves = [receipts_inference.leaf(d, label, probs)
+                  for d, (label, probs) in zip(digests, served)]
         hashes = [merkle.leaf_hash(item) for item in leaves]
 
         def record(first: int) -> bytes:   # the log assigns the index, the receipt names it

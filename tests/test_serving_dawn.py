@@ -1,6 +1,7 @@
 """DAWN: stable keyed flips, exactly uniform wrong labels, and ownership of an extracted copy."""
 import collections
 import hashlib
+import hmac
 import json
 
 import numpy as np
@@ -28,6 +29,20 @@ def test_the_flip_rate_is_the_committed_rate():
     flips = sum(dawn.flipped(KEY, i.to_bytes(4, "big"), 0.05) for i in range(20000))
     assert abs(flips / 20000 - 0.05) < 0.006      # sd 0.0015
     assert not any(dawn.flipped(KEY, i.to_bytes(4, "big"), 0.0) for i in range(1000))
+
+
+@pytest.mark.parametrize("key_bytes", [1, 32, 64, 65, 100])
+def test_the_flip_decision_is_the_standard_hmac_of_the_input(key_bytes):
+    """The server's precomputed HMAC pads must give HMAC-SHA256(key, "flip" || input)
+    itself (RFC 2104), for keys shorter, equal to and longer than the block: an arbiter
+    with only the standard library replays the same flips."""
+    key = hashlib.sha256(bytes([key_bytes])).digest() * 4
+    key = key[:key_bytes]
+    for n in range(0, 600, 7):
+        canonical = bytes(range(256)) * 3
+        canonical = canonical[:n]
+        reference = hmac.digest(key, b"flip\x00" + canonical, "sha256")[:8]
+        assert dawn._flip_value(dawn._flip_pads(key), canonical) == reference, (key_bytes, n)
 
 
 def test_one_input_has_one_canonical_form():
