@@ -204,3 +204,30 @@ def test_notebook_layout_pools_consecutive_records_into_one_row():
     assert rows.shape == (60, 6)
     assert list(rows[0]) == [0, 10, 20, 30, 40, 50], "row 0: column 0 of records 0..5"
     assert list(rows[-1]) == [10 * r + 5 for r in range(54, 60)], "last row: last column"
+
+
+def test_regressor_steps_match_the_authors_torch_loop():
+    """Five full-batch SGD steps on -mean((2y - 1) * tanh-MLP(x)), as the authors' notebook
+    runs them in torch, land on the same weights as the numpy fit."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    private, public = rng.normal(0, 1, (30, 6)), rng.normal(0.3, 1, (30, 6))
+    start = di.fit(private, public, epochs=0, seed=9)
+    ours = di.fit(private, public, epochs=5, seed=9)
+    lin1, lin2 = torch.nn.Linear(6, 100).double(), torch.nn.Linear(100, 1).double()
+    with torch.no_grad():
+        lin1.weight.copy_(torch.from_numpy(start.w1.T))
+        lin1.bias.copy_(torch.from_numpy(start.b1))
+        lin2.weight.copy_(torch.from_numpy(start.w2[None, :]))
+        lin2.bias.fill_(start.b2)
+    model = torch.nn.Sequential(lin1, torch.nn.ReLU(), lin2, torch.nn.Tanh())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.from_numpy(start._z(np.vstack([private, public])))
+    y = torch.cat([torch.zeros(30), torch.ones(30)]).double()
+    for _ in range(5):
+        opt.zero_grad()
+        (-((2 * y - 1) * model(x).squeeze(-1)).mean()).backward()
+        opt.step()
+    assert np.allclose(lin1.weight.detach().numpy().T, ours.w1, atol=1e-12), "first layer differs"
+    assert np.allclose(lin2.weight.detach().numpy()[0], ours.w2, atol=1e-12), "second layer differs"
+    assert lin2.bias.item() == pytest.approx(ours.b2, abs=1e-12)
