@@ -347,13 +347,10 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
             from attest.defenses.dp import dp_note
 
             split = bool(mark and mark.schedule == "split")
+            is_ewe = mark is not None and mark.claim()["scheme"] in EWE_SCHEMES
             note = dp_note(opacus_version=opacus.__version__, watermark=mark.schedule if mark else None,
                            split_records=trainer.split_records, split_epochs=mark.split_epochs if split else 0,
-                           start=start_claim["kind"])
-            is_ewe = mark is not None and mark.claim()["scheme"] in EWE_SCHEMES
-            if is_ewe:
-                note += (" EWE: the stamped copies of the watermark records are extra samples of "
-                         "those records, so their privacy is that of a group (record plus copies).")
+                           start=start_claim["kind"], ewe_records=len(mark.y) if is_ewe else 0)
             dp_claim = trainer.dp.claim(tight=not split and start_claim["kind"] == "random"
                                         and not is_ewe, note=note,
                                         non_dp_records=trainer.split_records)
