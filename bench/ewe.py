@@ -242,17 +242,21 @@ def plot(report, path):
 
 def combine(parts: list) -> dict:
     """One report from partial ones: per dataset, the schemes of every part (a later part
-    wins a scheme both ran); the baseline and sizes of the first part naming the dataset."""
+    wins a scheme both ran, keeping an earlier part's DP rows when it has none), each
+    scheme with the sizes of the run that measured it; the baseline of the first part
+    naming the dataset."""
     report = {k: parts[0][k] for k in ("alpha", "retain", "sizes")}
     report["datasets"] = {}
     for part in parts:
         for d, r in part["datasets"].items():
             into = report["datasets"].setdefault(d, {**r, "schemes": {}})
             into.pop("ewe_dp", None)
-            into["schemes"].update(r["schemes"])
+            for name, row in r["schemes"].items():
+                old = into["schemes"].get(name, {})
+                into["schemes"][name] = {**({"dp": old["dp"]} if "dp" in old else {}),
+                                         "sizes": row.get("sizes", part["sizes"]), **row}
             if "ewe_dp" in r:
                 into["schemes"]["ewe"]["dp"] = r["ewe_dp"]
-            into.setdefault("sizes", part["sizes"])
     return report
 
 
