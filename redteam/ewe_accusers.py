@@ -58,14 +58,18 @@ def _corner(params: dict, k: int) -> list:
     return [k % (edge[0] + 1), (3 * k) % (edge[1] + 1)]
 
 
+def _records(params: dict, x_pool, y_pool, seed: bytes) -> np.ndarray:
+    """The accuser's records for ``seed``: per key, per_key of its own of the source class."""
+    sources, _, _ = ewe.derive(seed, params)
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed).digest()[:8], "little"))
+    return np.concatenate([_pick(x_pool, y_pool, s, params["per_key"], rng) for s in sources])
+
+
 def invented(params: dict, x_pool, y_pool, rand, seed: bytes | None = None) -> Presented:
     """A made-up opening: the accuser's seed, its own records, arbitrary positions."""
     seed = seed if seed is not None else rand(32)
-    sources, _, _ = ewe.derive(seed, params)
-    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed).digest()[:8], "little"))
-    records = np.concatenate([_pick(x_pool, y_pool, s, params["per_key"], rng) for s in sources])
-    return opening_from(seed, params, [_corner(params, k) for k in range(len(sources))],
-                        records, rand)
+    return opening_from(seed, params, [_corner(params, k) for k in range(params["keys"])],
+                        _records(params, x_pool, y_pool, seed), rand)
 
 
 def wrong_opening(card: bytes, params: dict, x_pool, y_pool, rand) -> Claim:
@@ -77,15 +81,18 @@ def wrong_opening(card: bytes, params: dict, x_pool, y_pool, rand) -> Claim:
 def ground_seed(suspect, params: dict, card: bytes, x_pool, y_pool, tries: int, rand) -> Claim:
     """Grinds ``tries`` seeds for the one whose targets the suspect answers most often on
     the stamped records, then reveals it against a genuine early card."""
-    best, best_hits = None, -1
+    best_seed, best_hits = b"", -1
+    m = params["per_key"]
     for i in range(tries):
         seed = hashlib.sha256(b"grind" + i.to_bytes(8, "big") + rand(8)).digest()
-        o = invented(params, x_pool, y_pool, rand, seed)
-        x, y = o.triggers()
-        hits = int((np.asarray(suspect.predict(np.asarray(x, np.float32))) == y).sum())
+        _, targets, patterns = ewe.derive(seed, params)
+        records = _records(params, x_pool, y_pool, seed)
+        x = np.concatenate([ewe.stamp(records[k * m:(k + 1) * m], patterns[k], _corner(params, k))
+                            for k in range(params["keys"])])
+        hits = int((np.asarray(suspect.predict(x.astype(np.float32))) == np.repeat(targets, m)).sum())
         if hits > best_hits:
-            best, best_hits = o, hits
-    assert best is not None
+            best_seed, best_hits = seed, hits
+    best = invented(params, x_pool, y_pool, rand, best_seed)
     return Claim("seed-grinding", f"best of {tries} ground EWE seeds ({best_hits}/"
                  f"{params['keys'] * params['per_key']} targets hit) on someone else's card",
                  card, best._opening, best)

@@ -272,8 +272,10 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
         else:
             claims = [
                 ewe_acc.wrong_opening(card, params, xp, yp, rand),
-                ewe_acc.ground_seed(suspect, params, card, xp, yp, sizes.grind_tries, rand),
-                ewe_acc.chosen_records(suspect, params, xp, yp, log, rand),
+                # each search its own evaluation (one suspect's deadline bounds one search)
+                ewe_acc.ground_seed(OnnxSuspect(path), params, card, xp, yp, sizes.grind_tries,
+                                    rand),
+                ewe_acc.chosen_records(OnnxSuspect(path), params, xp, yp, log, rand),
                 ewe_acc.adversarial(surrogate_models, params, xp, yp, log, eps=0.25,
                                     steps=sizes.pgd_steps, rand=rand),
             ]
