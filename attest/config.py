@@ -144,7 +144,7 @@ _SCHEMA = {
     },
     "watermark": {
         "enabled": ("bool", False),
-        "scheme": (("choice", ("trigger", "ewe")), "trigger"),
+        "scheme": (("choice", ("trigger", "ewe", "margin")), "trigger"),
         "trigger_count": ("int", 100),
         "schedule": (("choice", ("joint", "split")), "joint"),
         "split_epochs": ("int", 10),

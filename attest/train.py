@@ -24,6 +24,7 @@ from attest.config import TrainConfig, from_dict, load_config
 from attest.defenses import watermark as wm
 from cards import keys
 from cards.errors import LaminateError
+from cards.ewe import SCHEMES as EWE_SCHEMES
 from cards.files import write_atomic
 
 OPENING_NAME = "watermark.opening"
@@ -320,13 +321,13 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
         mark = None
         if config["watermark"]["enabled"]:
             w = config["watermark"]
-            if w["scheme"] == "ewe":
+            if w["scheme"] in ("ewe", "margin"):
                 from attest.defenses import ewe
 
                 mark = ewe.create(session, model, train_set, trigger_count=w["trigger_count"],
                                   classes=classes, schedule=w["schedule"], weight=w["weight"],
                                   split_epochs=w["split_epochs"], lr=config["training"]["lr"],
-                                  seed=config["training"]["seed"])
+                                  seed=config["training"]["seed"], margin=w["scheme"] == "margin")
             else:
                 mark = wm.create(session, trigger_count=w["trigger_count"], classes=classes,
                                  input_shape=train_set.input_shape, schedule=w["schedule"],
@@ -351,13 +352,10 @@ def train(model: nn.Module, train_data, test_data, config, *, out_dir, backend=N
             from attest.defenses.dp import dp_note
 
             split = bool(mark and mark.schedule == "split")
+            is_ewe = mark is not None and mark.claim()["scheme"] in EWE_SCHEMES
             note = dp_note(opacus_version=opacus.__version__, watermark=mark.schedule if mark else None,
                            split_records=trainer.split_records, split_epochs=mark.split_epochs if split else 0,
-                           start=start_claim["kind"])
-            is_ewe = mark is not None and mark.claim()["scheme"] == "laminate-ewe-v1"
-            if is_ewe:
-                note += (" EWE: the stamped copies of the watermark records are extra samples of "
-                         "those records, so their privacy is that of a group (record plus copies).")
+                           start=start_claim["kind"], ewe_records=len(mark.y) if is_ewe else 0)
             if radio is not None:
                 note += (" Radioactive data: the marks come from a marking network trained without "
                          "DP on the train split, which this epsilon does not cover.")

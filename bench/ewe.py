@@ -1,13 +1,15 @@
-"""Trigger set against EWE, side by side: who is shown, who is not, what it costs.
+"""Trigger set, EWE and margin-trained EWE side by side: who is shown, what it costs.
 
 Per dataset (digits; the 5,000 MNIST digits) and per scheme, trains a victim through
 the attested wrapper (simulator), a no-watermark baseline, stolen copies (Knockoff
 extraction with in-distribution and out-of-distribution queries at 1,000 and 10,000
-queries into the same and another architecture, extraction then fine-tuning or pruning,
-pruning of idle neurons, fine-pruning, Neural Cleanse) and independent models on
+queries into the same and another architecture, Tramèr et al.'s label-only adaptive
+retraining and equation solving from probabilities, extraction then fine-tuning or
+pruning, pruning of idle neurons, fine-pruning, Neural Cleanse) and independent models on
 disjoint records, and runs each scheme's ownership test at alpha 1e-6. A stolen copy
 counts for the TPR when it keeps >= 90% of the victim's accuracy. Writes
-bench/results/ewe.json and ewe.png (match rate against the decision threshold).
+bench/results/ewe.json and ewe.png (match rate against the decision threshold);
+``--schemes`` and ``--name`` run parts in separate processes, ``--combine`` joins them.
 Suspects are queried as torch modules (the labels an ONNX export would give).
 """
 from __future__ import annotations
@@ -24,10 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from redteam import suspects as sus  # noqa: E402
 from redteam import thieves as th  # noqa: E402
 
 ALPHA = 1e-6
 RETAIN = 0.9
+SCHEMES = ("trigger", "ewe", "margin")
 
 
 class Suspect:
@@ -100,7 +104,13 @@ def suspects(victim_model, own, test, shape, s):
                 m = th.knockoff(vp, own[0], budget=budget, kind=kind, arch=arch, shape=shape,
                                 classes=10, epochs=s["epochs"], seed=budget + len(arch))
                 out.append((f"knockoff-{kind}-{budget}-{arch}", m))
-    base = dict(out)[f"knockoff-in-{s['budgets'][0]}-mlp"]
+    first = s["budgets"][0]
+    adaptive = sus.extract_labels(sus.LabelApi(Suspect(victim_model)), own[0], budget=first, arch="mlp", epochs=s["epochs"], seed=21)
+    out.append((f"adaptive-{first}-mlp", adaptive.model))
+    solved = sus.solve_equations(lambda x: sus.probabilities(victim_model, x), own[0], budget=first,
+                                 seed=22, shape=shape)
+    out.append((f"equation-solving-{first}", solved.model))
+    base = dict(out)[f"knockoff-in-{first}-mlp"]
     out.append(("knockoff+finetune", th.fit(th.copy.deepcopy(base), *own, epochs=3, seed=5, lr=1e-3)))
     out.append(("knockoff+prune-30", th.magnitude_prune(base, 0.3)))
     out.append(("prune-idle-50", th.prune_idle(victim_model, own[0], 0.5)))
@@ -110,12 +120,14 @@ def suspects(victim_model, own, test, shape, s):
     return out
 
 
-def run_dataset(name, s, tmp):
+def run_dataset(name, s, tmp, schemes=SCHEMES):
     victim, pool, test = partition(name)
     shape = victim[0].shape[1:]
     half = len(pool[0]) // 2
     own = (pool[0][:half], pool[1][:half])          # the thief's records
     indep_data = (pool[0][half:], pool[1][half:])   # independent developers' records
+    if s.get("dp_only"):
+        return {"schemes": {}, "ewe_dp": dp_victims(victim, test, own, shape, s, tmp)}
     _, base, _ = train_victim(victim, test, None, s["victim_epochs"], None, tmp, 0)
     result = {"baseline_accuracy": base.claims["evaluation"]["accuracy"], "schemes": {}}
     independents = []
@@ -123,7 +135,7 @@ def run_dataset(name, s, tmp):
         arch = ("mlp", "cnn", "mlp-deep")[i % 3]
         independents.append(th.fit(th.fresh(arch, shape, 10, 100 + i), *indep_data,
                                    epochs=s["epochs"], seed=100 + i))
-    for scheme in ("trigger", "ewe"):
+    for scheme in schemes:
         t0 = time.monotonic()
         claim, r, opening = train_victim(victim, test, scheme, s["victim_epochs"], None, tmp, 0)
         from attest.train import _onnx_predictor
@@ -149,19 +161,30 @@ def run_dataset(name, s, tmp):
             "fpr": sum(x["shown"] for x in ind) / max(1, len(ind)), "independent_count": len(ind),
             "seconds": time.monotonic() - t0}
         if scheme == "ewe" and s["dp"]:
-            result["schemes"]["ewe"]["dp"] = {}
-            for sched in ("joint", "split"):
-                c2, r2, o2 = train_victim(victim, test, "ewe", s["victim_epochs"], sched, tmp, 0)
-                m2 = _torch_from_onnx_run(r2, shape)
-                ko = th.knockoff(lambda x, m=m2: th.predict(m, x), own[0], budget=1000, kind="in", arch="mlp",
-                                 shape=shape, classes=10, epochs=s["epochs"], seed=11)
-                result["schemes"]["ewe"]["dp"][sched] = {
-                    "accuracy": r2.claims["evaluation"]["accuracy"],
-                    "watermark_accuracy": r2.claims["evaluation"]["watermark_accuracy"],
-                    "epsilon": r2.claims["defenses"]["dp"]["epsilon"],
-                    "privacy_accounting": r2.claims["defenses"]["dp"]["privacy_accounting"],
-                    "victim_shown": verdict(o2, c2, m2)[0], "knockoff_1000": verdict(o2, c2, ko)[:2]}
+            result["schemes"]["ewe"]["dp"] = dp_victims(victim, test, own, shape, s, tmp)
     return result
+
+
+def dp_victims(victim, test, own, shape, s, tmp) -> dict:
+    """EWE under DP-SGD (epsilon 3), joint and split: the victim, its card's privacy
+    accounting, and whether it and a 1,000-query extraction copy are shown."""
+    out = {}
+    for sched in ("joint", "split"):
+        t0 = time.monotonic()
+        c2, r2, o2 = train_victim(victim, test, "ewe", s["victim_epochs"], sched, tmp, 0)
+        m2 = _torch_from_onnx_run(r2, shape)
+        ko = th.knockoff(lambda x, m=m2: th.predict(m, x), own[0], budget=1000, kind="in", arch="mlp",
+                         shape=shape, classes=10, epochs=s["epochs"], seed=11)
+        out[sched] = {
+            "accuracy": r2.claims["evaluation"]["accuracy"],
+            "watermark_accuracy": r2.claims["evaluation"]["watermark_accuracy"],
+            "epsilon": r2.claims["defenses"]["dp"]["epsilon"],
+            "privacy_accounting": r2.claims["defenses"]["dp"]["privacy_accounting"],
+            "dp_note": r2.claims["defenses"]["dp"].get("note"),
+            "victim_shown": verdict(o2, c2, m2)[0], "knockoff_1000": verdict(o2, c2, ko)[:2],
+            "knockoff_1000_accuracy": float(np.mean(th.predict(ko, test[0]) == test[1])),
+            "seconds": time.monotonic() - t0}
+    return out
 
 
 def _torch_from_onnx_run(r, shape):
@@ -183,7 +206,7 @@ def _torch_from_onnx_run(r, shape):
 def _least_rate(scheme: str) -> float:
     from verifier import binomial, ewe_null
 
-    if scheme == "ewe":
+    if scheme != "trigger":
         return (ewe_null.keys_needed(10, 10, ALPHA) or 10) / 100
     return binomial.SequentialTest.create(100, 10, ALPHA).thresholds[100] / 100
 
@@ -194,12 +217,16 @@ def plot(report, path):
     import matplotlib.pyplot as plt
 
     names = list(report["datasets"])
-    fig, axes = plt.subplots(len(names), 2, figsize=(10, 4 * len(names)), squeeze=False)
+    fig, axes = plt.subplots(len(names), len(SCHEMES), figsize=(5 * len(SCHEMES), 4 * len(names)),
+                             squeeze=False)
     grid = np.linspace(0, 1, 101)
     for i, d in enumerate(names):
-        for j, scheme in enumerate(("trigger", "ewe")):
-            r = report["datasets"][d]["schemes"][scheme]
+        for j, scheme in enumerate(SCHEMES):
+            r = report["datasets"][d]["schemes"].get(scheme)
             ax = axes[i][j]
+            if r is None:
+                ax.set_title(f"{d} / {scheme}: not run")
+                continue
             stolen = [x["match_rate"] for x in r["suspects"] if x["counts"]]
             ind = [x["match_rate"] for x in r["independents"]]
             ax.plot(grid, [np.mean([v >= g for v in stolen]) for g in grid], label="stolen (>=90% acc)")
@@ -213,29 +240,65 @@ def plot(report, path):
     fig.savefig(path, dpi=80)
 
 
+def combine(parts: list) -> dict:
+    """One report from partial ones: per dataset, the schemes of every part (a later part
+    wins a scheme both ran, keeping an earlier part's DP rows when it has none), each
+    scheme with the sizes of the run that measured it; the baseline of the first part
+    naming the dataset."""
+    report = {k: parts[0][k] for k in ("alpha", "retain", "sizes")}
+    report["datasets"] = {}
+    for part in parts:
+        for d, r in part["datasets"].items():
+            into = report["datasets"].setdefault(d, {**r, "schemes": {}})
+            into.pop("ewe_dp", None)
+            for name, row in r["schemes"].items():
+                old = into["schemes"].get(name, {})
+                into["schemes"][name] = {**({"dp": old["dp"]} if "dp" in old else {}),
+                                         "sizes": row.get("sizes", part["sizes"]), **row}
+            if "ewe_dp" in r:
+                into["schemes"]["ewe"]["dp"] = r["ewe_dp"]
+    return report
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
     ap.add_argument("--datasets", default="digits,mnist-5k")
     ap.add_argument("--no-dp", action="store_true", help="skip the DP-SGD victims")
+    ap.add_argument("--dp-only", action="store_true",
+                    help="only the EWE victims under DP-SGD (joint, split), for --combine")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--epochs", type=int, default=None, help="victim and thief epochs (default 15)")
     ap.add_argument("--name", default=None, help="result file name (default ewe, ewe-quick)")
+    ap.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated from "
+                    f"{', '.join(SCHEMES)} (default: all)")
+    ap.add_argument("--combine", default=None, metavar="A.json,B.json",
+                    help="join partial result files (per dataset, per scheme) into --name, no training")
     a = ap.parse_args(argv)
+    out = Path(a.out)
+    name = a.name or ("ewe-quick" if a.quick else "ewe")
+    if a.combine:
+        report = combine([json.loads(Path(p).read_text()) for p in a.combine.split(",")])
+        (out / f"{name}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+        plot(report, out / f"{name}.png")
+        print(f"wrote {out / name}.json and .png")
+        return 0
+    schemes = [x for x in a.schemes.split(",") if x]
+    if not schemes or any(x not in SCHEMES for x in schemes):
+        ap.error(f"--schemes: choose from {', '.join(SCHEMES)}")
     s = ({"victim_epochs": 3, "epochs": 3, "independents": 3, "budgets": [200], "nc_steps": 10, "dp": False}
          if a.quick else {"victim_epochs": 15, "epochs": 15, "independents": 24, "budgets": [1000, 10000],
                           "nc_steps": 60, "dp": not a.no_dp})
     if a.epochs:
         s.update(victim_epochs=a.epochs, epochs=a.epochs)
+    s["dp_only"] = a.dp_only
     torch.set_num_threads(1)
     report = {"alpha": ALPHA, "retain": RETAIN, "sizes": s, "datasets": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for d in a.datasets.split(","):
-            report["datasets"][d] = run_dataset(d, s, Path(tmp))
+            report["datasets"][d] = run_dataset(d, s, Path(tmp), schemes)
             print(d, json.dumps({k: {kk: v[kk] for kk in ("tpr", "fpr", "victim_accuracy", "accuracy_cost_points")}
                                  for k, v in report["datasets"][d]["schemes"].items()}), flush=True)
-    out = Path(a.out)
-    name = a.name or ("ewe-quick" if a.quick else "ewe")
     (out / f"{name}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     plot(report, out / f"{name}.png")
     print(f"wrote {out / name}.json and .png")

@@ -29,6 +29,11 @@ from .errors import CardFormatError, LaminateError
 from .files import write_atomic
 
 SCHEME = "laminate-ewe-v1"
+# The margin-trained variant (Kim et al., "Margin-based Neural Network Watermarking"):
+# the same keys, opening and null; only the training of the watermark inputs differs,
+# and the scheme name inside the committed parameters says which one was run.
+MARGIN_SCHEME = "laminate-ewe-margin-v1"
+SCHEMES = (SCHEME, MARGIN_SCHEME)
 OPENING_FORMAT = "laminate-ewe-opening/1"
 SEED_BYTES = SALT_BYTES = 32
 MAX_KEYS = 64
@@ -40,9 +45,9 @@ MAX_OPENING_BYTES = 128 << 20   # base64 of MAX_ELEMENTS float32 plus proofs
 
 
 def make_parameters(keys: int, per_key: int, classes: int, input_shape, value_range,
-                    patch: int) -> dict:
+                    patch: int, scheme: str = SCHEME) -> dict:
     """The parameters map the commitment hashes; raises CardFormatError when out of range."""
-    params = {"scheme": SCHEME, "keys": operator.index(keys),
+    params = {"scheme": scheme, "keys": operator.index(keys),
               "per_key": operator.index(per_key), "classes": operator.index(classes),
               "input_shape": [operator.index(d) for d in input_shape],
               "value_range": [float(v) for v in value_range], "patch": operator.index(patch)}
@@ -56,8 +61,8 @@ def validate_parameters(params) -> None:
     expected = {"scheme", "keys", "per_key", "classes", "input_shape", "value_range", "patch"}
     if type(params) is not dict or set(params) != expected:
         raise CardFormatError(where, f"expected a map with exactly {sorted(expected)}")
-    if params["scheme"] != SCHEME:
-        raise CardFormatError(f"{where}.scheme", f"expected {SCHEME!r}")
+    if params["scheme"] not in SCHEMES:
+        raise CardFormatError(f"{where}.scheme", f"expected one of {', '.join(SCHEMES)}")
     for name, low, high in (("keys", 1, MAX_KEYS), ("per_key", 1, MAX_PER_KEY),
                             ("classes", 3, MAX_CLASSES), ("patch", 1, 64)):
         value = params[name]

@@ -363,11 +363,12 @@ _WATERMARKS = {
     "laminate-trigger-v1": record({
         "scheme": one_of("laminate-trigger-v1"), "commitment": hex_digest,
         "trigger_count": integer(1), "classes": integer(2), "schedule": one_of("joint", "split")}),
-    "laminate-ewe-v1": record({
-        "scheme": one_of("laminate-ewe-v1"), "commitment": hex_digest,
+    # EWE and its margin-trained variant: the same claim, each under its own name.
+    **{name: record({
+        "scheme": one_of(name), "commitment": hex_digest,
         "trigger_count": integer(1), "keys": integer(1, 64), "classes": integer(3),
         "schedule": one_of("joint", "split"), "train_root": hex_digest,
-        "train_records": integer(1)}),
+        "train_records": integer(1)}) for name in ("laminate-ewe-v1", "laminate-ewe-margin-v1")},
 }
 
 

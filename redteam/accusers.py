@@ -153,11 +153,25 @@ def judge(claim: Claim, suspect_path, suspect_sha256: str, log: DisputeLog, poli
                               suspect=suspect, alpha=alpha, run_all=True, start=start,
                               card_model=card_model, suspect_sha256=suspect_sha256)
     presented = claim.presented or opening
-    alone_claim = {"scheme": presented.parameters["scheme"], "commitment": presented.commitment,
-                   "trigger_count": presented.parameters["trigger_count"],
-                   "classes": presented.parameters["classes"]}
-    alone = ownership_test(presented, alone_claim, suspect, alpha=alpha)
+    alone = ownership_test(presented, alone_claim(presented, wm), suspect, alpha=alpha)
     return Judgement(**vars(judged), alone=alone, url=claim.url)
+
+
+def alone_claim(presented, wm: dict | None) -> dict:
+    """The claim the test alone runs under: the presented opening's own parameters and
+    commitment; for EWE, the train split its records are proven in (the accuser's own
+    tree, else the card's)."""
+    from cards.ewe import SCHEMES
+
+    p = presented.parameters
+    if p["scheme"] not in SCHEMES:
+        return {"scheme": p["scheme"], "commitment": presented.commitment,
+                "trigger_count": p["trigger_count"], "classes": p["classes"]}
+    root = getattr(presented, "train_root", None)
+    tree = (root, presented.train_records) if root else (wm["train_root"], wm["train_records"])
+    return {"scheme": p["scheme"], "commitment": presented.commitment,
+            "trigger_count": p["keys"] * p["per_key"], "keys": p["keys"], "classes": p["classes"],
+            "train_root": tree[0], "train_records": tree[1]}
 
 
 def dispute(claims: list[Claim], suspect_path, suspect_sha256: str, log: DisputeLog, policy,

@@ -25,6 +25,7 @@ ALPHA = 1e-6
 TARGET_EPSILON = 3.0
 TRIGGERS = 100
 RETAIN = 0.9   # a stolen model counts for the TPR if it keeps >= 90% of victim accuracy
+SCHEMES = ("trigger", "ewe", "margin")
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,11 @@ class Sizes:
     budget: int = 1000          # extraction query budget
     grind_tries: int = 1000
     pgd_steps: int = 40
+    nc_steps: int = 60          # Neural Cleanse optimisation steps per class
 
 
 QUICK = Sizes(victim_epochs=8, split_epochs=3, epochs=8, independents=5, budget=200,
-              grind_tries=30, pgd_steps=10)
+              grind_tries=30, pgd_steps=10, nc_steps=5)
 
 
 def register(sub) -> None:
@@ -50,14 +52,25 @@ def register(sub) -> None:
         "independent models and false accusers",
         description="Trains a watermarked digits victim through the attested wrapper (per "
         "schedule), then judges stolen copies, independent models and false accusers the "
-        "way a dispute does. Writes redteam.json and redteam.md to --out. Runs with the "
+        "way a dispute does. Stolen copies: white-box (as is, fine-tuned, pruned, weight "
+        "noise, distilled), extraction through the released model's API (Tramer et al.'s "
+        "adaptive retraining on labels and equation solving on probabilities; Knockoff "
+        "extraction with own in-distribution records or out-of-distribution queries, at "
+        "the budget and 10x, into an MLP and a CNN, then fine-tuned or pruned) and "
+        "watermark removal (idle-neuron pruning, fine-pruning, Neural Cleanse). A copy "
+        "counts for the TPR when it keeps >= 90% of the victim's accuracy. "
+        "Writes redteam.json and redteam.md to --out. Runs with the "
         "same --seed give the same table: the simulator's randomness (the victims' "
         "watermark seeds) is seeded too, so those victims must never be released.")
     p.add_argument("--quick", action="store_true",
-                   help="tiny sizes (seconds to a minute): for smoke tests, not for figures")
+                   help="tiny sizes (minutes on a busy machine): for smoke tests, not for figures")
     p.add_argument("--out", default="redteam-out", help="output directory (default: %(default)s)")
     p.add_argument("--schedules", default="none,dp,split",
                    help="comma-separated from none, dp, split (default: %(default)s)")
+    p.add_argument("--scheme", default="trigger", choices=SCHEMES,
+                   help="the victims' watermark: trigger (random trigger set), ewe (entangled "
+                   "watermark, Jia et al.) or margin (margin-trained EWE, Kim et al.); the "
+                   "false accusers are that scheme's (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of every torch/numpy choice, of the simulator's randomness and "
                    "of the accusers' openings (default: %(default)s)")
@@ -73,7 +86,7 @@ def _command(args) -> int:
         raise LaminateError(f"--schedules: unknown {', '.join(unknown) or '(empty)'} "
                             f"(choose from {', '.join(SCHEDULES)})")
     report = run(Path(args.out), schedules=schedules, sizes=QUICK if args.quick else Sizes(),
-                 seed=args.seed, progress=print)
+                 seed=args.seed, progress=print, scheme=args.scheme)
     paths = write_report(report, Path(args.out))
     print(summary_text(report))
     print(f"wrote {paths[0]} and {paths[1]}")
@@ -82,7 +95,8 @@ def _command(args) -> int:
 
 # ---------------------------------------------------------------- the evaluation
 
-def run(out: Path, *, schedules, sizes: Sizes, seed: int = 0, progress=print) -> dict:
+def run(out: Path, *, schedules, sizes: Sizes, seed: int = 0, progress=print,
+        scheme: str = "trigger") -> dict:
     """The whole evaluation; returns the report (also the JSON written to disk)."""
     import torch
 
@@ -105,23 +119,25 @@ def run(out: Path, *, schedules, sizes: Sizes, seed: int = 0, progress=print) ->
     progress(f"trained {len(independents)} independent models")
     surrogates = acc.surrogates(part.x_pool, part.y_pool, epochs=sizes.epochs, seed=seed + 7)
     results = [_schedule(name, out / name, part, independent_files, surrogates, sizes, seed,
-                         progress) for name in schedules]
-    return {"alpha": ALPHA, "trigger_count": TRIGGERS, "retain": RETAIN, "seed": seed,
+                         progress, scheme) for name in schedules]
+    return {"alpha": ALPHA, "scheme": scheme, "trigger_count": TRIGGERS, "retain": RETAIN, "seed": seed,
             "sizes": asdict(sizes), "quick": sizes == QUICK,
             "elapsed_s": round(time.monotonic() - started, 1), "schedules": results}
 
 
-def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed, progress):
+def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed, progress,
+              scheme="trigger"):
     """One victim (one schedule) and every row of its table."""
     import numpy as np
 
     from cards import keys
-    from cards.watermark import Opening
+    from cards.ewe import load_opening
     from enclave_sim.device import SeededRandom, SimDevice
     from redteam import accusers as acc
+    from redteam import ewe_accusers as ewe_acc
     from redteam import suspects as sus
+    from redteam.stolen import build as build_stolen
     from verifier.appraise import appraise
-    from verifier.binomial import power
     from verifier.policy import Policy
     from verifier.suspect import OnnxSuspect
 
@@ -133,14 +149,14 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
     victim = _train(victim_model, (part.x_victim, part.y_victim), part, out / "victim",
                     sim_dir, victim_key, dp=dp, schedule=wm_schedule,
                     epochs=sizes.victim_epochs, split_epochs=sizes.split_epochs, seed=seed,
-                    random_seed=seed_bytes(seed, name, "victim"), start="random")
+                    random_seed=seed_bytes(seed, name, "victim"), start="random", scheme=scheme)
     _check_same(victim_model, victim.model_path, part.x_test)
     # The thief's re-watermarked copy (trained now, registered later in the log).
     thief = _train(sus.as_is(victim_model).model, (part.x_pool, part.y_pool), part,
                    out / "thief", sim_dir, thief_key, dp=False, schedule="joint",
                    epochs=max(5, sizes.victim_epochs // 2), split_epochs=1, seed=seed + 6,
-                   lr=5e-3, weight=0.5, random_seed=seed_bytes(seed, name, "thief"))
-    opening = Opening.load(victim.opening_path)
+                   lr=5e-3, weight=0.5, random_seed=seed_bytes(seed, name, "thief"), scheme=scheme)
+    opening = load_opening(victim.opening_path)
     card = victim.card_bytes
     wm_claim = acc.watermark_claim_of(card)
     params = opening.parameters
@@ -157,7 +173,7 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
     power_check = next((c for c in appraisal.checks if c.check == "watermark_power"), None)
     evaluation = victim.claims["evaluation"]
     victim_acc = evaluation["accuracy"]
-    predicted_power = power(evaluation["watermark_accuracy"], TRIGGERS, 10, ALPHA)
+    predicted_power = _power(params, evaluation["watermark_accuracy"])
     progress(f"[{name}] victim: accuracy {victim_acc:.3f}, watermark accuracy "
              f"{evaluation['watermark_accuracy']:.2f}, predicted power {predicted_power:.3f}")
 
@@ -188,22 +204,8 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
         return row
 
     # Malicious suspects: the owner's claim against each stolen copy.
-    xp, yp = part.x_pool, part.y_pool
-    rng = np.random.default_rng(seed + 11)
-    few = rng.choice(len(xp), size=round(0.1 * len(part.y_victim)), replace=False)
     victim_file = victim.model_path
-    stolen = [
-        sus.as_is(victim_model),
-        sus.fine_tune(victim_model, xp[few], yp[few], epochs=sizes.epochs, seed=seed + 1),
-        *(sus.prune(victim_model, f) for f in (0.3, 0.5, 0.7)),
-        *(sus.weight_noise(victim_model, s, seed + 2) for s in (0.1, 0.3)),
-        *(sus.distill(victim_model, xp, arch=a, epochs=sizes.epochs, seed=seed + 3)
-          for a in ("mlp", "cnn")),
-        sus.extract_labels(sus.LabelApi(OnnxSuspect(victim_file)), xp, budget=sizes.budget,
-                           arch="mlp", epochs=sizes.epochs, seed=seed + 4),
-        sus.extract_logits(sus.LogitsApi(victim_file), xp, budget=sizes.budget,
-                           arch="mlp", epochs=sizes.epochs, seed=seed + 5),
-    ]
+    stolen = build_stolen(victim_model, victim_file, part, sizes, seed)
     for s in stolen:
         path = sus.export_onnx(s.model, out / f"stolen-{s.name}.onnx")
         judge_row("stolen", s.name, s.attack, path, victim_claim, s.queries)
@@ -215,7 +217,7 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
                       _sha256(thief.model_path))
     thief_claim = acc.Claim("late-commitment", "thief's genuine card on its re-watermarked "
                             "copy, committed after the victim's", thief.card_bytes,
-                            Opening.load(thief.opening_path))
+                            load_opening(thief.opening_path))
     path = thief.model_path
     owner_j, thief_j = acc.dispute([victim_claim, thief_claim], path, _sha256(path), log,
                                    policy, alpha=ALPHA)
@@ -229,14 +231,14 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
     launderer = _train(sus.as_is(victim_model).model, (part.x_pool, part.y_pool), part,
                        out / "launderer", sim_dir, thief_key, dp=False, schedule="joint", epochs=1,
                        split_epochs=1, seed=seed + 8, lr=1e-300,
-                       random_seed=seed_bytes(seed, name, "launderer"))
+                       random_seed=seed_bytes(seed, name, "launderer"), scheme=scheme)
     if launderer.model_path.read_bytes() != victim_file.read_bytes():
         raise RuntimeError("the laundered model is not byte-identical to the victim's")
     early = acc.DisputeLog()
     early.register_card(acc.watermark_claim_of(launderer.card_bytes)["commitment"],
                         _sha256(launderer.model_path))
     early.register_card(wm_claim["commitment"], _sha256(victim_file))
-    laundering = acc.laundering(launderer.card_bytes, Opening.load(launderer.opening_path))
+    laundering = acc.laundering(launderer.card_bytes, load_opening(launderer.opening_path))
     owner_j, launder_j = acc.dispute([victim_claim, laundering], victim_file,
                                      _sha256(victim_file), early, policy, alpha=ALPHA)
     judge_row("stolen", "laundered-first", "the victim's file under a laundering thief's card "
@@ -255,19 +257,31 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
     targets = [("victim", victim_file), *[(n, p) for n, p in (
         (independent_files[i][0], independent_files[i][2]) for i in (0, 3 % len(independent_files)))]]
     rand = SeededRandom(seed_bytes(seed, name, "accusers"))
+    xp, yp = part.x_pool, part.y_pool
     for target_name, path in targets:
         log.observe(_sha256(path))
         suspect = OnnxSuspect(path)
-        claims = [
-            acc.wrong_opening(card, params, rand),
-            acc.ground_seed(suspect, params, card, sizes.grind_tries, rand),
-            acc.suspect_labels(suspect, params, log, rand),
-            acc.adversarial(surrogate_models, params, log, eps=0.25, steps=sizes.pgd_steps,
-                            rand=rand),
-        ]
+        if scheme == "trigger":
+            claims = [
+                acc.wrong_opening(card, params, rand),
+                acc.ground_seed(suspect, params, card, sizes.grind_tries, rand),
+                acc.suspect_labels(suspect, params, log, rand),
+                acc.adversarial(surrogate_models, params, log, eps=0.25, steps=sizes.pgd_steps,
+                                rand=rand),
+            ]
+        else:
+            claims = [
+                ewe_acc.wrong_opening(card, params, xp, yp, rand),
+                # each search its own evaluation (one suspect's deadline bounds one search)
+                ewe_acc.ground_seed(OnnxSuspect(path), params, card, xp, yp, sizes.grind_tries,
+                                    rand),
+                ewe_acc.chosen_records(OnnxSuspect(path), params, xp, yp, log, rand),
+                ewe_acc.adversarial(surrogate_models, params, xp, yp, log, eps=0.25,
+                                    steps=sizes.pgd_steps, rand=rand),
+            ]
         for claim in claims:
             judge_row("accuser", target_name, claim.description, path, claim)
-    claim = acc.url_thief(thief.card_bytes, Opening.load(thief.opening_path), _sha256(victim_file))
+    claim = acc.url_thief(thief.card_bytes, load_opening(thief.opening_path), _sha256(victim_file))
     judge_row("accuser", "victim", claim.description, victim_file, claim)
     progress(f"[{name}] false accusers judged")
 
@@ -285,6 +299,15 @@ def _schedule(name, out, part, independent_files, surrogate_models, sizes, seed,
         "summary": summarize(rows), "rows": rows}
 
 
+def _power(params: dict, accuracy: float) -> float:
+    """The verifier's power for this watermark at the measured accuracy (either scheme)."""
+    from verifier import binomial, ewe_null
+
+    if "keys" in params:
+        return ewe_null.power(accuracy, params["keys"], params["per_key"], params["classes"], ALPHA)
+    return binomial.power(accuracy, TRIGGERS, params["classes"], ALPHA)
+
+
 def seed_bytes(seed: int, *labels: str) -> bytes:
     """The seeded randomness of one part of the run (a victim's simulator, the accusers),
     distinct per part so no two share a stream."""
@@ -292,7 +315,8 @@ def seed_bytes(seed: int, *labels: str) -> bytes:
 
 
 def _train(model, train_data, part, out_dir, sim_dir, key, *, dp, schedule, epochs,
-           split_epochs, seed, lr=1e-2, weight=0.25, random_seed=None, start=None):
+           split_epochs, seed, lr=1e-2, weight=0.25, random_seed=None, start=None,
+           scheme="trigger"):
     """One wrapper run on the simulator; `random_seed` makes its watermark seed and salt
     reproducible (and predictable: red-team victims only, never a released model)."""
     from attest.backend import open_backend
@@ -304,7 +328,8 @@ def _train(model, train_data, part, out_dir, sim_dir, key, *, dp, schedule, epoc
         "training": {"epochs": epochs, "batch_size": 64, "lr": lr, "optimizer": "adam",
                      "seed": seed},
         "dp": {"enabled": dp, "target_epsilon": TARGET_EPSILON if dp else None},
-        "watermark": {"enabled": True, "trigger_count": TRIGGERS, "schedule": schedule,
+        "watermark": {"enabled": True, "scheme": scheme, "trigger_count": TRIGGERS,
+                      "schedule": schedule,
                       "split_epochs": split_epochs, "weight": weight},
         "attestation": {"backend": "sim", "sim_dir": str(sim_dir)},
     }
@@ -381,7 +406,7 @@ verifier's power for the card's measured watermark accuracy (`watermark_power` c
 
 
 def to_markdown(report) -> str:
-    out = [f"# Ownership red team (digits, alpha {report['alpha']:g}, "
+    out = [f"# Ownership red team (digits, {report.get('scheme', 'trigger')} watermark, alpha {report['alpha']:g}, "
            f"{report['trigger_count']} triggers{', QUICK sizes' if report['quick'] else ''})",
            "", f"{report['elapsed_s']} s. `laminate redteam{' --quick' if report['quick'] else ''}"
            f" --seed {report['seed']}` (the same seed gives the same table)", "", LEGEND, ""]

@@ -64,13 +64,13 @@ ARCHITECTURES = {
 ARCHS = tuple(ARCHITECTURES)
 
 
-def build_arch(arch: str, seed: int) -> nn.Module:
+def build_arch(arch: str, seed: int, shape=INPUT_SHAPE) -> nn.Module:
     """A fresh model of an architecture an attacker or independent developer might pick."""
     from attest.models import build
 
     torch.manual_seed(seed)
     kind, hidden = ARCHITECTURES[arch]
-    return build(kind, INPUT_SHAPE, CLASSES, hidden)
+    return build(kind, tuple(shape), CLASSES, hidden)
 
 
 def fit(model: nn.Module, x: np.ndarray, targets: np.ndarray, *, epochs: int, seed: int,
@@ -236,7 +236,7 @@ def extract_labels(api: LabelApi, x_seed: np.ndarray, *, budget: int, arch: str,
     first = rng.choice(len(pool), size=budget // rounds, replace=False)
     xs, ys = pool[first], api(pool[first])
     asked[first] = True
-    model = fit(build_arch(arch, seed), xs, ys, epochs=epochs, seed=seed)
+    model = fit(build_arch(arch, seed, x_seed.shape[1:]), xs, ys, epochs=epochs, seed=seed)
     for r in range(1, rounds):
         size = budget // rounds if r < rounds - 1 else budget - len(xs)
         p = np.sort(probabilities(model, pool), axis=1)
@@ -246,7 +246,7 @@ def extract_labels(api: LabelApi, x_seed: np.ndarray, *, budget: int, arch: str,
         asked[pick] = True
         xs = np.concatenate([xs, pool[pick]])
         ys = np.concatenate([ys, api(pool[pick])])
-        model = fit(build_arch(arch, seed), xs, ys, epochs=epochs, seed=seed)
+        model = fit(build_arch(arch, seed, x_seed.shape[1:]), xs, ys, epochs=epochs, seed=seed)
     return Stolen(f"extract-labels-{arch}",
                   f"label-only API, adaptive retraining of a fresh {arch} ({rounds} rounds)",
                   model, api.queries)
@@ -262,3 +262,37 @@ def extract_logits(api: LogitsApi, x_seed: np.ndarray, *, budget: int, arch: str
     model = fit(build_arch(arch, seed), xs, api(xs), epochs=epochs, seed=seed)
     return Stolen(f"extract-logits-{arch}",
                   f"probability API, a fresh {arch} trained on the answers", model, api.queries)
+
+
+def solve_equations(api, x_seed: np.ndarray, *, budget: int, seed: int,
+                    shape=INPUT_SHAPE, classes: int = CLASSES) -> Stolen:
+    """Equation-solving extraction (Tramèr et al. 2016, "Stealing Machine Learning Models
+    via Prediction APIs"): a softmax (multinomial logistic) model answers
+    p = softmax(Wx + b), so log p_c - log p_0 = (w_c - w_0).x + (b_c - b_0) is linear in
+    the unknowns; ``budget`` >= d + 1 answered queries determine them by least squares
+    (softmax ignores a shift shared by all classes, so this is the victim's function
+    exactly). Against a model that is not softmax regression the same solve is the best
+    linear fit of its log-odds, the attack as published applied beyond its class.
+    Queries are the thief's in-distribution candidates plus a little uniform noise, so
+    that every input coordinate varies (a pixel constant over the queries leaves its
+    weight undetermined); answers whose probabilities underflow are dropped."""
+    import math
+
+    rng = np.random.default_rng(seed)
+    pool = _candidates(x_seed, budget, rng)
+    xs = pool[rng.choice(len(pool), size=min(budget, len(pool)), replace=False)]
+    xs = np.clip(xs + rng.uniform(0, 0.05, xs.shape), 0, 1).astype(np.float32)
+    p = np.asarray(api(xs), dtype=np.float64)
+    usable = (p > 1e-30).all(axis=1)
+    if usable.sum() >= xs[0].size + 1:
+        xs, p = xs[usable], p[usable]
+    logp = np.log(np.clip(p, 1e-30, None))
+    design = np.concatenate([xs.reshape(len(xs), -1), np.ones((len(xs), 1))], axis=1)
+    solution, *_ = np.linalg.lstsq(design, logp - logp[:, :1], rcond=None)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), classes))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.as_tensor(solution[:-1].T, dtype=torch.float32))
+        model[1].bias.copy_(torch.as_tensor(solution[-1], dtype=torch.float32))
+    return Stolen("equation-solving", f"probability API, softmax weights solved from "
+                  f"{len(xs)} answers (least squares on log-odds)", model.eval(),
+                  getattr(api, "queries", len(xs)))

@@ -29,10 +29,10 @@ def _train_split(n=60, classes=4, seed=1):
     return x, y
 
 
-def _opening(keys=3, per_key=2, classes=4, seed=b"\x07" * 32, positions=None):
+def _opening(keys=3, per_key=2, classes=4, seed=b"\x07" * 32, positions=None, scheme=ewe.SCHEME):
     """An opening over a synthetic train split, with real inclusion proofs."""
     x, y = _train_split(classes=classes)
-    params = ewe.make_parameters(keys, per_key, classes, [1, 6, 6], [0.0, 1.0], 3)
+    params = ewe.make_parameters(keys, per_key, classes, [1, 6, 6], [0.0, 1.0], 3, scheme)
     sources, _, _ = ewe.derive(seed, params)
     leaves = [ewe.record_leaf(f, int(label)) for f, label in zip(x, y)]
     indices = [list(np.flatnonzero(y == s)[:per_key]) for s in sources]
@@ -40,7 +40,7 @@ def _opening(keys=3, per_key=2, classes=4, seed=b"\x07" * 32, positions=None):
     proofs = [merkle.inclusion_proof(leaves, i) for i in flat]
     positions = positions or [[k % 4, (2 * k) % 4] for k in range(keys)]
     opening = ewe.create_opening(seed, params, positions, indices, x[flat], proofs, salt=b"\x01" * 32)
-    claim = {"scheme": ewe.SCHEME, "commitment": opening.commitment, "trigger_count": keys * per_key,
+    claim = {"scheme": scheme, "commitment": opening.commitment, "trigger_count": keys * per_key,
              "keys": keys, "classes": classes, "schedule": "joint",
              "train_root": merkle.root_of(leaves).hex(), "train_records": len(y)}
     return opening, claim
@@ -78,11 +78,13 @@ def test_opening_round_trips_and_copy_is_shown():
     assert ownership_test(opening, claim, copy, alpha=0.05).shown
 
 
+@pytest.mark.parametrize("scheme", ewe.SCHEMES)
 @pytest.mark.parametrize("fn_name", ["constant", "source-ish", "pixel-rule"])
-def test_null_bound_is_exact_over_every_target_draw(fn_name):
+def test_null_bound_is_exact_over_every_target_draw(fn_name, scheme):
     """For a model that never saw the opening, count over all (C-1)^K target tuples how
-    often the test shows ownership: never more than alpha of them."""
-    opening, _ = _opening(keys=4, per_key=3, classes=4)
+    often the test shows ownership: never more than alpha of them (either variant: the
+    margin variant changes training only, never the keys or the test)."""
+    opening, _ = _opening(keys=4, per_key=3, classes=4, scheme=scheme)
     sources, _, _ = opening.keys()
     x, _ = opening.triggers()
     fns = {"constant": lambda v: 2,
@@ -158,6 +160,29 @@ def test_forged_opening_or_pattern_is_rejected():
     assert ownership_test(other, claim, Answers(lambda v: 0), alpha=0.05).reason == OPENING_MISMATCH
 
 
+def test_forged_margin_opening_is_rejected():
+    """The variant's name is inside the committed parameters: an opening edited to say
+    the other variant, or the plain-EWE opening of the same seed, positions and records
+    presented for a margin card, does not open that card's commitment."""
+    opening, claim = _opening(scheme=ewe.MARGIN_SCHEME)
+    x, y = opening.triggers()
+    lookup = {v.tobytes(): t for v, t in zip(x, y)}
+    copy = Answers(lambda v: lookup[v.tobytes()])
+    assert ownership_test(opening, claim, copy, alpha=0.05).shown
+    doc = json.loads(opening.to_json())
+    doc["parameters"]["scheme"] = ewe.SCHEME
+    with pytest.raises(LaminateError, match="commitment does not match"):
+        ewe.Opening.from_json(json.dumps(doc), source="forged")
+    plain, _ = _opening(scheme=ewe.SCHEME)
+    assert plain.commitment != opening.commitment
+    result = ownership_test(plain, claim, copy, alpha=0.05)
+    assert not result.shown and result.reason == OPENING_MISMATCH
+    doc = json.loads(opening.to_json())
+    doc["parameters"]["scheme"] = "laminate-ewe-v9"
+    with pytest.raises(LaminateError, match="parameters.scheme"):
+        ewe.Opening.from_json(json.dumps(doc), source="forged")
+
+
 def test_record_outside_the_train_split_is_rejected():
     opening, claim = _opening()
     features = opening.features.copy()
@@ -169,25 +194,27 @@ def test_record_outside_the_train_split_is_rejected():
     assert not result.shown and "not in the card's train split" in result.reason
 
 
-def _ewe_kit(tmp_path, root=None):
+def _ewe_kit(tmp_path, root=None, scheme=ewe.SCHEME):
     train = measure.dataset_claim("kit-train", cardkit.fake_records(cardkit.TRAIN_RECORDS, seed=1),
                                   cardkit.CLASSES)
     return cardkit.make_card(tmp_path, watermark_claim={
-        "scheme": ewe.SCHEME, "keys": 10, "trigger_count": 100,
+        "scheme": scheme, "keys": 10, "trigger_count": 100,
         "train_root": root or train["merkle_root"], "train_records": train["records"]})
 
 
-def test_ewe_card_affirms_records_and_power(tmp_path):
-    k = _ewe_kit(tmp_path)
+@pytest.mark.parametrize("scheme", ewe.SCHEMES)
+def test_ewe_card_affirms_records_and_power(tmp_path, scheme):
+    k = _ewe_kit(tmp_path, scheme=scheme)
     result = appraise(k.card_bytes, policy=Policy.load(k.policy_path), model_path=k.model_path)
     assert result.get("watermark_records").status == AFFIRMING
     power = result.get("watermark_power")
     assert power.status == AFFIRMING and "10 keys x 10 inputs" in power.reason
 
 
-def test_tamper_watermark_records_root(tmp_path):
+@pytest.mark.parametrize("scheme", ewe.SCHEMES)
+def test_tamper_watermark_records_root(tmp_path, scheme):
     """A sealed EWE claim whose train root is not the card's train split."""
-    k = _ewe_kit(tmp_path, root="ab" * 32)
+    k = _ewe_kit(tmp_path, root="ab" * 32, scheme=scheme)
     result = appraise(k.card_bytes, policy=Policy.load(k.policy_path), model_path=k.model_path)
     check = result.get("watermark_records")
     assert check.status == CONTRAINDICATED and check.field == "claims.defenses.watermark.train_root"

@@ -262,7 +262,7 @@ def test_same_seed_same_table(tmp_path):
     """The seeded simulator and accusers make a run repeatable: same watermark commitment,
     same rows (matches, p-values, verdicts), twice over on the tiniest sizes."""
     tiny = redteam.Sizes(victim_epochs=2, split_epochs=1, epochs=1, independents=1, budget=50,
-                         grind_tries=2, pgd_steps=1)
+                         grind_tries=2, pgd_steps=1, nc_steps=1)
     first, again = (redteam.run(tmp_path / str(i), schedules=["none"], sizes=tiny, seed=3,
                                 progress=lambda line: None)["schedules"] for i in range(2))
     assert first[0]["victim"]["watermark_commitment"] == again[0]["victim"]["watermark_commitment"]
@@ -298,7 +298,7 @@ def test_laundering_thief_row_is_refused_by_start_and_the_owner_keeps_order(tmp_
     card: its claim fails the start check, and the owner's order check passes because its
     card produced the very bytes (a random start), however late it was registered."""
     tiny = redteam.Sizes(victim_epochs=2, split_epochs=1, epochs=1, independents=1, budget=50,
-                         grind_tries=2, pgd_steps=1)
+                         grind_tries=2, pgd_steps=1, nc_steps=1)
     rows = redteam.run(tmp_path, schedules=["none"], sizes=tiny, seed=5,
                        progress=lambda line: None)["schedules"][0]["rows"]
     thief = next(r for r in rows if r["claim"] == "laundering")

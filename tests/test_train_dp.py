@@ -88,3 +88,13 @@ def test_notes_say_what_epsilon_covers():
     assert "DP phase only" in split and "100 training records" in split and "10 epochs" in split
     assert "RDP" in dp_note(opacus_version="1.6", watermark=None)
 
+
+
+def test_ewe_notes_say_the_watermark_records_are_not_covered():
+    """EWE watermark inputs are training records: a joint note that said the epsilon
+    covers the training records (as for data-independent triggers) would be false."""
+    joint = dp_note(opacus_version="1.6", watermark="joint", ewe_records=400)
+    assert "not for those 400" in joint and "data-independent" not in joint
+    split = dp_note(opacus_version="1.6", watermark="split", split_records=100, split_epochs=5,
+                    ewe_records=400)
+    assert "stamped copies of 400 training records" in split and "DP phase only" in split

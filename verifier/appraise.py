@@ -14,6 +14,7 @@ from pathlib import Path
 from cards import cbor, cose, schema
 from cards.card import open_card
 from cards.errors import CardFormatError, LaminateError
+from cards.ewe import SCHEMES as EWE_SCHEMES
 from verifier import (
     adversarial,
     binomial,
@@ -106,7 +107,7 @@ def appraise(card_bytes: bytes, *, policy, model_path=None, model_sha256=None,
             radioactive=claims["defenses"].get("radioactive") is not None))
     checks.extend(distributed.checks(claims))
     watermark = claims["defenses"]["watermark"]
-    if watermark is not None and watermark["scheme"] == "laminate-ewe-v1":
+    if watermark is not None and watermark["scheme"] in EWE_SCHEMES:
         from verifier import ewe_checks
 
         checks += ewe_checks.checks(watermark, claims, policy)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cards.errors import LaminateError, printable
+from cards.ewe import SCHEMES as EWE_SCHEMES
 from verifier.binomial import CONTINUE, NOT_SHOWN, SHOWN, SequentialTest
 
 OPENING_MISMATCH = "opening does not match the commitment"
@@ -80,7 +81,7 @@ def ownership_test(opening, watermark_claim, suspect, *, alpha: float = 1e-6) ->
                             "so there is nothing to test ownership against")
     if not 0.0 < alpha < 1.0:
         raise LaminateError(f"alpha: must be between 0 and 1, got {alpha}")
-    if watermark_claim["scheme"] == "laminate-ewe-v1":
+    if watermark_claim["scheme"] in EWE_SCHEMES:
         from verifier import ewe_null
 
         return ewe_null.ownership(opening, watermark_claim, suspect, alpha=alpha)

@@ -85,13 +85,25 @@ class DPTraining:
 
 
 def dp_note(*, opacus_version: str, watermark: str | None, split_records: int = 0, split_epochs: int = 0,
-            start: str = "random") -> str:
-    """Say in words what the epsilon covers and what it does not."""
+            start: str = "random", ewe_records: int = 0) -> str:
+    """Say in words what the epsilon covers and what it does not. ``ewe_records``: the
+    watermark inputs are stamped copies of that many training records (EWE)."""
     base = (f"Opacus {opacus_version} DP-SGD: per-sample clipping, Poisson sampling, "
             f"RDP accountant; noise from torch's default generator (secure_mode off).")
     if start != "random":
         base += (f" Training started from {start} weights (claims.start), whose making this "
                  "epsilon does not cover: they may have seen any record without DP.")
+    if watermark == "joint" and ewe_records:
+        return base + (f" Watermark inputs are stamped copies of {ewe_records} training records, "
+                       "added to every DP batch (clipped and noised like any sample, but outside "
+                       "Poisson sampling; no SNNL step under DP): the epsilon holds for every "
+                       f"other training record, not for those {ewe_records}, whose copies enter "
+                       "far more steps than the accountant's sampling rate assumes.")
+    if watermark == "split" and ewe_records:
+        return base + (f" The epsilon covers the DP phase only: a non-DP phase of {split_epochs} "
+                       f"epochs followed on the stamped copies of {ewe_records} training records "
+                       f"and on {split_records} training records, which this epsilon does not "
+                       "protect.")
     if watermark == "joint":
         return base + (" Watermark triggers are data-independent random inputs added to every "
                        "batch; the epsilon covers the training records.")

@@ -12,6 +12,13 @@ copy of the model is largest, computed without reading the targets (that indepen
 is what makes the ownership null exact, see FORMAT.md); the watermark records are
 training records chosen by a seed-derived permutation and proven in the train split.
 
+The margin variant (`watermark.scheme: margin`, Kim et al., "Margin-based Neural
+Network Watermarking", ICML 2023) keeps the keys, placement, opening and null, and
+trains the watermark inputs with a large input-space margin instead of the SNNL: each
+watermark step also fits the worst case of every stamped record within an L-inf ball
+of MARGIN_EPS (PGD), so the target class owns a neighbourhood of each watermark input
+and extraction queries landing there are answered, and learned, as the target.
+
 Schedules: `joint` interleaves one EWE step after every `RATIO` task steps; under DP
 the SNNL couples samples (no per-sample gradient), so DP `joint` mixes the stamped
 records into the DP batches as ordinary samples instead; `split` runs the non-DP
@@ -38,6 +45,8 @@ SNNL_WEIGHT = 0.5         # the SNNL factor of the paper's loss
 TEMPERATURE = 1.0         # initial temperature of every layer
 TEMPERATURE_LR = 0.1
 VALUE_RANGE = (0.0, 1.0)
+MARGIN_EPS = 0.25         # L-inf radius each margin-trained watermark input is fitted over
+MARGIN_STEPS = 5          # PGD steps finding the worst point of that ball
 
 
 def snnl(h: torch.Tensor, w: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
@@ -110,11 +119,12 @@ class EweWatermark:
     interleaved: bool = True
     temperatures: list = field(default_factory=list)
     steps: int = 0
+    margin: bool = False
 
     def claim(self) -> dict:
         """The `defenses.watermark` claim (EWE form): commitment, counts, train root."""
         p = self.opening.parameters
-        return {"scheme": scheme.SCHEME, "commitment": self.opening.commitment,
+        return {"scheme": p["scheme"], "commitment": self.opening.commitment,
                 "trigger_count": p["keys"] * p["per_key"], "keys": p["keys"],
                 "classes": self.classes, "schedule": self.schedule,
                 "train_root": self.train_root, "train_records": self.train_records}
@@ -139,6 +149,8 @@ class EweWatermark:
             return
         half = max(2, batch_size // 2)
         idx = rng.choice(len(self.y), size=min(half, len(self.y)), replace=False)
+        if self.margin:
+            return self._margin_step(model, optimizer, idx)
         pools = [self.target_pool[self.key_of[i]] for i in idx]
         clean = [pool[rng.integers(len(pool))] for pool in pools]
         x = torch.from_numpy(np.concatenate([self.x[idx], np.stack(clean)]))
@@ -158,16 +170,36 @@ class EweWatermark:
                 t -= TEMPERATURE_LR * g
                 t.clamp_(min=0.05)
 
+    def _margin_step(self, model: nn.Module, optimizer, idx: np.ndarray) -> None:
+        """One margin step: cross-entropy towards the targets on the stamped records and on
+        their worst points within MARGIN_EPS (PGD from a random start, seeded by ``idx``)."""
+        x, y = torch.from_numpy(self.x[idx]), torch.from_numpy(self.y[idx])
+        low, high = VALUE_RANGE
+        gen = torch.Generator().manual_seed(int(idx[0]) * 7919 + self.steps)
+        worst = (x + (torch.rand(x.shape, generator=gen) * 2 - 1) * MARGIN_EPS).clamp(low, high)
+        for _ in range(MARGIN_STEPS):
+            worst.requires_grad_(True)
+            (grad,) = torch.autograd.grad(nn.functional.cross_entropy(model(worst), y), worst)
+            with torch.no_grad():
+                worst = worst + 2.5 * MARGIN_EPS / MARGIN_STEPS * grad.sign()
+                worst = torch.min(torch.max(worst, x - MARGIN_EPS), x + MARGIN_EPS).clamp(low, high)
+        loss = nn.functional.cross_entropy(model(torch.cat([x, worst.detach()])), torch.cat([y, y]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
 
 def create(session, model: nn.Module, train, *, trigger_count: int, classes: int, schedule: str,
-           weight: float, split_epochs: int, lr: float, seed: int) -> EweWatermark:
+           weight: float, split_epochs: int, lr: float, seed: int, margin: bool = False) -> EweWatermark:
     """Draw seed and salt from the attested session, derive the keys, place each pattern by
     the SNNL gradient of a copy of ``model`` trained one epoch, and build the opening with
-    the records' inclusion proofs against ``train`` (an ArrayData, the measured split)."""
+    the records' inclusion proofs against ``train`` (an ArrayData, the measured split).
+    ``margin`` selects the margin-trained variant (its own scheme name in the parameters)."""
     shape = list(train.input_shape)
     per_key = max(1, trigger_count // KEYS)
     patch = max(3, min(shape[-2:]) // 6)
-    params = scheme.make_parameters(KEYS, per_key, classes, shape, VALUE_RANGE, patch)
+    params = scheme.make_parameters(KEYS, per_key, classes, shape, VALUE_RANGE, patch,
+                                    scheme.MARGIN_SCHEME if margin else scheme.SCHEME)
     wm_seed, salt = session.random(32), session.random(32)
     sources, targets, patterns = scheme.derive(wm_seed, params)
     records, pools = [], []
@@ -199,7 +231,7 @@ def create(session, model: nn.Module, train, *, trigger_count: int, classes: int
     y = np.concatenate([np.full(len(rows), targets[k], dtype=np.int64) for k, rows in enumerate(records)])
     return EweWatermark(opening, x, y, pools, classes, schedule, weight, split_epochs,
                         merkle.root_of(leaves).hex(), len(train),
-                        key_of=np.repeat(np.arange(KEYS), [len(r) for r in records]))
+                        key_of=np.repeat(np.arange(KEYS), [len(r) for r in records]), margin=margin)
 
 
 def _warm_copy(model: nn.Module, train, lr: float, seed: int) -> nn.Module:
