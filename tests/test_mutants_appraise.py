@@ -258,3 +258,27 @@ def test_card_format_failure_keeps_the_readers_field(kit, policy):
     check = appraise(short_kid, policy=policy).get("card_format")
     assert (check.status, check.field, check.reason) == \
         (CONTRAINDICATED, err.value.field, err.value.reason)
+
+
+def test_sim_card_under_a_policy_without_sim_gets_no_simulator_warning(kit):
+    """The release key is trusted and appraisal runs to the end, but the policy does not
+    allow the simulator: the backend check refuses it, and the warning meant for an
+    allowed simulator card is not added on top."""
+    result = appraise(kit.card_bytes, policy=_policy(kit, allow_backends=["tpm"]),
+                      model_path=kit.model_path)
+    assert result.get("release_signature").status == AFFIRMING
+    assert result.get("backend").status == CONTRAINDICATED, result.to_table()
+    assert result.get("simulated_hardware") is None, result.to_table()
+
+
+def test_dp_claim_the_measured_config_does_not_imply_is_reported(kit, policy):
+    """A sample rate the config's batch size does not give: the dp_config check must
+    appear in the result and name the field (check_config's refusal reaches appraise)."""
+    def edit(claims):
+        claims["defenses"]["dp"]["sample_rate"] = 0.5
+    result = appraise(_consistent(kit, edit), policy=policy, model_path=kit.model_path)
+    check = result.get("dp_config")
+    assert check is not None, result.to_table()
+    assert (check.status, check.field) == (CONTRAINDICATED, "claims.defenses.dp.sample_rate")
+    assert check.reason.startswith("claims sample rate 0.5; "), check.reason
+    assert all(c is not None for c in result.checks)
