@@ -179,6 +179,13 @@ def test_sample_rate_and_steps_follow_the_loader_batches():
     check = _config_check({"sample_rate": 1 / 31, "steps": 93}, records=61,
                           training={"batch_size": 2, "epochs": 3})
     assert check.status == AFFIRMING, check.reason
+    check = _config_check({"sample_rate": 1.0, "steps": 16}, records=1)  # one record
+    assert check.status == AFFIRMING, check.reason
+
+
+def test_noise_below_one_is_a_dp_sgd_run():
+    """Any positive noise multiplier describes DP-SGD (a weak one, but a run)."""
+    assert dp_check.check_parameters(cardkit.dp_claim(noise_multiplier=0.5)) is None
 
 
 def _dp_policy(**dp):
