@@ -110,3 +110,11 @@ def test_field_and_normalised_text():
     assert (predicate.func, predicate.path, predicate.op) == ("min", ("e", "per"), ">=")
     assert predicate.field == "claims.e.per"
     assert predicate.text == "min( e.per ) >= 0.5"
+
+
+def test_normalised_text_keeps_every_literal_and_collapses_between_them():
+    """Pieces alternate outside / inside a literal, whatever the number of literals: the
+    second literal keeps its double space, the spaces after each literal collapse."""
+    predicate = predicates.parse('m.name  in  ["a  b",   "c  d"  ,  \'e  f\']   ')
+    assert predicate.text == 'm.name in ["a  b", "c  d" , \'e  f\']'
+    assert predicate.value == ["a  b", "c  d", "e  f"]
