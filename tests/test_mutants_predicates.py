@@ -118,3 +118,12 @@ def test_normalised_text_keeps_every_literal_and_collapses_between_them():
     predicate = predicates.parse('m.name  in  ["a  b",   "c  d"  ,  \'e  f\']   ')
     assert predicate.text == 'm.name in ["a  b", "c  d" , \'e  f\']'
     assert predicate.value == ["a  b", "c  d", "e  f"]
+
+
+def test_unreadable_rest_is_quoted_up_to_20_characters():
+    """The message quotes what could not be read, cut at 20 characters so that a long
+    or hostile predicate does not flood the policy error."""
+    text = "e.acc >= 0.5 ; " + "x" * 30
+    with pytest.raises(predicates.PredicateError) as err:
+        predicates.parse(text)
+    assert str(err.value) == f"{text!r}: cannot read {'; ' + 'x' * 18!r}"
