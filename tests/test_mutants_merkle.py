@@ -89,6 +89,8 @@ def test_inclusion_edge_inputs():
     assert not merkle.verify_inclusion(LEAVES[0], True, 2, [LEAVES[1]], root)
     assert not merkle.verify_inclusion(LEAVES[0][:31], 0, 1, [], root)
     assert not merkle.verify_inclusion(LEAVES[0], 0, 1, [], root[:31])
+    # The right 32 bytes, but not as bytes: compared as given, a memoryview would match.
+    assert not merkle.verify_inclusion(LEAVES[0], 0, 1, [], memoryview(root))
     assert not merkle.verify_inclusion(LEAVES[0], 0, 2, [b"x" * 33],
                                        merkle.root_of(LEAVES[:2]))
 
