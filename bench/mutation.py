@@ -80,10 +80,6 @@ EQUIVALENT: dict[str, str] = {
     "cards/merkle.py:22:7:compare": "both branches hash 0x00 || data; the limit only picks "
                                     "the cheaper way",
     "cards/merkle.py:23:8:guard": "the fall-through computes the same H(0x00 || data)",
-    "cards/merkle.py:258:12:guard": "past the tree's depth fn = sn = 0, so a node too many also "
-                                    "changes fr, which then differs from root1",
-    "cards/merkle.py:233:8:guard": "the computed root is always 32 bytes, so it equals no "
-                                   "malformed root anyway",
     "verifier/binomial.py:67:15:compare": "before the mode the terms grow, so none is 92 "
                                           "below the largest yet: the early stop never fires",
     "verifier/binomial.py:87:8:guard": "the exact integer comparison below decides every "

@@ -177,3 +177,15 @@ def test_inclusion_proof_shape(proof, message):
 def test_signed_position_differs_from_the_proof(position):
     _refused(_receipt(protected=_protected(position=position)),
              r"^receipt.protected.position: the signed position does not match")
+
+
+def test_card_without_receipts_under_a_log_key_says_how_to_add_one():
+    """With a log key but no receipt the check fails on the missing receipt itself (and
+    says how to add one), not on receipts that are all of other logs."""
+    from types import SimpleNamespace
+    card = SimpleNamespace(sign1=SimpleNamespace(unprotected={}))
+    check = receipts.check_embedded(card, KEY.public_key())
+    assert (check.status, check.field, check.reason) == (
+        "contraindicated", "card.unprotected.394", f"no receipt embedded, so nothing shows the "
+        f"card is in log {KID.hex()[:16]}... (add one with `laminate log attach`)")
+    assert receipts.check_embedded(card, None) is None
