@@ -212,3 +212,28 @@ def test_an_overlong_tree_size_is_quoted_in_30_characters():
     with pytest.raises(LogProofError) as info:
         logproof.parse_checkpoint(f"o\n{'1' * 500}\n{root_line}\n")
     assert str(info.value) == f"checkpoint tree_size {'1' * 30!r}: not a decimal integer"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("witness-a", "verifier key 'witness-a': expected <name>+<key hash>+<key>"),
+    ("witness-a+0011aabb", "verifier key 'witness-a+0011aabb': expected <name>+<key hash>+<key>"),
+    (None, "verifier key 'None': expected <name>+<key hash>+<key>"),
+    ("witness-a+0011aabb+not base64!", "verifier key witness-a: not an Ed25519 (type 1) or "
+     "cosignature/v1 (type 4) key"),
+])
+def test_verifier_key_of_the_wrong_shape(text, message):
+    with pytest.raises(LogProofError) as err:
+        logproof.parse_verifier_key(text)
+    assert str(err.value) == message
+
+
+def test_verifier_key_of_another_signature_type_is_refused_even_with_its_hash():
+    """Type 2 with a key hash computed for type 2: the hash matches, the type is what is
+    refused (only Ed25519 notes and cosignature/v1 are verified here)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    text = logproof.verifier_key("witness-a", ed25519.Ed25519PrivateKey.generate().public_key(),
+                                 sig_type=2)
+    with pytest.raises(LogProofError) as err:
+        logproof.parse_verifier_key(text)
+    assert str(err.value) == \
+        "verifier key witness-a: not an Ed25519 (type 1) or cosignature/v1 (type 4) key"
