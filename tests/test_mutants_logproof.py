@@ -237,3 +237,43 @@ def test_verifier_key_of_another_signature_type_is_refused_even_with_its_hash():
         logproof.parse_verifier_key(text)
     assert str(err.value) == \
         "verifier key witness-a: not an Ed25519 (type 1) or cosignature/v1 (type 4) key"
+
+
+def test_verifier_key_with_the_hash_of_another_key_is_refused():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    def parts():  # the base64 key may hold '+' itself
+        key = ed25519.Ed25519PrivateKey.generate().public_key()
+        return logproof.verifier_key("witness-a", key).split("+", 2)
+    name, _, b64 = parts()
+    other_hash = parts()[1]
+    with pytest.raises(LogProofError) as err:
+        logproof.parse_verifier_key(f"{name}+{other_hash}+{b64}")
+    assert str(err.value) == f"verifier key witness-a: key hash {other_hash} does not match its key"
+
+
+def _witnessed_setup():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    log = ed25519.Ed25519PrivateKey.generate()
+    note = logproof.sign_checkpoint("example.org/log", 3, bytes(32), "example.org/log", log)
+    return log, note
+
+
+def test_checkpoint_pinned_to_a_log_key_that_is_not_a_note_key_is_refused():
+    """The log's own key given as a cosignature/v1 key: the note verifies under it, yet a
+    checkpoint is only trusted under an Ed25519 note key (type 1)."""
+    log, note = _witnessed_setup()
+    as_cosigner = logproof.parse_verifier_key(
+        logproof.verifier_key("example.org/log", log.public_key(), logproof.SIG_COSIGN))
+    with pytest.raises(LogProofError) as err:
+        logproof.check_witnessed(note, as_cosigner, [], 0)
+    assert str(err.value) == "log key example.org/log: must be an Ed25519 note key (type 1)"
+    as_log = logproof.parse_verifier_key(logproof.verifier_key("example.org/log", log.public_key()))
+    assert logproof.check_witnessed(note, as_log, [], 0).tree_size == 3
+
+
+def test_more_cosignatures_required_than_witness_keys_given_is_refused():
+    log, note = _witnessed_setup()
+    as_log = logproof.parse_verifier_key(logproof.verifier_key("example.org/log", log.public_key()))
+    with pytest.raises(LogProofError) as err:
+        logproof.check_witnessed(note, as_log, [], 1)
+    assert str(err.value) == "witness_cosignatures: 1 required but only 0 witness keys given"
