@@ -189,3 +189,29 @@ def test_card_without_receipts_under_a_log_key_says_how_to_add_one():
         "contraindicated", "card.unprotected.394", f"no receipt embedded, so nothing shows the "
         f"card is in log {KID.hex()[:16]}... (add one with `laminate log attach`)")
     assert receipts.check_embedded(card, None) is None
+
+
+def _card_with(receipt_list):
+    from types import SimpleNamespace
+    return SimpleNamespace(sign1=SimpleNamespace(
+        unprotected={cose.HDR_RECEIPTS: receipt_list}, protected_bytes=cbor.dumps({}),
+        payload=b"card", signature=b"sig"))
+
+
+def test_card_whose_receipts_are_all_of_other_logs_is_refused():
+    other = keys.generate_private_key("ed25519")
+    foreign = receipts.make_receipt(other, SIZE, INDEX, PATH, ROOT)
+    check = receipts.check_embedded(_card_with([foreign]), KEY.public_key())
+    assert (check.status, check.field, check.reason) == (
+        "contraindicated", "card.unprotected.394",
+        f"none of the 1 receipt(s) is signed by log key {KID.hex()[:16]}...")
+
+
+def test_card_with_a_broken_receipt_reports_that_receipt():
+    """A receipt of this log that does not verify is reported with its index and why,
+    rather than as 'none is signed by this key'."""
+    check = receipts.check_embedded(_card_with([b"\x00"]), KEY.public_key())
+    assert (check.status, check.field) == ("contraindicated", "card.unprotected.394[0]")
+    with pytest.raises(LogProofError) as err:
+        receipts.parse_receipt(b"\x00")
+    assert check.reason == str(err.value)
