@@ -277,3 +277,14 @@ def test_more_cosignatures_required_than_witness_keys_given_is_refused():
     with pytest.raises(LogProofError) as err:
         logproof.check_witnessed(note, as_log, [], 1)
     assert str(err.value) == "witness_cosignatures: 1 required but only 0 witness keys given"
+
+
+def test_witness_key_that_is_not_a_cosignature_key_is_refused():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    log, note = _witnessed_setup()
+    as_log = logproof.parse_verifier_key(logproof.verifier_key("example.org/log", log.public_key()))
+    witness = logproof.parse_verifier_key(
+        logproof.verifier_key("witness-a", ed25519.Ed25519PrivateKey.generate().public_key()))
+    with pytest.raises(LogProofError) as err:
+        logproof.check_witnessed(note, as_log, [witness], 0)
+    assert str(err.value) == "witness key witness-a: must be a cosignature/v1 key (type 4)"

@@ -215,3 +215,20 @@ def test_card_with_a_broken_receipt_reports_that_receipt():
     with pytest.raises(LogProofError) as err:
         receipts.parse_receipt(b"\x00")
     assert check.reason == str(err.value)
+
+
+def test_card_with_a_receipt_of_this_log_says_where_it_is():
+    """After a receipt of another log, one of this log proving the card's statement: the
+    check affirms and names the leaf, the tree size and 16 hex digits of the root."""
+    from cards.card import statement_of
+    card = _card_with([])
+    leaves = LEAVES[:3] + [merkle.leaf_hash(statement_of(card))]
+    root = merkle.root_of(leaves)
+    ours = receipts.make_receipt(KEY, 4, 3, merkle.inclusion_proof(leaves, 3), root)
+    foreign = receipts.make_receipt(keys.generate_private_key("ed25519"), 4, 3,
+                                    merkle.inclusion_proof(leaves, 3), root)
+    card.sign1.unprotected[cose.HDR_RECEIPTS] = [foreign, ours]
+    check = receipts.check_embedded(card, KEY.public_key())
+    assert (check.status, check.field, check.reason) == (
+        "affirming", "card.unprotected.394[1]", f"the card is leaf 3 of log "
+        f"{KID.hex()[:16]}...'s tree of size 4, root {root.hex()[:16]}..., signed by the log key")
