@@ -288,3 +288,40 @@ def test_witness_key_that_is_not_a_cosignature_key_is_refused():
     with pytest.raises(LogProofError) as err:
         logproof.check_witnessed(note, as_log, [witness], 0)
     assert str(err.value) == "witness key witness-a: must be a cosignature/v1 key (type 4)"
+
+
+def test_a_cosignature_repeated_counts_once():
+    """One witness's line twice (at two times) is one cosignature, not two of the k."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    _, note = _witnessed_setup()
+    w1, w2 = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    twice = logproof.cosign_checkpoint(logproof.cosign_checkpoint(note, "w1", w1, 1), "w1", w1, 2)
+    pinned = {"w1": w1.public_key(), "w2": w2.public_key()}
+    assert logproof.check_cosignatures(twice, pinned, 1) == ["w1"]
+    with pytest.raises(LogProofError) as err:
+        logproof.check_cosignatures(twice, pinned, 2)
+    assert str(err.value) == ("witness_cosignatures: 1 valid witness cosignatures, 2 required "
+                              "(w2: no cosignature)")
+
+
+def test_merging_skips_copies_of_another_checkpoint():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    log, note = _witnessed_setup()
+    w1 = ed25519.Ed25519PrivateKey.generate()
+    other = logproof.sign_checkpoint("example.org/log", 4, bytes(32), "example.org/log", log)
+    assert logproof.merge_cosignatures(note, [logproof.cosign_checkpoint(other, "w1", w1, 1)]) \
+        == note
+    same = logproof.cosign_checkpoint(note, "w1", w1, 1)
+    assert logproof.merge_cosignatures(note, [same]) == same
+
+
+def test_a_cosignature_by_another_key_is_named_as_such():
+    """Same witness name, another key: refused on the key hash, before any signature."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    _, note = _witnessed_setup()
+    pinned, impostor = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    with pytest.raises(LogProofError) as err:
+        logproof.check_cosignatures(logproof.cosign_checkpoint(note, "w1", impostor, 1),
+                                    {"w1": pinned.public_key()}, 1)
+    assert str(err.value) == ("witness_cosignatures: 0 valid witness cosignatures, 1 required "
+                              "(w1: a cosignature by another key than the pinned one)")
