@@ -325,3 +325,15 @@ def test_a_cosignature_by_another_key_is_named_as_such():
                                     {"w1": pinned.public_key()}, 1)
     assert str(err.value) == ("witness_cosignatures: 0 valid witness cosignatures, 1 required "
                               "(w1: a cosignature by another key than the pinned one)")
+
+
+def test_verifier_key_text_is_bounded_and_quoted_short():
+    """Key text of 1024 characters or more is refused before it is parsed (even a valid
+    key padded with spaces), and the message quotes its first 80 characters only."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    key = logproof.verifier_key("witness-a", ed25519.Ed25519PrivateKey.generate().public_key())
+    assert logproof.parse_verifier_key(key.ljust(1023)).name == "witness-a"
+    with pytest.raises(LogProofError) as err:
+        logproof.parse_verifier_key(key.ljust(1024))
+    assert str(err.value) == \
+        f"verifier key {key.ljust(1024)[:80]!r}: expected <name>+<key hash>+<key>"
