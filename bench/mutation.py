@@ -77,32 +77,27 @@ MODULES = {
 # Survivors no input can tell from the original, keyed "path:line:column:operator",
 # with the reason.
 EQUIVALENT: dict[str, str] = {
-    "cards/merkle.py:21:7:compare": "both branches hash 0x00 || data; the limit only picks "
+    "cards/merkle.py:22:7:compare": "both branches hash 0x00 || data; the limit only picks "
                                     "the cheaper way",
-    "cards/merkle.py:22:8:guard": "the fall-through computes the same H(0x00 || data)",
-    "cards/merkle.py:62:15:compare": "both branches hash 0x00 || data (extend's inlined copy)",
-    "cards/merkle.py:200:12:guard": "past the tree's depth fn = sn = 0, so a node too many also "
-                                    "changes fr, which then differs from root1",
-    "cards/merkle.py:175:8:guard": "the computed root is always 32 bytes, so it equals no "
-                                   "malformed root anyway",
+    "cards/merkle.py:23:8:guard": "the fall-through computes the same H(0x00 || data)",
     "verifier/binomial.py:67:15:compare": "before the mode the terms grow, so none is 92 "
                                           "below the largest yet: the early stop never fires",
     "verifier/binomial.py:87:8:guard": "the exact integer comparison below decides every "
                                        "case the float shortcut decides, only slower",
-    "verifier/binomial.py:136:12:guard": "with matches <= queries = 0 the tail is 1, so "
+    "verifier/binomial.py:137:12:guard": "with matches <= queries = 0 the tail is 1, so "
                                          "min(1, n_max * 1) is the same 1.0",
-    "verifier/appraise.py:99:45:const": "the model file's read block size (1 << 20) does not "
+    "verifier/appraise.py:135:45:const": "the model file's read block size (1 << 20) does not "
                                         "change its digest",
-    "verifier/appraise.py:99:50:const": "the model file's read block size (1 << 20) does not "
+    "verifier/appraise.py:135:50:const": "the model file's read block size (1 << 20) does not "
                                         "change its digest",
-    "verifier/predicates.py:246:7:boolop": "when only one side is a number, == fails anyway "
+    "verifier/predicates.py:260:7:boolop": "when only one side is a number, == fails anyway "
                                            "(a bool against 1 is caught by the bool test)",
-    "verifier/predicates.py:248:33:compare": "_same_kind never changes a verdict: values of "
+    "verifier/predicates.py:262:33:compare": "_same_kind never changes a verdict: values of "
                                              "different kinds are unequal under == anyway",
-    "verifier/predicates.py:248:46:compare": "_same_kind never changes a verdict: values of "
+    "verifier/predicates.py:262:46:compare": "_same_kind never changes a verdict: values of "
                                              "different kinds are unequal under == anyway",
-    "verifier/binomial.py:168:31:const": "an extra zero slot holds no probability mass",
-    "verifier/sim_evidence.py:98:8:guard": "the cache only saves work: revalidating the "
+    "verifier/binomial.py:169:31:const": "an extra zero slot holds no probability mass",
+    "verifier/sim_evidence.py:102:8:guard": "the cache only saves work: revalidating the "
                                            "chain gives the same check",
     "registry/tlog.py:45:12:guard": "the tile cache only saves a database read: a committed "
                                     "tile only grows, so its row holds the cached prefix",

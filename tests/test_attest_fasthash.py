@@ -1,5 +1,5 @@
 """The batch leaf hasher: the native and the Python path give the very leaves, roots and
-membership proofs FORMAT.md defines, and compact ranges rebuild the whole root."""
+membership proofs FORMAT.md defines (compact ranges: test_cards_merkle.py)."""
 import numpy as np
 import pytest
 
@@ -67,31 +67,3 @@ def test_dataset_claim_is_the_same_per_record_and_per_batch():
 def test_tree_refuses_hashes_that_are_not_whole():
     with pytest.raises(ValueError, match="multiple of 32"):
         fasthash.Tree().extend_hashes(b"\x00" * 33)
-
-
-@pytest.mark.parametrize("n", [1, 5, 16, 100, 1023])
-def test_compact_ranges_of_any_split_rebuild_the_root(n):
-    rng = np.random.default_rng(n)
-    listed = [bytes(r) for r in rng.integers(0, 256, (n, 32), dtype=np.uint8)]
-    for _ in range(5):
-        cuts = sorted(rng.integers(0, n + 1, size=3).tolist())
-        bounds = [0, *cuts, n]
-        ranges, sizes = [], []
-        for a, b in zip(bounds, bounds[1:]):
-            ranges.append([merkle.root_of(listed[s:s + (1 << h)]) for s, h in merkle.range_blocks(a, b)])
-            sizes.append(b - a)
-        assert merkle.root_of_ranges(ranges, sizes) == merkle.root_of(listed)
-
-
-def test_compact_range_with_a_missing_or_extra_root_is_refused():
-    blocks = merkle.range_blocks(0, 6)
-    assert blocks == [(0, 2), (4, 1)]
-    assert merkle.range_blocks(3, 13) == [(3, 0), (4, 2), (8, 2), (12, 0)]
-    with pytest.raises(ValueError, match="needs 2 subtree roots, got 1"):
-        merkle.root_of_ranges([[b"\x00" * 32]], [6])
-    with pytest.raises(ValueError, match="cannot follow"):
-        merkle.MerkleTree().add_subtree(b"\x00" * 32, -1)
-    tree = merkle.MerkleTree()
-    tree.add_leaf_hash(b"\x00" * 32)
-    with pytest.raises(ValueError, match="cannot follow 1 leaves"):
-        tree.add_subtree(b"\x00" * 32, 1)

@@ -211,3 +211,47 @@ def test_verifiers_reject_garbage_types_without_raising():
     assert not merkle.verify_inclusion(None, 0, 1, [], h)
     assert not merkle.verify_consistency(1.0, 2, [h], h, h)
     assert not merkle.verify_consistency(1, 2, [None], h, h)
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 100, 1023])
+def test_compact_ranges_of_any_split_rebuild_the_root(n):
+    listed = [hashlib.sha256(b"leaf %d" % i).digest() for i in range(n)]
+    for cut in range(5):  # three cuts per round, spread differently each time
+        cuts = sorted({(n * (cut + k) * 7 // 23) % (n + 1) for k in range(3)})
+        bounds = [0, *cuts, n]
+        ranges, sizes = [], []
+        for a, b in zip(bounds, bounds[1:]):
+            ranges.append([merkle.root_of(listed[s:s + (1 << h)])
+                           for s, h in merkle.range_blocks(a, b)])
+            sizes.append(b - a)
+        assert merkle.root_of_ranges(ranges, sizes) == merkle.root_of(listed), bounds
+
+
+def test_compact_range_blocks_are_the_aligned_subtrees():
+    assert merkle.range_blocks(0, 6) == [(0, 2), (4, 1)]
+    assert merkle.range_blocks(3, 13) == [(3, 0), (4, 2), (8, 2), (12, 0)]
+    assert merkle.range_blocks(5, 5) == []
+
+
+@pytest.mark.parametrize("begin, end", [(3, 2), (-1, 2), (0, -1), (True, 2), (0, 1.5)])
+def test_compact_range_refuses_a_bad_range(begin, end):
+    """A range that ends before it begins, or with a bound that is not a leaf count, has
+    no blocks: it is refused, not tiled from a negative or fractional index."""
+    with pytest.raises(ValueError, match=r"bad leaf range \["):
+        merkle.range_blocks(begin, end)
+
+
+def test_compact_range_with_a_missing_extra_or_malformed_root_is_refused():
+    h = b"\x00" * 32
+    with pytest.raises(ValueError, match="range of 6 leaves at 0 needs 2 subtree roots, got 1"):
+        merkle.root_of_ranges([[h]], [6])
+    with pytest.raises(ValueError, match="range of 1 leaves at 0 needs 1 subtree roots, got 2"):
+        merkle.root_of_ranges([[h, h]], [1])
+    with pytest.raises(ValueError, match="range of 1 leaves at 0 needs 1 subtree roots, got 1"):
+        merkle.root_of_ranges([[h[:31]]], [1])  # the count fits; the hash is short
+    with pytest.raises(ValueError, match=r"a subtree of 2\*\*-1 leaves cannot follow 0"):
+        merkle.MerkleTree().add_subtree(h, -1)
+    tree = merkle.MerkleTree()
+    tree.add_leaf_hash(h)
+    with pytest.raises(ValueError, match=r"a subtree of 2\*\*1 leaves cannot follow 1 leaves"):
+        tree.add_subtree(h, 1)

@@ -13,7 +13,7 @@ from cards.errors import LaminateError
 from verifier import dp_check
 from verifier.appraise import appraise
 from verifier.policy import Policy
-from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, WARNING
+from verifier.result import AFFIRMING, CONTRAINDICATED, SKIPPED, WARNING, Check
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +258,73 @@ def test_card_format_failure_keeps_the_readers_field(kit, policy):
     check = appraise(short_kid, policy=policy).get("card_format")
     assert (check.status, check.field, check.reason) == \
         (CONTRAINDICATED, err.value.field, err.value.reason)
+
+
+def test_sim_card_under_a_policy_without_sim_gets_no_simulator_warning(kit):
+    """The release key is trusted and appraisal runs to the end, but the policy does not
+    allow the simulator: the backend check refuses it, and the warning meant for an
+    allowed simulator card is not added on top."""
+    result = appraise(kit.card_bytes, policy=_policy(kit, allow_backends=["tpm"]),
+                      model_path=kit.model_path)
+    assert result.get("release_signature").status == AFFIRMING
+    assert result.get("backend").status == CONTRAINDICATED, result.to_table()
+    assert result.get("simulated_hardware") is None, result.to_table()
+    # A refused backend does not stop appraisal: only the release signature does.
+    assert result.get("remaining_checks") is None, result.to_table()
+    assert result.get("code_identity").status == AFFIRMING
+
+
+def test_dp_claim_the_measured_config_does_not_imply_is_reported(kit, policy):
+    """A sample rate the config's batch size does not give: the dp_config check must
+    appear in the result and name the field (check_config's refusal reaches appraise)."""
+    def edit(claims):
+        claims["defenses"]["dp"]["sample_rate"] = 0.5
+    result = appraise(_consistent(kit, edit), policy=policy, model_path=kit.model_path)
+    check = result.get("dp_config")
+    assert check is not None, result.to_table()
+    assert (check.status, check.field) == (CONTRAINDICATED, "claims.defenses.dp.sample_rate")
+    assert check.reason.startswith("claims sample rate 0.5; "), check.reason
+    assert all(c is not None for c in result.checks)
+
+
+def test_untrusted_release_key_stops_appraisal_even_for_an_allowed_backend(kit):
+    result = appraise(kit.card_bytes, policy=_policy(kit, trusted_release_keys=[]))
+    assert result.get("backend").status == AFFIRMING
+    check = result.get("remaining_checks")
+    assert check is not None, result.to_table()
+    assert (check.status, check.reason) == (
+        SKIPPED, "not checked: release signature failed, so the card's claims are not evaluated")
+    assert result.get("code_identity") is None and result.get("quote_signature") is None
+
+
+@pytest.mark.parametrize("signature", [
+    Check("quote_signature", SKIPPED, "evidence.signature", "not checked: collateral refused"),
+    None,
+])
+def test_quote_dependent_checks_when_the_signature_was_not_checked(kit, policy, monkeypatch,
+                                                                   signature):
+    """A backend that returns no quote without refusing its signature (TDX skips it when
+    the collateral is refused; another may report no signature check at all): the
+    dependent checks say it was not checked, not that it failed."""
+    from verifier import appraise as appraise_module
+    chain = Check("cert_chain", AFFIRMING, "evidence.cert_chain", "trusted")
+    returned = [chain] + ([signature] if signature else [])
+    monkeypatch.setattr(appraise_module, "check_evidence", lambda evidence, pol: (returned, None))
+    result = appraise(kit.card_bytes, policy=policy)
+    for name in ("qualifying_data", "log_replay", "claims_in_log"):
+        assert (result.get(name).status, result.get(name).reason) == \
+            (SKIPPED, "not checked: quote signature not checked"), name
+
+
+def test_card_without_a_watermark_gets_no_watermark_check(kit, policy):
+    """No watermark claimed, its event dropped from the log: no watermark check runs."""
+    def edit(claims):
+        claims["defenses"]["watermark"] = None
+
+    def drop(log):
+        return [e for e in log if e["type"] != "defense.watermark"]
+    card = cardkit.forge(kit, mutate_claims=edit, mutate_events=drop, requote=True)
+    result = appraise(card, policy=policy, model_path=kit.model_path)
+    assert result.get("card_format").status == AFFIRMING, result.to_table()
+    assert result.get("claims_in_log").status == AFFIRMING, result.to_table()
+    assert result.get("watermark_power") is None, result.to_table()

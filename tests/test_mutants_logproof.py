@@ -212,3 +212,128 @@ def test_an_overlong_tree_size_is_quoted_in_30_characters():
     with pytest.raises(LogProofError) as info:
         logproof.parse_checkpoint(f"o\n{'1' * 500}\n{root_line}\n")
     assert str(info.value) == f"checkpoint tree_size {'1' * 30!r}: not a decimal integer"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("witness-a", "verifier key 'witness-a': expected <name>+<key hash>+<key>"),
+    ("witness-a+0011aabb", "verifier key 'witness-a+0011aabb': expected <name>+<key hash>+<key>"),
+    (None, "verifier key 'None': expected <name>+<key hash>+<key>"),
+    ("witness-a+0011aabb+not base64!", "verifier key witness-a: not an Ed25519 (type 1) or "
+     "cosignature/v1 (type 4) key"),
+])
+def test_verifier_key_of_the_wrong_shape(text, message):
+    with pytest.raises(LogProofError) as err:
+        logproof.parse_verifier_key(text)
+    assert str(err.value) == message
+
+
+def test_verifier_key_of_another_signature_type_is_refused_even_with_its_hash():
+    """Type 2 with a key hash computed for type 2: the hash matches, the type is what is
+    refused (only Ed25519 notes and cosignature/v1 are verified here)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    text = logproof.verifier_key("witness-a", ed25519.Ed25519PrivateKey.generate().public_key(),
+                                 sig_type=2)
+    with pytest.raises(LogProofError) as err:
+        logproof.parse_verifier_key(text)
+    assert str(err.value) == \
+        "verifier key witness-a: not an Ed25519 (type 1) or cosignature/v1 (type 4) key"
+
+
+def test_verifier_key_with_the_hash_of_another_key_is_refused():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    def parts():  # the base64 key may hold '+' itself
+        key = ed25519.Ed25519PrivateKey.generate().public_key()
+        return logproof.verifier_key("witness-a", key).split("+", 2)
+    name, _, b64 = parts()
+    other_hash = parts()[1]
+    with pytest.raises(LogProofError) as err:
+        logproof.parse_verifier_key(f"{name}+{other_hash}+{b64}")
+    assert str(err.value) == f"verifier key witness-a: key hash {other_hash} does not match its key"
+
+
+def _witnessed_setup():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    log = ed25519.Ed25519PrivateKey.generate()
+    note = logproof.sign_checkpoint("example.org/log", 3, bytes(32), "example.org/log", log)
+    return log, note
+
+
+def test_checkpoint_pinned_to_a_log_key_that_is_not_a_note_key_is_refused():
+    """The log's own key given as a cosignature/v1 key: the note verifies under it, yet a
+    checkpoint is only trusted under an Ed25519 note key (type 1)."""
+    log, note = _witnessed_setup()
+    as_cosigner = logproof.parse_verifier_key(
+        logproof.verifier_key("example.org/log", log.public_key(), logproof.SIG_COSIGN))
+    with pytest.raises(LogProofError) as err:
+        logproof.check_witnessed(note, as_cosigner, [], 0)
+    assert str(err.value) == "log key example.org/log: must be an Ed25519 note key (type 1)"
+    as_log = logproof.parse_verifier_key(logproof.verifier_key("example.org/log", log.public_key()))
+    assert logproof.check_witnessed(note, as_log, [], 0).tree_size == 3
+
+
+def test_more_cosignatures_required_than_witness_keys_given_is_refused():
+    log, note = _witnessed_setup()
+    as_log = logproof.parse_verifier_key(logproof.verifier_key("example.org/log", log.public_key()))
+    with pytest.raises(LogProofError) as err:
+        logproof.check_witnessed(note, as_log, [], 1)
+    assert str(err.value) == "witness_cosignatures: 1 required but only 0 witness keys given"
+
+
+def test_witness_key_that_is_not_a_cosignature_key_is_refused():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    log, note = _witnessed_setup()
+    as_log = logproof.parse_verifier_key(logproof.verifier_key("example.org/log", log.public_key()))
+    witness = logproof.parse_verifier_key(
+        logproof.verifier_key("witness-a", ed25519.Ed25519PrivateKey.generate().public_key()))
+    with pytest.raises(LogProofError) as err:
+        logproof.check_witnessed(note, as_log, [witness], 0)
+    assert str(err.value) == "witness key witness-a: must be a cosignature/v1 key (type 4)"
+
+
+def test_a_cosignature_repeated_counts_once():
+    """One witness's line twice (at two times) is one cosignature, not two of the k."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    _, note = _witnessed_setup()
+    w1, w2 = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    twice = logproof.cosign_checkpoint(logproof.cosign_checkpoint(note, "w1", w1, 1), "w1", w1, 2)
+    pinned = {"w1": w1.public_key(), "w2": w2.public_key()}
+    assert logproof.check_cosignatures(twice, pinned, 1) == ["w1"]
+    with pytest.raises(LogProofError) as err:
+        logproof.check_cosignatures(twice, pinned, 2)
+    assert str(err.value) == ("witness_cosignatures: 1 valid witness cosignatures, 2 required "
+                              "(w2: no cosignature)")
+
+
+def test_merging_skips_copies_of_another_checkpoint():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    log, note = _witnessed_setup()
+    w1 = ed25519.Ed25519PrivateKey.generate()
+    other = logproof.sign_checkpoint("example.org/log", 4, bytes(32), "example.org/log", log)
+    assert logproof.merge_cosignatures(note, [logproof.cosign_checkpoint(other, "w1", w1, 1)]) \
+        == note
+    same = logproof.cosign_checkpoint(note, "w1", w1, 1)
+    assert logproof.merge_cosignatures(note, [same]) == same
+
+
+def test_a_cosignature_by_another_key_is_named_as_such():
+    """Same witness name, another key: refused on the key hash, before any signature."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    _, note = _witnessed_setup()
+    pinned, impostor = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    with pytest.raises(LogProofError) as err:
+        logproof.check_cosignatures(logproof.cosign_checkpoint(note, "w1", impostor, 1),
+                                    {"w1": pinned.public_key()}, 1)
+    assert str(err.value) == ("witness_cosignatures: 0 valid witness cosignatures, 1 required "
+                              "(w1: a cosignature by another key than the pinned one)")
+
+
+def test_verifier_key_text_is_bounded_and_quoted_short():
+    """Key text of 1024 characters or more is refused before it is parsed (even a valid
+    key padded with spaces), and the message quotes its first 80 characters only."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    key = logproof.verifier_key("witness-a", ed25519.Ed25519PrivateKey.generate().public_key())
+    assert logproof.parse_verifier_key(key.ljust(1023)).name == "witness-a"
+    with pytest.raises(LogProofError) as err:
+        logproof.parse_verifier_key(key.ljust(1024))
+    assert str(err.value) == \
+        f"verifier key {key.ljust(1024)[:80]!r}: expected <name>+<key hash>+<key>"

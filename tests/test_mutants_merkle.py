@@ -89,6 +89,8 @@ def test_inclusion_edge_inputs():
     assert not merkle.verify_inclusion(LEAVES[0], True, 2, [LEAVES[1]], root)
     assert not merkle.verify_inclusion(LEAVES[0][:31], 0, 1, [], root)
     assert not merkle.verify_inclusion(LEAVES[0], 0, 1, [], root[:31])
+    # The right 32 bytes, but not as bytes: compared as given, a memoryview would match.
+    assert not merkle.verify_inclusion(LEAVES[0], 0, 1, [], memoryview(root))
     assert not merkle.verify_inclusion(LEAVES[0], 0, 2, [b"x" * 33],
                                        merkle.root_of(LEAVES[:2]))
 
@@ -127,3 +129,16 @@ def test_malformed_hashes_are_refused_not_raised(bad):
     assert merkle.verify_consistency(2, 4, [bad], two, merkle.root_of(LEAVES[:4])) is False
     assert merkle.verify_consistency(3, 4, [LEAVES[2], bad], merkle.root_of(LEAVES[:3]),
                                      merkle.root_of(LEAVES[:4])) is False
+
+
+def test_consistency_proof_replayed_for_smaller_sizes():
+    """The honest proof from 7 to 8 leaves is [leaf 6, leaf 7, node(4..5), node(0..3)].
+    Read for sizes 3 and 4 its first three nodes rebuild the right subtrees of both roots
+    and the fourth, one node past the depth of a 4-leaf tree, is the left subtree they
+    share: only RFC 9162's "if sn is 0, stop and fail" refuses the false sizes."""
+    leaves = [merkle.leaf_hash(b"%d" % i) for i in range(8)]
+    root7, root8 = merkle.root_of(leaves[:7]), merkle.root_of(leaves[:8])
+    proof = merkle.consistency_proof(leaves, 7, 8)
+    assert proof == [leaves[6], leaves[7], merkle.root_of(leaves[4:6]), merkle.root_of(leaves[:4])]
+    assert merkle.verify_consistency(7, 8, proof, root7, root8)
+    assert not merkle.verify_consistency(3, 4, proof, root7, root8)

@@ -110,3 +110,20 @@ def test_field_and_normalised_text():
     assert (predicate.func, predicate.path, predicate.op) == ("min", ("e", "per"), ">=")
     assert predicate.field == "claims.e.per"
     assert predicate.text == "min( e.per ) >= 0.5"
+
+
+def test_normalised_text_keeps_every_literal_and_collapses_between_them():
+    """Pieces alternate outside / inside a literal, whatever the number of literals: the
+    second literal keeps its double space, the spaces after each literal collapse."""
+    predicate = predicates.parse('m.name  in  ["a  b",   "c  d"  ,  \'e  f\']   ')
+    assert predicate.text == 'm.name in ["a  b", "c  d" , \'e  f\']'
+    assert predicate.value == ["a  b", "c  d", "e  f"]
+
+
+def test_unreadable_rest_is_quoted_up_to_20_characters():
+    """The message quotes what could not be read, cut at 20 characters so that a long
+    or hostile predicate does not flood the policy error."""
+    text = "e.acc >= 0.5 ; " + "x" * 30
+    with pytest.raises(predicates.PredicateError) as err:
+        predicates.parse(text)
+    assert str(err.value) == f"{text!r}: cannot read {'; ' + 'x' * 18!r}"

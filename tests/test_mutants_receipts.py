@@ -177,3 +177,58 @@ def test_inclusion_proof_shape(proof, message):
 def test_signed_position_differs_from_the_proof(position):
     _refused(_receipt(protected=_protected(position=position)),
              r"^receipt.protected.position: the signed position does not match")
+
+
+def test_card_without_receipts_under_a_log_key_says_how_to_add_one():
+    """With a log key but no receipt the check fails on the missing receipt itself (and
+    says how to add one), not on receipts that are all of other logs."""
+    from types import SimpleNamespace
+    card = SimpleNamespace(sign1=SimpleNamespace(unprotected={}))
+    check = receipts.check_embedded(card, KEY.public_key())
+    assert (check.status, check.field, check.reason) == (
+        "contraindicated", "card.unprotected.394", f"no receipt embedded, so nothing shows the "
+        f"card is in log {KID.hex()[:16]}... (add one with `laminate log attach`)")
+    assert receipts.check_embedded(card, None) is None
+
+
+def _card_with(receipt_list):
+    from types import SimpleNamespace
+    return SimpleNamespace(sign1=SimpleNamespace(
+        unprotected={cose.HDR_RECEIPTS: receipt_list}, protected_bytes=cbor.dumps({}),
+        payload=b"card", signature=b"sig"))
+
+
+def test_card_whose_receipts_are_all_of_other_logs_is_refused():
+    other = keys.generate_private_key("ed25519")
+    foreign = receipts.make_receipt(other, SIZE, INDEX, PATH, ROOT)
+    check = receipts.check_embedded(_card_with([foreign]), KEY.public_key())
+    assert (check.status, check.field, check.reason) == (
+        "contraindicated", "card.unprotected.394",
+        f"none of the 1 receipt(s) is signed by log key {KID.hex()[:16]}...")
+
+
+def test_card_with_a_broken_receipt_reports_that_receipt():
+    """A receipt of this log that does not verify is reported with its index and why,
+    rather than as 'none is signed by this key'."""
+    check = receipts.check_embedded(_card_with([b"\x00"]), KEY.public_key())
+    assert (check.status, check.field) == ("contraindicated", "card.unprotected.394[0]")
+    with pytest.raises(LogProofError) as err:
+        receipts.parse_receipt(b"\x00")
+    assert check.reason == str(err.value)
+
+
+def test_card_with_a_receipt_of_this_log_says_where_it_is():
+    """After a receipt of another log, one of this log proving the card's statement: the
+    check affirms and names the leaf, the tree size and 16 hex digits of the root."""
+    from cards.card import statement_of
+    card = _card_with([])
+    leaves = LEAVES[:3] + [merkle.leaf_hash(statement_of(card))]
+    root = merkle.root_of(leaves)
+    ours = receipts.make_receipt(KEY, 4, 3, merkle.inclusion_proof(leaves, 3), root)
+    foreign = receipts.make_receipt(keys.generate_private_key("ed25519"), 4, 3,
+                                    merkle.inclusion_proof(leaves, 3), root)
+    card.sign1.unprotected[cose.HDR_RECEIPTS] = [foreign, ours]
+    check = receipts.check_embedded(card, KEY.public_key())
+    assert (check.status, check.field, check.reason) == (
+        "affirming", "card.unprotected.394[1]", f"the card is leaf 3 of log "
+        f"{KID.hex()[:16]}...'s tree of size 4, root {root.hex()[:16]}..., signed by the log key")

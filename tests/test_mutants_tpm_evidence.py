@@ -171,3 +171,52 @@ def test_clock_sequence_skips_what_is_not_a_tpm_clock():
                                                 _quoted("tpm:a", 1, "1", 6)])
     assert [(c.status, c.field) for c in checks] == [(SKIPPED, "quotes[0].clock"),
                                                      (SKIPPED, "quotes[2].clock")]
+
+
+def _forged_ek(der: bytes) -> bytes:
+    """The EK certificate re-issued with the same names, key and extensions, signed by a
+    key no CA holds: only the signature says it was not issued by the chain's CA."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+    ek = x509.load_der_x509_certificate(der)
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(ek.subject).issuer_name(ek.issuer)
+               .public_key(ek.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(days=1))
+               .not_valid_after(now + dt.timedelta(days=1)))
+    for ext in ek.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    forged = builder.sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    return forged.public_bytes(Encoding.DER)
+
+
+def test_ek_certificate_not_signed_by_its_issuer(rig):
+    """The chain check starts at the EK certificate itself: an issuer that chains to the
+    root does not vouch for an EK certificate it did not sign."""
+    chain = rig[0]["cert_chain"]
+    assert len(chain) >= 2  # [EK, issuer]: the issuer alone would chain to the root
+    checks, _ = _checks(rig, _set(["cert_chain"], [_forged_ek(chain[0]), *chain[1:]]))
+    check = checks["cert_chain"]
+    assert (check.status, check.field) == (CONTRAINDICATED, "evidence.cert_chain")
+    assert check.reason.startswith("EK certificate: no trusted root issued"), check.reason
+
+
+def test_quote_signature_names_the_attestation_key(rig):
+    """The affirming reason quotes the AK name's first 20 hex digits (10 bytes), enough
+    to tell keys apart in a report without the whole 34-byte name."""
+    checks, _ = _checks(rig, lambda e: None)
+    name = ts.parse_public(rig[0]["extra"]["ak_public"], "ak").name.hex()
+    assert f"attestation key {name[:20]}…," in checks["quote_signature"].reason
+
+
+def test_register_map_accepts_register_and_pcr_zero(rig):
+    """Indices run 0..23 on both sides: register 0 and PCR 0 are legal (the quote here
+    selects PCRs 16 and 23, so registers 0 and 1 map onto them)."""
+    checks, quoted = _checks(rig, _set(["extra", "pcr_map"], [[0, 16], [1, 23]]))
+    assert checks["pcr_selection"].status == AFFIRMING, checks["pcr_selection"].reason
+    assert quoted.registers == [0, 1]
+    assert tpm_evidence._register_map([[0, 0]]) == [(0, 0)]
