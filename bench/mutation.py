@@ -86,9 +86,9 @@ EQUIVALENT: dict[str, str] = {
                                        "case the float shortcut decides, only slower",
     "verifier/binomial.py:137:12:guard": "with matches <= queries = 0 the tail is 1, so "
                                          "min(1, n_max * 1) is the same 1.0",
-    "verifier/appraise.py:135:45:const": "the model file's read block size (1 << 20) does not "
+    "verifier/appraise.py:148:45:const": "the model file's read block size (1 << 20) does not "
                                         "change its digest",
-    "verifier/appraise.py:135:50:const": "the model file's read block size (1 << 20) does not "
+    "verifier/appraise.py:148:50:const": "the model file's read block size (1 << 20) does not "
                                         "change its digest",
     "verifier/predicates.py:260:7:boolop": "when only one side is a number, == fails anyway "
                                            "(a bool against 1 is caught by the bool test)",

@@ -533,3 +533,21 @@ def test_a_deeply_nested_bad_value_is_named_in_one_pass():
     payload["claims"]["training"]["config"]["deep"] = value
     with pytest.raises(CardFormatError, match="nested too deeply"):
         schema.validate_payload(payload)
+
+
+@pytest.mark.parametrize("divide, message", [
+    (0.0, "must be > 0, got 0.0"), (-2.0, "must be > 0, got -2.0"), (0, "must be > 0, got 0"),
+    (1e-9, None), (16.0, None)])
+def test_preprocessing_divide_must_be_positive(divide, message):
+    """The preprocessing rule divides by `divide`: zero or a negative value is refused
+    where it is, naming the field; any positive value, however small, is accepted."""
+    payload = sample_payload()
+    payload["claims"]["model"]["preprocessing"] = {
+        "source": "digits", "subtract": 0.0, "divide": divide, "input_shape": [64],
+        "input_dtype": "float32", "class_names": ["a", "b", "c"]}
+    if message is None:
+        schema.validate_payload(payload)
+        return
+    with pytest.raises(CardFormatError, match=message) as info:
+        schema.validate_payload(payload)
+    assert info.value.field == "claims.model.preprocessing.divide"
