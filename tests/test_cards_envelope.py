@@ -75,3 +75,34 @@ def test_a_fully_specified_algorithm_binds_its_curve():
         cose.sign_bytes(p384, cose.ALG_ESP256, b"data")
     signature = cose.sign_bytes(p384, cose.ALG_ES384, b"data")
     assert not cose.verify_bytes(p384.public_key(), cose.ALG_ESP256, b"data", signature)
+
+
+@pytest.mark.parametrize("read", [card.statement_bytes, card.card_digest, card.receipts_of])
+def test_the_envelope_readers_refuse_non_bytes_and_oversize_input(kit, read):
+    """statement_bytes, card_digest and receipts_of read the envelope as strictly as
+    open_card: not bytes, or more than MAX_CARD_BYTES, is refused by name before parsing."""
+    read(kit.card_bytes)                         # a real card is read
+    with pytest.raises(CardFormatError, match="expected bytes, got str") as info:
+        read(kit.card_bytes.hex())
+    assert info.value.field == "card"
+    oversize = kit.card_bytes + b"\0" * (card.MAX_CARD_BYTES + 1 - len(kit.card_bytes))
+    with pytest.raises(CardFormatError, match=f"{card.MAX_CARD_BYTES + 1} bytes exceeds") as info:
+        read(oversize)
+    assert info.value.field == "card"
+    at_limit = kit.card_bytes + b"\0" * (card.MAX_CARD_BYTES - len(kit.card_bytes))
+    with pytest.raises(CardFormatError) as info:             # not refused for its size
+        read(at_limit)
+    assert "exceeds" not in str(info.value)
+
+
+def test_with_receipts_bounds_the_count_and_the_size(kit):
+    """At most MAX_RECEIPTS receipts, and the card with them at most MAX_CARD_BYTES."""
+    full = card.with_receipts(kit.card_bytes, [b"r%d" % i for i in range(card.MAX_RECEIPTS)])
+    assert len(card.receipts_of(full)) == card.MAX_RECEIPTS
+    with pytest.raises(CardFormatError, match=f"more than {card.MAX_RECEIPTS} receipts") as info:
+        card.with_receipts(full, [b"one more"])
+    assert info.value.field == "card.unprotected"
+    big = b"\0" * (card.MAX_CARD_BYTES - len(kit.card_bytes))
+    with pytest.raises(CardFormatError, match="bytes with receipts exceeds") as info:
+        card.with_receipts(kit.card_bytes, [big])
+    assert info.value.field == "card"
