@@ -149,3 +149,48 @@ def test_the_quick_audit_rehashes_the_last_tile_and_the_full_one_everything(tmp_
             session.get(dbmod.LogEntry, index).data = b"%d" % index
     assert tl.audit(full=True) == size
     db.dispose()
+
+
+class _DroppedForTiles:
+    """A pooled connection whose server drops every tile read (other statements pass
+    through to the real connection, as the ORM shares the engine)."""
+
+    def __init__(self, real, error, calls):
+        self._real, self._error, self._calls = real, error, calls
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def cursor(self, *args, **kwargs):
+        real_cursor, conn = self._real.cursor(*args, **kwargs), self
+
+        class Cursor:
+            def __getattr__(self, name):
+                return getattr(real_cursor, name)
+
+            def execute(self, sql, *params):
+                if "FROM laminate_tiles" in sql:
+                    conn._calls.append("tile read")
+                    raise conn._error("server closed the connection unexpectedly")
+                return real_cursor.execute(sql, *params)
+        return Cursor()
+
+    def invalidate(self, *args, **kwargs):
+        self._calls.append("invalidate")
+        return self._real.invalidate(*args, **kwargs)
+
+
+def test_a_tile_read_retries_a_dropped_connection_once_then_raises(log, monkeypatch):
+    """A connection the server dropped is invalidated and the read tried once more on a
+    fresh one; when that fails too the driver's error reaches the caller (it is not
+    swallowed into a half-read proof)."""
+    tl, db = log
+    engine = db.tile_reader or db.reader
+    error = engine.dialect.loaded_dbapi.OperationalError
+    calls: list[str] = []
+    real = engine.raw_connection
+    monkeypatch.setattr(engine, "raw_connection",
+                        lambda *a, **k: _DroppedForTiles(real(*a, **k), error, calls))
+    with pytest.raises(error, match="server closed the connection"):
+        tl.inclusion_proof(0, 3)
+    assert calls == ["tile read", "invalidate"] * 2
