@@ -99,9 +99,17 @@ EQUIVALENT: dict[str, str] = {
     "verifier/binomial.py:169:31:const": "an extra zero slot holds no probability mass",
     "verifier/sim_evidence.py:102:8:guard": "the cache only saves work: revalidating the "
                                            "chain gives the same check",
-    "registry/tlog.py:45:12:guard": "the tile cache only saves a database read: a committed "
-                                    "tile only grows, so its row holds the cached prefix",
-    "registry/tlog.py:135:12:guard": "tiles.consistency_proof gives the same empty proof for "
+    "registry/tlog.py:145:12:guard": "the tile cache only saves a database read: a "
+                                     "committed tile only grows, so its row holds the "
+                                     "cached prefix",
+    "registry/tlog.py:135:15:compare": "which copy of a tile the cache keeps only decides "
+                                       "whether a later read goes to the database, where "
+                                       "the same committed prefix is",
+    "registry/tlog.py:199:15:compare": "the planning pass only batches reads: a tile it "
+                                       "leaves out is read on its own, with the same bytes",
+    "registry/tlog.py:233:12:guard": "the known-size shortcut only skips a size query; the "
+                                     "query gives the same answer for a size seen before",
+    "registry/tlog.py:298:12:guard": "tiles.consistency_proof gives the same empty proof for "
                                      "equal sizes",
     "cards/cose.py:120:15:boolop": "cryptography refuses r = 0 or s = 0 itself (InvalidSignature)",
     "cards/cose.py:120:20:const": "r = 0 is refused by cryptography; r = 1 has probability 2**-256",

@@ -194,3 +194,25 @@ def test_a_tile_read_retries_a_dropped_connection_once_then_raises(log, monkeypa
     with pytest.raises(error, match="server closed the connection"):
         tl.inclusion_proof(0, 3)
     assert calls == ["tile read", "invalidate"] * 2
+
+
+def test_a_tile_read_inside_a_write_names_a_tile_the_database_does_not_reach(log):
+    """Inside a write (the append path) tiles are read through the write's session: a
+    tile shorter than asked is named there too, not handed back short."""
+    tl, db = log
+    with db.write() as (session, _head):
+        assert len(tl.read_tile(0, 0, 3, session=session)) == 3 * 32
+        with pytest.raises(tiles.TileError, match=r"^tile tile/0/000\.p/4 is not in the database$"):
+            tl.read_tile(0, 0, 4, session=session)
+
+
+def test_a_log_without_a_log_key_has_no_note_key(tmp_path):
+    """Clients and witnesses pin the note key: a log made without a log key has none and
+    says so, rather than naming a key nobody holds."""
+    db = dbmod.open_database(f"sqlite:///{tmp_path / 'nokey.sqlite'}")
+    try:
+        tl = tlog.TransparencyLog(db, keys.generate_private_key("ed25519"))
+        with pytest.raises(LaminateError, match=r"^this log has no log key: checkpoints need one$"):
+            tl.note_key
+    finally:
+        db.dispose()
