@@ -213,6 +213,6 @@ def test_a_log_without_a_log_key_has_no_note_key(tmp_path):
     try:
         tl = tlog.TransparencyLog(db, keys.generate_private_key("ed25519"))
         with pytest.raises(LaminateError, match=r"^this log has no log key: checkpoints need one$"):
-            tl.note_key
+            _ = tl.note_key
     finally:
         db.dispose()
