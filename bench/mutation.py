@@ -99,6 +99,8 @@ EQUIVALENT: dict[str, str] = {
     "verifier/binomial.py:169:31:const": "an extra zero slot holds no probability mass",
     "verifier/sim_evidence.py:102:8:guard": "the cache only saves work: revalidating the "
                                            "chain gives the same check",
+    "verifier/tiles.py:162:11:compare": "the memo only saves hashing: the layers rebuilt "
+                                        "from the tile are the same",
     "registry/tlog.py:145:12:guard": "the tile cache only saves a database read: a "
                                      "committed tile only grows, so its row holds the "
                                      "cached prefix",
