@@ -84,14 +84,15 @@ def marked_indices(seed: bytes, train_records: int, marked_records: int) -> np.n
     return np.sort(np.array(order[:marked_records], dtype=np.int64))
 
 
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b), by its continued fraction (Lentz)."""
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b), by its continued fraction (Lentz): the
+    exact tails of the radioactive cosine test and of dataset inference's t-test."""
     if x <= 0.0:
         return 0.0
     if x >= 1.0:
         return 1.0
     if x > (a + 1.0) / (a + b + 2.0):
-        return 1.0 - _betainc(b, a, 1.0 - x)
+        return 1.0 - betainc(b, a, 1.0 - x)
     front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
                      + a * math.log(x) + b * math.log1p(-x)) / a
     tiny = 1e-300
@@ -114,7 +115,7 @@ def _betainc(a: float, b: float, x: float) -> float:
 def cosine_p_value(cosine: float, feature_dim: int) -> float:
     """P(cos(u, v) >= cosine) for a fixed v and u uniform on the unit sphere in R^d."""
     cosine = min(max(float(cosine), -1.0), 1.0)
-    tail = 0.5 * _betainc((feature_dim - 1) / 2.0, 0.5, 1.0 - cosine * cosine)
+    tail = 0.5 * betainc((feature_dim - 1) / 2.0, 0.5, 1.0 - cosine * cosine)
     return tail if cosine >= 0 else 1.0 - tail
 
 

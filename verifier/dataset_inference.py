@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cards import cbor, merkle
+from cards.radioactive import betainc
 
 # noise kind -> (norm the distance is measured in, scale per step); the authors' CIFAR10
 # scales were 0.005 / 0.005 / 0.01 over 50 steps, doubled over 100 for SVHN; MNIST digits
@@ -205,39 +206,8 @@ def student_t_sf(t: float, df: float) -> float:
     """P(T > t) for Student's t with `df` degrees of freedom, through the regularised
     incomplete beta function (exact up to the continued fraction's 1e-15 tolerance)."""
     x = df / (df + t * t)
-    tail = 0.5 * _betainc(df / 2.0, 0.5, x)
+    tail = 0.5 * betainc(df / 2.0, 0.5, x)
     return tail if t > 0 else 1.0 - tail
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_cf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_cf(b, a, 1.0 - x) / b
-
-
-def _beta_cf(a: float, b: float, x: float) -> float:
-    """Lentz's continued fraction for the incomplete beta function."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
 
 
 def record_leaf(x: np.ndarray, label: int) -> bytes:
